@@ -1,0 +1,14 @@
+//! The control-plane APIs shared by the proxy, the controller and the
+//! identity service (DESIGN §4).
+
+pub mod destination {
+    tonic::include_proto!("mesh.destination.v1");
+}
+
+pub mod policy {
+    tonic::include_proto!("mesh.policy.v1");
+}
+
+pub mod identity {
+    tonic::include_proto!("mesh.identity.v1");
+}

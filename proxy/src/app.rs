@@ -1,0 +1,119 @@
+//! Wires the proxy together: admin first, then the certificate, then the
+//! inbound and outbound listeners once a certificate is installed.
+
+use crate::{
+    admin,
+    config::{grpc_url, Config},
+    discovery::Resolver,
+    identity::{self, IdentityClient},
+    inbound::Inbound,
+    metrics::Metrics,
+    outbound::{EndpointClient, EndpointSettings, Outbound},
+    tls::{self, CertStore},
+};
+use anyhow::Context;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// Runs the proxy until the process is told to stop.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let roots = tls::trust_roots(&config.trust_anchors_pem)
+        .context("MESH_PROXY_TRUST_ANCHORS_FILE")?;
+    let certs = Arc::new(CertStore::default());
+
+    // Bind everything first so a port conflict fails at once.
+    let admin_l = bind(config.admin_addr, "MESH_PROXY_ADMIN_ADDR").await?;
+    let inbound_l = bind(config.inbound_addr, "MESH_PROXY_INBOUND_ADDR").await?;
+    let outbound_l = bind(config.outbound_addr, "MESH_PROXY_OUTBOUND_ADDR").await?;
+
+    let (ready_tx, mut ready_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(admin::serve(admin_l, metrics.clone(), ready_rx.clone()));
+
+    let client = IdentityClient::new(
+        &grpc_url(&config.identity_addr, true),
+        &config.identity_server_name,
+        &config.trust_anchors_pem,
+        config.identity.clone(),
+        config.token.clone(),
+    )
+    .context("MESH_PROXY_IDENTITY_ADDR")?;
+    tokio::spawn(identity::run(
+        client,
+        certs.clone(),
+        metrics.clone(),
+        ready_tx,
+    ));
+
+    let settings = EndpointSettings {
+        certs: certs.clone(),
+        roots: roots.clone(),
+        connect_timeout: config.connect_timeout,
+    };
+    let resolver = Resolver::new(
+        &grpc_url(&config.destination_addr, false),
+        format!("{} {}", config.identity, config.workload),
+        Arc::new(move |meta| EndpointClient::new(meta, &settings)),
+        metrics.clone(),
+    )
+    .context("MESH_PROXY_DESTINATION_ADDR")?;
+    let outbound = Arc::new(Outbound::new(
+        resolver,
+        metrics.clone(),
+        &config.identity,
+        config.discovery_timeout,
+    ));
+    let inbound = Arc::new(Inbound::new(
+        tls::server_config(certs.clone(), roots)?,
+        metrics.clone(),
+        &config.identity,
+        config.app_ip,
+        config.header_timeout,
+        config.connect_timeout,
+    ));
+
+    tracing::info!(
+        identity = %config.identity,
+        outbound = %config.outbound_addr,
+        inbound = %config.inbound_addr,
+        admin = %config.admin_addr,
+        "waiting for the first certificate"
+    );
+    tokio::select! {
+        r = ready_rx.wait_for(|r| *r) => { r.context("identity task ended")?; }
+        _ = shutdown() => return Ok(()),
+    }
+    tokio::spawn(inbound.serve(inbound_l));
+    tokio::spawn(outbound.serve(outbound_l));
+    tracing::info!("proxy ready");
+    shutdown().await;
+    tracing::info!("shutting down");
+    Ok(())
+}
+
+async fn bind(addr: std::net::SocketAddr, var: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{var}: cannot listen on {addr}"))
+}
+
+async fn shutdown() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

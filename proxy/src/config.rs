@@ -1,0 +1,274 @@
+//! Proxy configuration from `MESH_PROXY_*` environment variables.
+//!
+//! Every variable is documented in `proxy/README.md`. A bad value is an error
+//! naming the variable, so a misconfigured proxy exits at once with one line.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+/// A configuration error; the message names the variable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{name}: {reason} (got {value:?})")]
+    Invalid {
+        name: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("{0} must be set")]
+    Missing(&'static str),
+    #[error("{name}: cannot read {path}: {err}")]
+    File {
+        name: &'static str,
+        path: String,
+        err: std::io::Error,
+    },
+}
+
+/// Where the workload's token comes from.
+#[derive(Clone, Debug)]
+pub enum TokenSource {
+    /// Read from this file at every certificate request (tokens rotate).
+    File(PathBuf),
+    /// Given inline.
+    Inline(String),
+}
+
+/// The proxy's full configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where the outbound listener binds (the app's traffic arrives here).
+    pub outbound_addr: SocketAddr,
+    /// Where the inbound listener binds (peer proxies connect here).
+    pub inbound_addr: SocketAddr,
+    /// Where the admin server binds (`/live`, `/ready`, `/metrics`).
+    pub admin_addr: SocketAddr,
+    /// The IP the local application listens on; inbound traffic goes there.
+    pub app_ip: std::net::IpAddr,
+    /// The destination controller, as `host:port` or a URL.
+    pub destination_addr: String,
+    /// The identity service, as `host:port` or a URL (TLS).
+    pub identity_addr: String,
+    /// The DNS name the identity service's certificate must carry.
+    pub identity_server_name: String,
+    /// PEM trust anchors of the mesh.
+    pub trust_anchors_pem: String,
+    /// This workload's SPIFFE ID.
+    pub identity: String,
+    /// How the proxy proves its identity to the identity service.
+    pub token: TokenSource,
+    /// The workload's namespace (for metrics and the controller's logs).
+    pub namespace: String,
+    /// The workload's name (pod or WorkloadEntry), for the controller's logs.
+    pub workload: String,
+    /// Tokio worker threads; 1 runs a single-threaded runtime.
+    pub worker_threads: usize,
+    /// Timeout for connecting to a peer or the application.
+    pub connect_timeout: Duration,
+    /// How long to wait for a new target's first discovery answer.
+    pub discovery_timeout: Duration,
+    /// How long a peer may take to send its transport header.
+    pub header_timeout: Duration,
+}
+
+impl Config {
+    /// Reads the configuration from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads the configuration through `get` (tests pass a map).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |k: &'static str| get(k).filter(|v| !v.trim().is_empty());
+        let addr = |k: &'static str, default: &str| -> Result<SocketAddr, ConfigError> {
+            let v = get(k).unwrap_or_else(|| default.to_string());
+            v.trim().parse().map_err(|e| ConfigError::Invalid {
+                name: k,
+                value: v.clone(),
+                reason: format!("not an ip:port address ({e})"),
+            })
+        };
+        let millis = |k: &'static str, default: u64| -> Result<Duration, ConfigError> {
+            match get(k) {
+                None => Ok(Duration::from_millis(default)),
+                Some(v) => v
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|ms| *ms > 0)
+                    .map(Duration::from_millis)
+                    .ok_or(ConfigError::Invalid {
+                        name: k,
+                        value: v,
+                        reason: "expected a positive number of milliseconds".into(),
+                    }),
+            }
+        };
+
+        let trust_anchors_pem = match (
+            get("MESH_PROXY_TRUST_ANCHORS"),
+            get("MESH_PROXY_TRUST_ANCHORS_FILE"),
+        ) {
+            (Some(pem), _) => pem,
+            (None, Some(path)) => {
+                std::fs::read_to_string(&path).map_err(|err| ConfigError::File {
+                    name: "MESH_PROXY_TRUST_ANCHORS_FILE",
+                    path,
+                    err,
+                })?
+            }
+            (None, None) => return Err(ConfigError::Missing("MESH_PROXY_TRUST_ANCHORS_FILE")),
+        };
+
+        let token = match (
+            get("MESH_PROXY_IDENTITY_TOKEN"),
+            get("MESH_PROXY_IDENTITY_TOKEN_FILE"),
+        ) {
+            (Some(t), _) => TokenSource::Inline(t.trim().to_string()),
+            (None, Some(p)) => TokenSource::File(PathBuf::from(p)),
+            (None, None) => return Err(ConfigError::Missing("MESH_PROXY_IDENTITY_TOKEN_FILE")),
+        };
+
+        let namespace = get("MESH_PROXY_NAMESPACE").unwrap_or_else(|| "default".into());
+        let identity = match get("MESH_PROXY_IDENTITY") {
+            Some(id) => {
+                if !id.starts_with("spiffe://") {
+                    return Err(ConfigError::Invalid {
+                        name: "MESH_PROXY_IDENTITY",
+                        value: id,
+                        reason: "expected a spiffe:// ID".into(),
+                    });
+                }
+                id
+            }
+            None => {
+                let td = get("MESH_PROXY_TRUST_DOMAIN").unwrap_or_else(|| "cluster.local".into());
+                let sa = get("MESH_PROXY_SERVICE_ACCOUNT").unwrap_or_else(|| "default".into());
+                format!("spiffe://{td}/ns/{namespace}/sa/{sa}")
+            }
+        };
+
+        let worker_threads = match get("MESH_PROXY_WORKER_THREADS") {
+            None => 1,
+            Some(v) => v
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=64).contains(n))
+                .ok_or(ConfigError::Invalid {
+                    name: "MESH_PROXY_WORKER_THREADS",
+                    value: v,
+                    reason: "expected a number from 1 to 64".into(),
+                })?,
+        };
+
+        let app_ip = {
+            let v = get("MESH_PROXY_APP_IP").unwrap_or_else(|| "127.0.0.1".into());
+            v.trim().parse().map_err(|_| ConfigError::Invalid {
+                name: "MESH_PROXY_APP_IP",
+                value: v.clone(),
+                reason: "not an IP address".into(),
+            })?
+        };
+
+        Ok(Config {
+            outbound_addr: addr("MESH_PROXY_OUTBOUND_ADDR", "127.0.0.1:4140")?,
+            inbound_addr: addr("MESH_PROXY_INBOUND_ADDR", "0.0.0.0:4143")?,
+            admin_addr: addr("MESH_PROXY_ADMIN_ADDR", "0.0.0.0:4191")?,
+            app_ip,
+            destination_addr: get("MESH_PROXY_DESTINATION_ADDR")
+                .unwrap_or_else(|| "mesh-controller.mesh-system.svc.cluster.local:8086".into()),
+            identity_addr: get("MESH_PROXY_IDENTITY_ADDR")
+                .unwrap_or_else(|| "mesh-identity.mesh-system.svc.cluster.local:8080".into()),
+            identity_server_name: get("MESH_PROXY_IDENTITY_SERVER_NAME")
+                .unwrap_or_else(|| "identity.mesh-system.svc.cluster.local".into()),
+            trust_anchors_pem,
+            identity,
+            token,
+            workload: get("MESH_PROXY_WORKLOAD").unwrap_or_else(|| "unknown".into()),
+            namespace,
+            worker_threads,
+            connect_timeout: millis("MESH_PROXY_CONNECT_TIMEOUT_MS", 1_000)?,
+            discovery_timeout: millis("MESH_PROXY_DISCOVERY_TIMEOUT_MS", 3_000)?,
+            header_timeout: millis("MESH_PROXY_HEADER_TIMEOUT_MS", 10_000)?,
+        })
+    }
+}
+
+/// Turns `host:port` into an `http://` URL; URLs pass through unchanged.
+pub fn grpc_url(addr: &str, tls: bool) -> String {
+    if addr.contains("://") {
+        addr.to_string()
+    } else if tls {
+        format!("https://{addr}")
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn base() -> HashMap<&'static str, String> {
+        HashMap::from([
+            ("MESH_PROXY_TRUST_ANCHORS", "pem".to_string()),
+            ("MESH_PROXY_IDENTITY_TOKEN", "tok".to_string()),
+        ])
+    }
+
+    fn parse(m: &HashMap<&'static str, String>) -> Result<Config, ConfigError> {
+        Config::from_lookup(|k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_follow_the_design() {
+        let c = parse(&base()).expect("valid");
+        assert_eq!(c.outbound_addr.to_string(), "127.0.0.1:4140");
+        assert_eq!(c.inbound_addr.to_string(), "0.0.0.0:4143");
+        assert_eq!(c.admin_addr.to_string(), "0.0.0.0:4191");
+        assert_eq!(c.identity, "spiffe://cluster.local/ns/default/sa/default");
+        assert_eq!(c.worker_threads, 1);
+    }
+
+    #[test]
+    fn identity_from_parts() {
+        let mut m = base();
+        m.insert("MESH_PROXY_NAMESPACE", "prod".into());
+        m.insert("MESH_PROXY_SERVICE_ACCOUNT", "orders".into());
+        assert_eq!(
+            parse(&m).expect("valid").identity,
+            "spiffe://cluster.local/ns/prod/sa/orders"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_variable() {
+        let mut m = base();
+        m.insert("MESH_PROXY_INBOUND_ADDR", "nope".into());
+        let e = parse(&m).expect_err("invalid").to_string();
+        assert!(e.starts_with("MESH_PROXY_INBOUND_ADDR:"), "{e}");
+
+        let mut m = base();
+        m.insert("MESH_PROXY_WORKER_THREADS", "0".into());
+        let e = parse(&m).expect_err("invalid").to_string();
+        assert!(e.starts_with("MESH_PROXY_WORKER_THREADS:"), "{e}");
+
+        let mut m = base();
+        m.remove("MESH_PROXY_IDENTITY_TOKEN");
+        let e = parse(&m).expect_err("missing").to_string();
+        assert!(e.contains("MESH_PROXY_IDENTITY_TOKEN_FILE"), "{e}");
+
+        let mut m = base();
+        m.insert("MESH_PROXY_IDENTITY", "orders".into());
+        let e = parse(&m).expect_err("invalid").to_string();
+        assert!(e.starts_with("MESH_PROXY_IDENTITY:"), "{e}");
+    }
+
+    #[test]
+    fn grpc_urls() {
+        assert_eq!(grpc_url("127.0.0.1:8086", false), "http://127.0.0.1:8086");
+        assert_eq!(grpc_url("localhost:8080", true), "https://localhost:8080");
+        assert_eq!(grpc_url("http://x:1", true), "http://x:1");
+    }
+}

@@ -1,0 +1,157 @@
+//! Service discovery: one `Destination.Get` watch per target, shared by all
+//! connections, kept in a cache. A watch that loses the controller keeps its
+//! last endpoint set and reconnects with backoff, so traffic never depends on
+//! the control plane being up.
+
+mod watch;
+
+use crate::metrics::{ControlLabels, Metrics};
+use mesh_proto::destination::destination_client::DestinationClient;
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+use tonic::transport::Channel;
+
+/// What discovery says about one endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointMeta {
+    /// The workload's address for the target port.
+    pub addr: SocketAddr,
+    /// Set when the endpoint is meshed: whom to expect and where to dial.
+    pub tls: Option<TlsTarget>,
+}
+
+/// How to reach a meshed endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsTarget {
+    /// The SPIFFE ID the peer must present.
+    pub identity: String,
+    /// The peer proxy's inbound listener.
+    pub proxy_addr: SocketAddr,
+}
+
+/// Builds the per-endpoint state (e.g. a connection pool) the first time an
+/// endpoint appears; it is kept while the endpoint's metadata is unchanged.
+pub type NewEndpoint<T> = Arc<dyn Fn(&EndpointMeta) -> T + Send + Sync>;
+
+/// The current endpoints of a target.
+#[derive(Debug)]
+pub struct EndpointSet<T> {
+    /// False when the controller does not know the target.
+    pub exists: bool,
+    /// The endpoints; empty when there are none.
+    pub endpoints: Vec<Arc<T>>,
+    next: AtomicUsize,
+}
+
+impl<T> EndpointSet<T> {
+    fn new(exists: bool, endpoints: Vec<Arc<T>>) -> Self {
+        EndpointSet {
+            exists,
+            endpoints,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Picks an endpoint round-robin.
+    pub fn pick(&self) -> Option<&Arc<T>> {
+        if self.endpoints.is_empty() {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
+        self.endpoints.get(i)
+    }
+}
+
+/// A watched target.
+pub struct Destination<T> {
+    rx: tokio::sync::watch::Receiver<Option<Arc<EndpointSet<T>>>>,
+}
+
+impl<T> Clone for Destination<T> {
+    fn clone(&self) -> Self {
+        Destination {
+            rx: self.rx.clone(),
+        }
+    }
+}
+
+impl<T> Destination<T> {
+    /// The current endpoints, waiting up to `timeout` for the first answer.
+    pub async fn endpoints(&self, timeout: Duration) -> Option<Arc<EndpointSet<T>>> {
+        if let Some(set) = self.rx.borrow().as_ref() {
+            return Some(set.clone());
+        }
+        let mut rx = self.rx.clone();
+        let waited = tokio::time::timeout(timeout, rx.wait_for(|s| s.is_some())).await;
+        match waited {
+            Ok(Ok(set)) => set.clone(),
+            _ => None,
+        }
+    }
+}
+
+/// Resolves targets through the destination controller.
+pub struct Resolver<T> {
+    client: DestinationClient<Channel>,
+    context: String,
+    new_endpoint: NewEndpoint<T>,
+    metrics: Arc<Metrics>,
+    cache: Mutex<HashMap<String, Destination<T>>>,
+}
+
+impl<T: Send + Sync + 'static> Resolver<T> {
+    /// Creates a resolver; `url` is the controller (connected lazily).
+    pub fn new(
+        url: &str,
+        context: String,
+        new_endpoint: NewEndpoint<T>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        let channel = tonic::transport::Endpoint::from_shared(url.to_string())?
+            .connect_timeout(Duration::from_secs(2))
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .connect_lazy();
+        // Registers the gauge so it reads 0 before the first stream.
+        let _ = metrics.control_connected.get_or_create(&ControlLabels {
+            component: "destination",
+        });
+        Ok(Resolver {
+            client: DestinationClient::new(channel),
+            context,
+            new_endpoint,
+            metrics,
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Returns the watch for `target`, starting it on first use.
+    pub fn resolve(&self, target: &str) -> Destination<T> {
+        let mut cache = match self.cache.lock() {
+            Ok(c) => c,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(d) = cache.get(target) {
+            return d.clone();
+        }
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        tokio::spawn(watch::run(
+            self.client.clone(),
+            target.to_string(),
+            self.context.clone(),
+            self.new_endpoint.clone(),
+            tx,
+            self.metrics.clone(),
+        ));
+        let d = Destination { rx };
+        cache.insert(target.to_string(), d.clone());
+        d
+    }
+}

@@ -1,0 +1,117 @@
+//! Errors the proxy answers itself, and the one place that maps each to a
+//! status, a gRPC status, an `x-mesh-proxy-error` header and a metric reason.
+
+use crate::body::ProxyBody;
+use http::{header::HeaderValue, Response, StatusCode};
+
+/// The header naming the reason of a proxy-generated response.
+pub const PROXY_ERROR_HEADER: &str = "x-mesh-proxy-error";
+
+/// A failure the proxy answers for the application.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("request has no authority (Host header or absolute URI)")]
+    NoAuthority,
+    #[error("no endpoints for {0}")]
+    NoEndpoints(String),
+    #[error("discovery of {0} timed out")]
+    DiscoveryTimeout(String),
+    #[error("connect to {addr} failed: {reason}")]
+    Connect { addr: String, reason: String },
+    #[error("connect to {0} timed out")]
+    ConnectTimeout(String),
+    #[error("tls handshake with {addr} failed: {reason}")]
+    Tls { addr: String, reason: String },
+    #[error("upstream {addr} failed: {reason}")]
+    Upstream { addr: String, reason: String },
+    #[error("application on port {port} failed: {reason}")]
+    App { port: u16, reason: String },
+}
+
+impl ProxyError {
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoAuthority => StatusCode::BAD_REQUEST,
+            ProxyError::NoEndpoints(_) | ProxyError::DiscoveryTimeout(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::ConnectTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Connect { .. }
+            | ProxyError::Tls { .. }
+            | ProxyError::Upstream { .. }
+            | ProxyError::App { .. } => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The short reason used in the header and the metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProxyError::NoAuthority => "no authority",
+            ProxyError::NoEndpoints(_) => "no endpoints",
+            ProxyError::DiscoveryTimeout(_) => "discovery timeout",
+            ProxyError::Connect { .. } => "connect failed",
+            ProxyError::ConnectTimeout(_) => "connect timeout",
+            ProxyError::Tls { .. } => "tls failed",
+            ProxyError::Upstream { .. } => "upstream failed",
+            ProxyError::App { .. } => "app failed",
+        }
+    }
+
+    /// The gRPC status code for gRPC callers.
+    fn grpc_status(&self) -> &'static str {
+        match self.status() {
+            StatusCode::GATEWAY_TIMEOUT => "4",
+            StatusCode::BAD_REQUEST => "13",
+            _ => "14",
+        }
+    }
+
+    /// Renders the error for a caller; gRPC callers get a trailers-only
+    /// response with `grpc-status`.
+    pub fn to_response(&self, grpc: bool) -> Response<ProxyBody> {
+        let mut rsp = Response::new(ProxyBody::Empty);
+        rsp.headers_mut().insert(
+            PROXY_ERROR_HEADER,
+            HeaderValue::from_static(self.reason()),
+        );
+        if grpc {
+            let h = rsp.headers_mut();
+            h.insert("content-type", HeaderValue::from_static("application/grpc"));
+            h.insert("grpc-status", HeaderValue::from_static(self.grpc_status()));
+            if let Ok(msg) = HeaderValue::from_str(&self.to_string()) {
+                h.insert("grpc-message", msg);
+            }
+        } else {
+            *rsp.status_mut() = self.status();
+            *rsp.body_mut() = ProxyBody::full(format!("{self}\n"));
+        }
+        rsp
+    }
+}
+
+/// True when the request is gRPC (by content type).
+pub fn is_grpc<B>(req: &http::Request<B>) -> bool {
+    req.headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_errors_to_statuses() {
+        let e = ProxyError::NoEndpoints("svc:80".into());
+        let rsp = e.to_response(false);
+        assert_eq!(rsp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(rsp.headers()[PROXY_ERROR_HEADER], "no endpoints");
+        let rsp = e.to_response(true);
+        assert_eq!(rsp.status(), StatusCode::OK);
+        assert_eq!(rsp.headers()["grpc-status"], "14");
+        let e = ProxyError::ConnectTimeout("x".into());
+        assert_eq!(e.to_response(false).status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(e.to_response(true).headers()["grpc-status"], "4");
+    }
+}

@@ -1,0 +1,144 @@
+//! The inbound side: peers connect to 4143 with mutual TLS, send the
+//! transport header, then HTTP/2 (or HTTP/1.1 for upgrades, or opaque
+//! bytes); requests go to the application on `<app ip>:<port>` carrying the
+//! caller's SPIFFE ID in `x-mesh-client-id`.
+
+mod app;
+mod http;
+
+use crate::{
+    metrics::{Direction, Metrics, RequestLabels, Str},
+    tls::spiffe::spiffe_id,
+    transport_header::{SessionProtocol, TransportHeader},
+};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::{net::IpAddr, sync::Arc, time::Duration};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+/// Everything the inbound side shares across connections.
+pub struct Inbound {
+    acceptor: TlsAcceptor,
+    metrics: Arc<Metrics>,
+    identity: Str,
+    header_timeout: Duration,
+    apps: app::AppClients,
+}
+
+impl Inbound {
+    /// Builds the inbound side.
+    pub fn new(
+        tls: Arc<rustls::ServerConfig>,
+        metrics: Arc<Metrics>,
+        identity: &str,
+        app_ip: IpAddr,
+        header_timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Self {
+        Inbound {
+            acceptor: TlsAcceptor::from(tls),
+            metrics,
+            identity: identity.into(),
+            header_timeout,
+            apps: app::AppClients::new(app_ip, connect_timeout),
+        }
+    }
+
+    /// Accepts peer connections forever.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(error) => {
+                    tracing::warn!(%error, "inbound accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let this = self.clone();
+            tokio::spawn(async move {
+                if let Err(reason) = this.connection(tcp).await {
+                    this.metrics.error(Direction::inbound, reason.0);
+                    tracing::info!(%peer, error = %reason.1, "inbound connection refused");
+                }
+            });
+        }
+    }
+
+    /// Handles one connection; the error is (metric reason, message).
+    async fn connection(&self, tcp: TcpStream) -> Result<(), (&'static str, String)> {
+        // The whole preamble (handshake + header) is bounded, so an idle or
+        // slow client cannot hold a connection open.
+        let preamble = async {
+            let mut tls = self
+                .acceptor
+                .accept(tcp)
+                .await
+                .map_err(|e| ("tls handshake", format!("tls handshake failed: {e}")))?;
+            let client_id = {
+                let (_, session) = tls.get_ref();
+                let cert = session
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .ok_or(("tls handshake", "client sent no certificate".to_string()))?;
+                spiffe_id(cert).map_err(|e| ("client identity", e))?
+            };
+            let header = TransportHeader::read(&mut tls)
+                .await
+                .map_err(|e| ("transport header", e.to_string()))?;
+            Ok::<_, (&'static str, String)>((tls, client_id, header))
+        };
+        let (tls, client_id, header) = tokio::time::timeout(self.header_timeout, preamble)
+            .await
+            .map_err(|_| ("timeout", "no handshake and header in time".to_string()))??;
+
+        let labels = RequestLabels {
+            direction: Direction::inbound,
+            dst_service: Str::from(header.name.as_str()),
+            src_identity: Str::from(client_id.as_str()),
+            dst_identity: self.identity.clone(),
+            tls: true,
+        };
+        let conn = http::Connection {
+            app: self.apps.for_port(header.port),
+            metrics: self.metrics.clone(),
+            client_id: ::http::HeaderValue::from_str(&client_id)
+                .map_err(|_| ("client identity", "identity is not a header value".into()))?,
+            labels,
+        };
+        let io = TokioIo::new(tls);
+        match header.protocol {
+            SessionProtocol::Http2 => {
+                let svc = hyper::service::service_fn(move |req| conn.clone().handle(req));
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .adaptive_window(true)
+                    .serve_connection(io, svc)
+                    .await
+                    .map_err(|e| ("http", e.to_string()))
+            }
+            SessionProtocol::Http1 => {
+                let svc = hyper::service::service_fn(move |req| conn.clone().handle(req));
+                hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .serve_connection(io, svc)
+                    .with_upgrades()
+                    .await
+                    .map_err(|e| ("http", e.to_string()))
+            }
+            SessionProtocol::Opaque => {
+                let mut app = self
+                    .apps
+                    .connect(header.port)
+                    .await
+                    .map_err(|e| ("app connect", e.to_string()))?;
+                let mut io = io.into_inner();
+                tokio::io::copy_bidirectional(&mut io, &mut app)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| ("opaque", e.to_string()))
+            }
+        }
+    }
+}

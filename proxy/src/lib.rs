@@ -1,0 +1,20 @@
+//! mesh-proxy: the data plane. The tree follows the request path:
+//! `outbound` (app → discovery → endpoint over mTLS) and `inbound`
+//! (mTLS → transport header → app), with `tls`, `identity`, `discovery`,
+//! `admin` and `metrics` as the shared pieces.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod body;
+pub mod config;
+pub mod discovery;
+pub mod errors;
+pub mod identity;
+pub mod inbound;
+pub mod metrics;
+pub mod outbound;
+pub mod tls;
+pub mod transport_header;
+pub mod upgrade;

@@ -1,0 +1,222 @@
+//! The proxy's Prometheus metrics (DESIGN §7), served on `/metrics`.
+//!
+//! Label values that repeat on every request (service, identities) are
+//! `Arc<str>` so recording a request clones pointers, not strings.
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+use std::{fmt::Write, sync::Arc};
+
+/// A cheaply clonable label value.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
+pub struct Str(pub Arc<str>);
+
+impl From<&str> for Str {
+    fn from(s: &str) -> Self {
+        Str(Arc::from(s))
+    }
+}
+
+impl EncodeLabelValue for Str {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(&self.0)
+    }
+}
+
+/// Which side of the proxy handled the traffic.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Direction {
+    #[allow(non_camel_case_types)]
+    inbound,
+    #[allow(non_camel_case_types)]
+    outbound,
+}
+
+/// Whether the response counts as a success.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Classification {
+    #[allow(non_camel_case_types)]
+    success,
+    #[allow(non_camel_case_types)]
+    failure,
+}
+
+/// Labels of a request stream.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub direction: Direction,
+    /// The logical destination (`name.ns.svc.cluster.local:port`).
+    pub dst_service: Str,
+    /// The client's SPIFFE ID (`""` when unknown).
+    pub src_identity: Str,
+    /// The server's SPIFFE ID (`""` when not meshed).
+    pub dst_identity: Str,
+    /// `true` when the hop between proxies was mutual TLS.
+    pub tls: bool,
+}
+
+/// Labels of a response.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResponseLabels {
+    #[prometheus(flatten)]
+    pub request: RequestLabels,
+    pub status_code: u16,
+    pub classification: Classification,
+}
+
+/// Labels of an error the proxy produced itself.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub direction: Direction,
+    pub reason: &'static str,
+}
+
+/// Labels of a control-plane connection.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControlLabels {
+    /// `destination` or `identity`.
+    pub component: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new([
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ])
+}
+
+/// Every metric the proxy exports.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub responses: Family<ResponseLabels, Counter>,
+    pub latency: Family<RequestLabels, Histogram, fn() -> Histogram>,
+    pub proxy_errors: Family<ErrorLabels, Counter>,
+    pub cert_expiry: Gauge,
+    pub cert_renewals: Counter,
+    pub cert_renewal_failures: Counter,
+    pub control_connected: Family<ControlLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("mesh");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let responses = Family::<ResponseLabels, Counter>::default();
+        let latency = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let proxy_errors = Family::<ErrorLabels, Counter>::default();
+        let cert_expiry = Gauge::default();
+        let cert_renewals = Counter::default();
+        let cert_renewal_failures = Counter::default();
+        let control_connected = Family::<ControlLabels, Gauge>::default();
+        registry.register("requests", "HTTP requests received", requests.clone());
+        registry.register("responses", "HTTP responses sent", responses.clone());
+        registry.register(
+            "response_latency_seconds",
+            "Time from request to response headers",
+            latency.clone(),
+        );
+        registry.register(
+            "proxy_errors",
+            "Errors the proxy answered itself, by reason",
+            proxy_errors.clone(),
+        );
+        registry.register(
+            "identity_cert_expiry_timestamp_seconds",
+            "When the workload certificate expires (Unix seconds)",
+            cert_expiry.clone(),
+        );
+        registry.register(
+            "identity_cert_renewals",
+            "Certificates obtained from the identity service",
+            cert_renewals.clone(),
+        );
+        registry.register(
+            "identity_cert_renewal_failures",
+            "Failed certificate requests",
+            cert_renewal_failures.clone(),
+        );
+        registry.register(
+            "control_connected",
+            "1 while the control-plane stream is up",
+            control_connected.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            responses,
+            latency,
+            proxy_errors,
+            cert_expiry,
+            cert_renewals,
+            cert_renewal_failures,
+            control_connected,
+        }
+    }
+
+    /// Renders the Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Counts an error the proxy answered itself.
+    pub fn error(&self, direction: Direction, reason: &'static str) {
+        self.proxy_errors
+            .get_or_create(&ErrorLabels { direction, reason })
+            .inc();
+    }
+
+    /// Records a response and its latency.
+    pub fn record(&self, labels: &RequestLabels, status: u16, elapsed: std::time::Duration) {
+        let classification = if status < 500 {
+            Classification::success
+        } else {
+            Classification::failure
+        };
+        self.responses
+            .get_or_create(&ResponseLabels {
+                request: labels.clone(),
+                status_code: status,
+                classification,
+            })
+            .inc();
+        self.latency
+            .get_or_create(labels)
+            .observe(elapsed.as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_documented_names() {
+        let m = Metrics::new();
+        let labels = RequestLabels {
+            direction: Direction::outbound,
+            dst_service: "web.demo.svc.cluster.local:80".into(),
+            src_identity: "spiffe://cluster.local/ns/demo/sa/a".into(),
+            dst_identity: "spiffe://cluster.local/ns/demo/sa/b".into(),
+            tls: true,
+        };
+        m.requests.get_or_create(&labels).inc();
+        m.record(&labels, 503, std::time::Duration::from_millis(3));
+        let text = m.encode();
+        assert!(text.contains("mesh_requests_total{direction=\"outbound\",dst_service=\"web.demo.svc.cluster.local:80\""), "{text}");
+        assert!(text.contains("status_code=\"503\",classification=\"failure\"} 1"), "{text}");
+        assert!(text.contains("mesh_response_latency_seconds_bucket"), "{text}");
+    }
+}

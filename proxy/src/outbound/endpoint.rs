@@ -1,0 +1,249 @@
+//! The client for one endpoint. Meshed endpoints get one pooled HTTP/2
+//! connection over mTLS to the peer proxy (transport header first);
+//! upgrade requests get a dedicated HTTP/1.1 connection; unmeshed endpoints
+//! are reached in plaintext.
+
+use crate::{
+    body::ProxyBody,
+    discovery::EndpointMeta,
+    errors::ProxyError,
+    metrics::Str,
+    tls::CertStore,
+    transport_header::{SessionProtocol, TransportHeader},
+};
+use http::{Request, Response};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::{ClientConfig, RootCertStore};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+use tokio::{io::AsyncWriteExt, net::TcpStream};
+use tokio_rustls::{client::TlsStream, TlsConnector};
+
+/// Shared settings for building endpoint clients.
+#[derive(Clone)]
+pub struct EndpointSettings {
+    pub certs: Arc<CertStore>,
+    pub roots: Arc<RootCertStore>,
+    pub connect_timeout: Duration,
+}
+
+/// Per-endpoint state kept while the endpoint is in the set.
+pub struct EndpointClient {
+    /// The endpoint's address (what the app meant).
+    pub addr: SocketAddr,
+    /// The identity the peer must present (`""` if unmeshed).
+    pub identity: Str,
+    mtls: Option<Mtls>,
+    connect_timeout: Duration,
+    h2: tokio::sync::Mutex<Option<SendRequest<ProxyBody>>>,
+}
+
+struct Mtls {
+    proxy_addr: SocketAddr,
+    config: Arc<ClientConfig>,
+}
+
+impl EndpointClient {
+    /// Builds the state for an endpoint discovery announced.
+    pub fn new(meta: &EndpointMeta, settings: &EndpointSettings) -> Self {
+        let (identity, mtls) = match &meta.tls {
+            Some(t) => {
+                let config = crate::tls::client_config(
+                    settings.certs.clone(),
+                    settings.roots.clone(),
+                    &t.identity,
+                );
+                match config {
+                    Ok(config) => (
+                        Str::from(t.identity.as_str()),
+                        Some(Mtls {
+                            proxy_addr: t.proxy_addr,
+                            config,
+                        }),
+                    ),
+                    Err(error) => {
+                        // Cannot happen with a valid root store; fail closed.
+                        tracing::error!(%error, addr = %meta.addr, "cannot build TLS config; endpoint unusable");
+                        (Str::from(t.identity.as_str()), None)
+                    }
+                }
+            }
+            None => (Str::default(), None),
+        };
+        EndpointClient {
+            addr: meta.addr,
+            identity,
+            mtls,
+            connect_timeout: settings.connect_timeout,
+            h2: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// True when traffic to the endpoint is mutual TLS.
+    pub fn is_meshed(&self) -> bool {
+        self.mtls.is_some()
+    }
+
+    fn dial_addr(&self) -> SocketAddr {
+        self.mtls.as_ref().map_or(self.addr, |m| m.proxy_addr)
+    }
+
+    async fn tcp(&self) -> Result<TcpStream, ProxyError> {
+        let addr = self.dial_addr();
+        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| ProxyError::ConnectTimeout(addr.to_string()))?
+            .map_err(|e| ProxyError::Connect {
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            })?;
+        let _ = tcp.set_nodelay(true);
+        Ok(tcp)
+    }
+
+    /// Opens an mTLS session to the peer proxy and sends the transport header.
+    async fn mtls(
+        &self,
+        mtls: &Mtls,
+        protocol: SessionProtocol,
+        name: &str,
+    ) -> Result<TlsStream<TcpStream>, ProxyError> {
+        let addr = mtls.proxy_addr.to_string();
+        let tcp = self.tcp().await?;
+        let connector = TlsConnector::from(mtls.config.clone());
+        let mut tls = tokio::time::timeout(
+            self.connect_timeout,
+            connector.connect(crate::tls::server_name(), tcp),
+        )
+        .await
+        .map_err(|_| ProxyError::ConnectTimeout(addr.clone()))?
+        .map_err(|e| ProxyError::Tls {
+            addr: addr.clone(),
+            reason: e.to_string(),
+        })?;
+        let header = TransportHeader {
+            port: self.addr.port(),
+            protocol,
+            name: name.to_string(),
+        }
+        .encode()
+        .map_err(|e| ProxyError::Upstream {
+            addr: addr.clone(),
+            reason: e.to_string(),
+        })?;
+        let write = async {
+            tls.write_all(&header).await?;
+            tls.flush().await
+        };
+        write.await.map_err(|e| ProxyError::Upstream {
+            addr,
+            reason: e.to_string(),
+        })?;
+        Ok(tls)
+    }
+
+    /// Returns a ready HTTP/2 sender, connecting if there is none.
+    async fn h2(&self, mtls: &Mtls, name: &str) -> Result<SendRequest<ProxyBody>, ProxyError> {
+        let mut slot = self.h2.lock().await;
+        if let Some(s) = slot.as_ref() {
+            if !s.is_closed() {
+                return Ok(s.clone());
+            }
+        }
+        let tls = self.mtls(mtls, SessionProtocol::Http2, name).await?;
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .adaptive_window(true)
+            .handshake::<_, ProxyBody>(TokioIo::new(tls))
+            .await
+            .map_err(|e| ProxyError::Upstream {
+                addr: mtls.proxy_addr.to_string(),
+                reason: e.to_string(),
+            })?;
+        let peer = mtls.proxy_addr;
+        tokio::spawn(async move {
+            if let Err(error) = conn.await {
+                tracing::debug!(%peer, %error, "peer connection closed");
+            }
+        });
+        *slot = Some(sender.clone());
+        Ok(sender)
+    }
+
+    /// Sends a request (already in HTTP/2 form when meshed).
+    pub async fn send(
+        &self,
+        req: Request<ProxyBody>,
+        name: &str,
+        plain: &super::PlainClient,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let Some(mtls) = &self.mtls else {
+            return plain
+                .request(req)
+                .await
+                .map(|r| r.map(ProxyBody::from))
+                .map_err(|e| ProxyError::Upstream {
+                    addr: self.addr.to_string(),
+                    reason: e.to_string(),
+                });
+        };
+        let mut sender = self.h2(mtls, name).await?;
+        let upstream = |e: hyper::Error| ProxyError::Upstream {
+            addr: mtls.proxy_addr.to_string(),
+            reason: e.to_string(),
+        };
+        sender.ready().await.map_err(upstream)?;
+        let rsp = sender.send_request(req).await.map_err(upstream)?;
+        Ok(rsp.map(ProxyBody::from))
+    }
+
+    /// Sends an upgrade request on its own HTTP/1.1 connection and splices
+    /// the connections if the server switches protocols.
+    pub async fn upgrade(
+        &self,
+        mut req: Request<ProxyBody>,
+        downstream: hyper::upgrade::OnUpgrade,
+        name: &str,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let upstream_err = |e: hyper::Error| ProxyError::Upstream {
+            addr: self.dial_addr().to_string(),
+            reason: e.to_string(),
+        };
+        let mut sender = match &self.mtls {
+            Some(mtls) => {
+                let tls = self.mtls(mtls, SessionProtocol::Http1, name).await?;
+                handshake_h1(TokioIo::new(tls)).await.map_err(upstream_err)?
+            }
+            None => {
+                let tcp = self.tcp().await?;
+                handshake_h1(TokioIo::new(tcp)).await.map_err(upstream_err)?
+            }
+        };
+        // HTTP/1 on the wire: origin-form URI, authority in Host.
+        if let Some(pq) = req.uri().path_and_query().cloned() {
+            *req.uri_mut() = http::Uri::from(pq);
+        }
+        let mut rsp = sender.send_request(req).await.map_err(upstream_err)?;
+        if rsp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            crate::upgrade::splice(downstream, hyper::upgrade::on(&mut rsp));
+        }
+        Ok(rsp.map(ProxyBody::from))
+    }
+}
+
+async fn handshake_h1<I>(
+    io: I,
+) -> Result<hyper::client::conn::http1::SendRequest<ProxyBody>, hyper::Error>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+    tokio::spawn(async move {
+        if let Err(error) = conn.with_upgrades().await {
+            tracing::debug!(%error, "upgrade connection closed");
+        }
+    });
+    Ok(sender)
+}

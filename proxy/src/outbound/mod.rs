@@ -1,0 +1,77 @@
+//! The outbound side: the application's requests arrive on 4140 (explicit
+//! `HTTP_PROXY` mode for now), are resolved through discovery, balanced over
+//! the target's endpoints and sent over mTLS to the peer proxies.
+
+mod endpoint;
+mod http;
+
+pub use endpoint::{EndpointClient, EndpointSettings};
+
+use crate::{body::ProxyBody, discovery::Resolver, metrics::Metrics};
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use std::{sync::Arc, time::Duration};
+use tokio::net::TcpListener;
+
+/// A plaintext HTTP client for unmeshed endpoints and unknown targets.
+pub type PlainClient = Client<HttpConnector, ProxyBody>;
+
+/// Everything the outbound side shares across connections.
+pub struct Outbound {
+    pub(crate) resolver: Resolver<EndpointClient>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) identity: crate::metrics::Str,
+    pub(crate) discovery_timeout: Duration,
+    pub(crate) plain: PlainClient,
+}
+
+impl Outbound {
+    /// Builds the outbound side.
+    pub fn new(
+        resolver: Resolver<EndpointClient>,
+        metrics: Arc<Metrics>,
+        identity: &str,
+        discovery_timeout: Duration,
+    ) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(1)));
+        Outbound {
+            resolver,
+            metrics,
+            identity: identity.into(),
+            discovery_timeout,
+            plain: Client::builder(TokioExecutor::new()).build(connector),
+        }
+    }
+
+    /// Accepts application connections forever.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(error) => {
+                    tracing::warn!(%error, "outbound accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let this = self.clone();
+            tokio::spawn(async move {
+                let conn = http::Connection::new(this);
+                let svc = hyper::service::service_fn(move |req| conn.clone().handle(req));
+                let builder = auto::Builder::new(TokioExecutor::new());
+                if let Err(error) = builder
+                    .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
+                    .await
+                {
+                    tracing::debug!(%peer, %error, "outbound connection closed with an error");
+                }
+            });
+        }
+    }
+}

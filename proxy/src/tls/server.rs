@@ -1,0 +1,24 @@
+//! The inbound side's TLS configuration: our certificate, and a client
+//! certificate that chains to the trust anchors is mandatory.
+
+use super::{CertStore, TlsError};
+use rustls::{server::WebPkiClientVerifier, RootCertStore, ServerConfig};
+use std::sync::Arc;
+
+/// Builds the inbound TLS configuration (TLS 1.3, client auth required).
+pub fn server_config(
+    certs: Arc<CertStore>,
+    roots: Arc<RootCertStore>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = super::provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+        .build()
+        .map_err(|e| TlsError::Anchors(e.to_string()))?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(certs);
+    // Proxies speak the transport header first, so no ALPN is needed.
+    config.max_early_data_size = 0;
+    Ok(Arc::new(config))
+}
