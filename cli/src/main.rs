@@ -1,1 +1,82 @@
-fn main() {}
+//! `mesh`: the mesh command line. Each subcommand lives in its own module
+//! with an `Args` struct and a `run` function; this file only dispatches.
+
+mod identity;
+mod token;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// The mesh command line.
+#[derive(Debug, Parser)]
+#[command(name = "mesh", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The subcommands; add one variant and one module per new subcommand.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Manage the mesh's certificate authority files.
+    Identity(identity::Args),
+    /// Mint a local-mode workload token (printed on stdout).
+    Token(token::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Identity(args) => identity::run(args),
+        Command::Token(args) => token::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mesh: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_subcommands() {
+        let cli = Cli::try_parse_from(["mesh", "identity", "init", "/tmp/x", "--force"]).unwrap();
+        assert!(matches!(cli.command, Command::Identity(_)));
+        let cli = Cli::try_parse_from([
+            "mesh",
+            "token",
+            "--namespace",
+            "default",
+            "--service-account",
+            "web",
+            "--ttl",
+            "1h",
+        ])
+        .unwrap();
+        assert!(matches!(cli.command, Command::Token(_)));
+        assert!(Cli::try_parse_from(["mesh", "token", "--namespace", "default"]).is_err());
+        assert!(Cli::try_parse_from([
+            "mesh",
+            "token",
+            "--namespace",
+            "a",
+            "--service-account",
+            "b",
+            "--ttl",
+            "forever"
+        ])
+        .is_err());
+    }
+}

@@ -1,0 +1,165 @@
+//! In-process applications behind the proxies: an HTTP echo server
+//! (HTTP/1.1 and h2c, with upgrade support) and a gRPC server.
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+};
+
+/// A running echo application.
+pub struct EchoApp {
+    pub addr: SocketAddr,
+    /// Requests served.
+    pub hits: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for EchoApp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts an echo app named `name` on a free loopback port. It answers every
+/// request with 200, headers `x-app-name`, `x-seen-client-id` (the
+/// `x-mesh-client-id` it received), `x-seen-version`, and echoes the body.
+/// A request with `Upgrade: echo` is switched to a raw byte echo.
+pub async fn echo(name: &str) -> EchoApp {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let hits = Arc::new(AtomicU64::new(0));
+    let name: Arc<str> = Arc::from(name);
+    let h = hits.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let name = name.clone();
+            let hits = h.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    hits.fetch_add(1, Ordering::Relaxed);
+                    handle(name.clone(), req)
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    EchoApp { addr, hits, task }
+}
+
+async fn handle(
+    name: Arc<str>,
+    mut req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let seen_id = req
+        .headers()
+        .get("x-mesh-client-id")
+        .map(|v| v.to_str().unwrap_or("<non-utf8>").to_string())
+        .unwrap_or_default();
+    let version = format!("{:?}", req.version());
+    if req.headers().get("upgrade").is_some_and(|v| v == "echo") {
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = on.await {
+                let mut io = TokioIo::new(up);
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = io.read(&mut buf).await {
+                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let rsp = Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("upgrade", "echo")
+            .header("connection", "upgrade")
+            .header("x-seen-client-id", seen_id)
+            .body(Full::new(Bytes::new()))
+            .expect("response");
+        return Ok(rsp);
+    }
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let rsp = Response::builder()
+        .header("x-app-name", &*name)
+        .header("x-seen-client-id", seen_id)
+        .header("x-seen-version", version)
+        .body(Full::new(body))
+        .expect("response");
+    Ok(rsp)
+}
+
+/// A running gRPC app (the `Identity` service, reused as a test API: it
+/// answers `Certify` with the app name and the caller's mesh identity).
+pub struct GrpcApp {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for GrpcApp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct Echo(String);
+
+#[tonic::async_trait]
+impl mesh_proto::identity::identity_server::Identity for Echo {
+    async fn certify(
+        &self,
+        req: tonic::Request<mesh_proto::identity::CertifyRequest>,
+    ) -> Result<tonic::Response<mesh_proto::identity::CertifyResponse>, tonic::Status> {
+        let seen = req
+            .metadata()
+            .get("x-mesh-client-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        Ok(tonic::Response::new(mesh_proto::identity::CertifyResponse {
+            leaf_certificate: self.0.clone().into_bytes(),
+            intermediate_certificates: vec![seen.into_bytes()],
+            valid_until_unix_seconds: 0,
+        }))
+    }
+}
+
+/// Starts a gRPC app on a free loopback port.
+pub async fn grpc(name: &str) -> GrpcApp {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let svc = mesh_proto::identity::identity_server::IdentityServer::new(Echo(name.to_string()));
+    let task = tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let _ = tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(incoming)
+            .await;
+    });
+    GrpcApp { addr, task }
+}

@@ -1,0 +1,125 @@
+//! Clients that send traffic to a proxy's outbound listener the way an
+//! application in explicit (`HTTP_PROXY`) mode does.
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::{
+    client::legacy::{connect::Connected, Client},
+    rt::{TokioExecutor, TokioIo},
+};
+use std::{net::SocketAddr, time::Duration};
+use tokio::net::TcpStream;
+
+/// A TCP stream that tells the pooled client it talks to a proxy, so
+/// HTTP/1 requests go out in absolute form, as `HTTP_PROXY` clients send them.
+pub struct ProxyConn(TokioIo<TcpStream>);
+
+impl hyper_util::client::legacy::connect::Connection for ProxyConn {
+    fn connected(&self) -> Connected {
+        Connected::new().proxy(true)
+    }
+}
+
+impl hyper::rt::Read for ProxyConn {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for ProxyConn {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+}
+
+type Connector = tower::util::BoxCloneSyncService<
+    http::Uri,
+    ProxyConn,
+    Box<dyn std::error::Error + Send + Sync>,
+>;
+
+/// A pooled client whose every connection goes to `proxy`.
+pub type ProxyClient = Client<Connector, Full<Bytes>>;
+
+fn connector(proxy: SocketAddr) -> Connector {
+    tower::util::BoxCloneSyncService::new(tower::service_fn(move |_uri: http::Uri| async move {
+        let tcp = TcpStream::connect(proxy).await?;
+        tcp.set_nodelay(true)?;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(ProxyConn(TokioIo::new(tcp)))
+    }))
+}
+
+/// An HTTP/1.1 client through `proxy`.
+pub fn http1(proxy: SocketAddr) -> ProxyClient {
+    Client::builder(TokioExecutor::new()).build(connector(proxy))
+}
+
+/// An HTTP/2 (prior knowledge, h2c) client through `proxy`.
+pub fn http2(proxy: SocketAddr) -> ProxyClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(connector(proxy))
+}
+
+/// A response read in full.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// A header as a string ("" when absent).
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+/// Sends `req` and reads the whole response, bounded by 10 s.
+pub async fn send(client: &ProxyClient, req: Request<Full<Bytes>>) -> anyhow::Result<Reply> {
+    let fut = async {
+        let rsp = client.request(req).await?;
+        let status = rsp.status();
+        let headers = rsp.headers().clone();
+        let body = rsp.into_body().collect().await?.to_bytes();
+        Ok::<_, anyhow::Error>(Reply {
+            status,
+            headers,
+            body,
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .map_err(|_| anyhow::anyhow!("request timed out"))?
+}
+
+/// `GET uri` through `client`.
+pub async fn get(client: &ProxyClient, uri: &str) -> anyhow::Result<Reply> {
+    let req = Request::get(uri).body(Full::new(Bytes::new()))?;
+    send(client, req).await
+}

@@ -1,0 +1,279 @@
+//! A whole local mesh for one test: a trust anchor and issuer, the real
+//! `mesh-identity` and `mesh-controller` binaries on a manifest directory,
+//! and `mesh-proxy` processes for the workloads the test declares.
+
+use crate::process::{bin, free_addr, wait_for_port, Proc};
+use mesh_identity::{files, token};
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The trust domain of test meshes.
+pub const TRUST_DOMAIN: &str = "cluster.local";
+
+/// A running control plane.
+pub struct Mesh {
+    pub root: tempfile::TempDir,
+    pub identity_dir: PathBuf,
+    pub manifests: PathBuf,
+    pub identity_addr: SocketAddr,
+    pub controller_addr: SocketAddr,
+    controller_admin: SocketAddr,
+    pub identity: Proc,
+    pub controller: Option<Proc>,
+    token_key: token::TokenKey,
+}
+
+/// A running proxy.
+pub struct Proxy {
+    pub outbound: SocketAddr,
+    pub inbound: SocketAddr,
+    pub admin: SocketAddr,
+    pub identity: String,
+    pub proc: Proc,
+}
+
+/// The SPIFFE ID of a test workload.
+pub fn spiffe(ns: &str, sa: &str) -> String {
+    format!("spiffe://{TRUST_DOMAIN}/ns/{ns}/sa/{sa}")
+}
+
+impl Mesh {
+    /// Starts identity (certificates valid for `cert_lifetime`, e.g. "1h")
+    /// and the controller on an empty manifest directory.
+    pub async fn start(cert_lifetime: &str) -> Mesh {
+        let root = tempfile::tempdir().expect("tempdir");
+        let identity_dir = root.path().join("identity");
+        let manifests = root.path().join("manifests");
+        std::fs::create_dir_all(&manifests).expect("manifests dir");
+        files::init_dir(&identity_dir, TRUST_DOMAIN, false).expect("identity init");
+        let token_key = files::load_token_key(&identity_dir).expect("token key");
+
+        let identity_addr = free_addr();
+        let mut cmd = Command::new(bin("mesh-identity"));
+        cmd.arg("--dir")
+            .arg(&identity_dir)
+            .arg("--addr")
+            .arg(identity_addr.to_string())
+            .arg("--admin-addr")
+            .arg(free_addr().to_string())
+            .arg("--cert-lifetime")
+            .arg(cert_lifetime);
+        let mut identity = Proc::spawn("mesh-identity", cmd, root.path().join("identity.log"));
+        if !wait_for_port(identity_addr, Duration::from_secs(20)) {
+            identity.assert_running();
+            panic!("identity did not listen:\n{}", identity.log_text());
+        }
+        let mut mesh = Mesh {
+            identity_dir,
+            manifests,
+            identity_addr,
+            controller_addr: free_addr(),
+            controller_admin: free_addr(),
+            identity,
+            controller: None,
+            token_key,
+            root,
+        };
+        mesh.start_controller();
+        mesh
+    }
+
+    /// Starts (or restarts) the controller on its fixed address.
+    pub fn start_controller(&mut self) {
+        let mut cmd = Command::new(bin("mesh-controller"));
+        cmd.arg("--source")
+            .arg(format!("dir:{}", self.manifests.display()))
+            .arg("--grpc-addr")
+            .arg(self.controller_addr.to_string())
+            .arg("--admin-addr")
+            .arg(self.controller_admin.to_string());
+        let log = self.root.path().join(format!(
+            "controller-{}.log",
+            Instant::now().elapsed().as_nanos()
+        ));
+        let mut p = Proc::spawn("mesh-controller", cmd, log);
+        if !wait_for_port(self.controller_addr, Duration::from_secs(20)) {
+            p.assert_running();
+            panic!("controller did not listen:\n{}", p.log_text());
+        }
+        self.controller = Some(p);
+    }
+
+    /// Kills the controller.
+    pub fn kill_controller(&mut self) {
+        if let Some(mut p) = self.controller.take() {
+            p.kill();
+        }
+    }
+
+    /// Writes a manifest file.
+    pub fn write(&self, file: &str, yaml: &str) {
+        let tmp = self.manifests.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, yaml).expect("write manifest");
+        std::fs::rename(&tmp, self.manifests.join(file)).expect("rename manifest");
+    }
+
+    /// Removes a manifest file.
+    pub fn remove(&self, file: &str) {
+        std::fs::remove_file(self.manifests.join(file)).expect("remove manifest");
+    }
+
+    /// Waits until the controller serves `n` endpoints for `target`
+    /// (file watches are asynchronous), at most 10 s.
+    pub async fn wait_for_endpoints(&self, target: &str, n: usize) {
+        use mesh_proto::destination::{destination_client::DestinationClient, update, GetDestination};
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            let url = format!("http://{}", self.controller_addr);
+            if let Ok(mut c) = DestinationClient::connect(url).await {
+                let req = GetDestination { target: target.into(), context: "test".into() };
+                if let Ok(rsp) = c.get(req).await {
+                    let mut stream = rsp.into_inner();
+                    let first = tokio::time::timeout(Duration::from_secs(2), stream.message()).await;
+                    if let Ok(Ok(Some(u))) = first {
+                        let count = match &u.update {
+                            Some(update::Update::Add(set)) => set.endpoints.len(),
+                            _ => 0,
+                        };
+                        if count == n {
+                            return;
+                        }
+                        last = format!("{u:?}");
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("controller never served {n} endpoints for {target}; last: {last}");
+    }
+
+    /// A token for `ns/sa`, as `mesh token` mints it.
+    pub fn token(&self, ns: &str, sa: &str) -> String {
+        token::mint(&self.token_key, ns, sa, Duration::from_secs(3600))
+    }
+
+    /// The PEM trust anchors.
+    pub fn anchors_path(&self) -> PathBuf {
+        self.identity_dir.join(files::TRUST_ANCHORS)
+    }
+
+    /// Starts a proxy for workload `name` running as `ns/sa`, and waits for
+    /// it to be ready (its first certificate issued).
+    pub async fn proxy(&self, ns: &str, sa: &str, name: &str) -> Proxy {
+        self.proxy_with_token(ns, sa, name, &self.token(ns, sa)).await
+    }
+
+    /// Like `proxy`, with the token given.
+    pub async fn proxy_with_token(&self, ns: &str, sa: &str, name: &str, token: &str) -> Proxy {
+        let (outbound, inbound, admin) = (free_addr(), free_addr(), free_addr());
+        let mut cmd = Command::new(bin("mesh-proxy"));
+        cmd.env("MESH_PROXY_OUTBOUND_ADDR", outbound.to_string())
+            .env("MESH_PROXY_INBOUND_ADDR", inbound.to_string())
+            .env("MESH_PROXY_ADMIN_ADDR", admin.to_string())
+            .env(
+                "MESH_PROXY_DESTINATION_ADDR",
+                self.controller_addr.to_string(),
+            )
+            .env("MESH_PROXY_IDENTITY_ADDR", self.identity_addr.to_string())
+            .env("MESH_PROXY_TRUST_ANCHORS_FILE", self.anchors_path())
+            .env("MESH_PROXY_IDENTITY_TOKEN", token)
+            .env("MESH_PROXY_NAMESPACE", ns)
+            .env("MESH_PROXY_SERVICE_ACCOUNT", sa)
+            .env("MESH_PROXY_WORKLOAD", name)
+            .env("MESH_PROXY_LOG", "info,mesh_proxy=debug");
+        let log = self.root.path().join(format!("proxy-{name}.log"));
+        let mut proc = Proc::spawn(&format!("mesh-proxy {name}"), cmd, log);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if admin_get(admin, "/ready").await.map(|(s, _)| s) == Some(200) {
+                break;
+            }
+            proc.assert_running();
+            assert!(
+                Instant::now() < deadline,
+                "proxy {name} not ready in 20 s:\n{}",
+                proc.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Proxy {
+            outbound,
+            inbound,
+            admin,
+            identity: spiffe(ns, sa),
+            proc,
+        }
+    }
+}
+
+impl Proxy {
+    /// The proxy's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        admin_get(self.admin, "/metrics")
+            .await
+            .map(|(_, b)| b)
+            .unwrap_or_default()
+    }
+}
+
+/// A bare HTTP/1.0 GET against an admin server: (status, body).
+pub async fn admin_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let fut = async {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+        tcp.write_all(format!("GET {path} HTTP/1.0\r\nHost: admin\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut buf = Vec::new();
+        tcp.read_to_end(&mut buf).await.ok()?;
+        let text = String::from_utf8_lossy(&buf).to_string();
+        let status = text.split(' ').nth(1)?.parse().ok()?;
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+        Some((status, body))
+    };
+    tokio::time::timeout(Duration::from_secs(5), fut)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// A `Service` manifest selecting `app=<name>`, with `(port name, port,
+/// targetPort name, appProtocol)` entries.
+pub fn service(name: &str, ns: &str, ports: &[(&str, u16, &str, &str)]) -> String {
+    let mut y = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  selector:\n    app: {name}\n  ports:\n"
+    );
+    for (pname, port, target, proto) in ports {
+        y.push_str(&format!(
+            "  - name: {pname}\n    port: {port}\n    targetPort: {target}\n"
+        ));
+        if !proto.is_empty() {
+            y.push_str(&format!("    appProtocol: {proto}\n"));
+        }
+    }
+    y
+}
+
+/// A meshed `WorkloadEntry` for app `app` on 127.0.0.1 with named ports,
+/// reached through the proxy inbound `proxy_inbound`.
+pub fn workload(
+    name: &str,
+    ns: &str,
+    app: &str,
+    sa: &str,
+    ports: &[(&str, u16)],
+    proxy_inbound: SocketAddr,
+) -> String {
+    let mut y = format!(
+        "apiVersion: policy.mesh.dev/v1alpha1\nkind: WorkloadEntry\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels:\n    app: {app}\nspec:\n  address: 127.0.0.1\n  serviceAccount: {sa}\n  proxyInboundAddress: \"{proxy_inbound}\"\n  ports:\n"
+    );
+    for (pname, port) in ports {
+        y.push_str(&format!("    {pname}: {port}\n"));
+    }
+    y
+}

@@ -1,0 +1,10 @@
+//! Helpers for the end-to-end tests: start the real binaries (identity,
+//! controller, proxies) on loopback ports, run small in-process applications
+//! behind them, and drive HTTP/1.1, HTTP/2, gRPC and raw TCP through them.
+
+pub mod apps;
+pub mod client;
+pub mod fixture;
+pub mod process;
+
+pub use fixture::{Mesh, Proxy};
