@@ -1,1 +1,12 @@
+//! The mesh controller: sources (a directory of manifests, later Kubernetes) feed one
+//! index of resources, and gRPC servers stream endpoints and policies computed from it to
+//! the proxies (DESIGN §1, §4, §5).
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod grpc;
+pub mod index;
+pub mod resources;
+pub mod source;

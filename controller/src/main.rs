@@ -1,1 +1,142 @@
-fn main() {}
+//! The `mesh-controller` binary: parses flags, loads the configured source into the index,
+//! then serves the destination/policy gRPC API and the admin probes until SIGTERM/Ctrl-C.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use mesh_controller::index::{IndexConfig, IndexWriter};
+use mesh_controller::source::{self, SourceSpec};
+use mesh_controller::{admin, grpc};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// How long open gRPC streams get to finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// The mesh destination and policy controller.
+#[derive(Debug, Parser)]
+#[command(name = "mesh-controller", version)]
+struct Args {
+    /// Where resources come from: `dir:PATH` (a directory of YAML manifests, watched).
+    #[arg(long)]
+    source: String,
+    /// Address of the destination/policy gRPC server.
+    #[arg(long, default_value = "0.0.0.0:8086")]
+    grpc_addr: SocketAddr,
+    /// Address of the admin server (`/live`, `/ready`).
+    #[arg(long, default_value = "0.0.0.0:9990")]
+    admin_addr: SocketAddr,
+    /// DNS suffix of Service names.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// SPIFFE trust domain of workload identities.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// Log filter (tracing EnvFilter syntax, e.g. `info,mesh_controller=debug`).
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    log_level: String,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
+        .with_context(|| format!("invalid --log-level {:?}", args.log_level))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+
+    let spec: SourceSpec = args.source.parse()?;
+    let writer = IndexWriter::new(IndexConfig {
+        cluster_domain: args.cluster_domain,
+        trust_domain: args.trust_domain,
+    });
+    let reader = writer.subscribe();
+    // The first load completes before anything is served.
+    let running = source::start(spec, writer)
+        .await
+        .context("cannot start the source")?;
+
+    let grpc_listener = TcpListener::bind(args.grpc_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.grpc_addr))?;
+    let admin_listener = TcpListener::bind(args.admin_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.admin_addr))?;
+    let grpc_addr = grpc_listener
+        .local_addr()
+        .context("gRPC listener address")?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .context("admin listener address")?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let mut grpc = tokio::spawn(grpc::serve(grpc_listener, reader, stopped()));
+    let admin = tokio::spawn(admin::serve(admin_listener, stopped()));
+    tracing::info!(
+        grpc = %grpc_addr,
+        admin = %admin_addr,
+        "listening"
+    );
+
+    tokio::select! {
+        res = &mut grpc => {
+            drop(running);
+            res.context("gRPC server panicked")?.context("gRPC server failed")?;
+            anyhow::bail!("gRPC server stopped unexpectedly");
+        }
+        sig = shutdown_signal() => sig?,
+    }
+    tracing::info!("shutting down");
+    // Dropping the source drops the index writer, which ends every open stream.
+    drop(running);
+    let _ = stop_tx.send(true);
+    match tokio::time::timeout(SHUTDOWN_GRACE, grpc).await {
+        Ok(res) => res
+            .context("gRPC server panicked")?
+            .context("gRPC server failed")?,
+        Err(_) => {
+            tracing::warn!("gRPC connections still open after {SHUTDOWN_GRACE:?}; exiting anyway")
+        }
+    }
+    admin.await.context("admin server panicked")?;
+    Ok(())
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn shutdown_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install the SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        res = tokio::signal::ctrl_c() => res.context("cannot wait for Ctrl-C")?,
+    }
+    Ok(())
+}

@@ -6,5 +6,6 @@ pub mod apps;
 pub mod client;
 pub mod fixture;
 pub mod process;
+pub mod tls;
 
 pub use fixture::{Mesh, Proxy};

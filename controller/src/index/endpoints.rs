@@ -1,0 +1,134 @@
+//! Endpoint resolution: which workloads a target reaches, and the metadata (identity,
+//! protocol hint, metric labels) each endpoint carries to the proxies. Pure functions over
+//! the [`Index`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+
+use mesh_proto::destination::{ProtocolHint, TlsTarget, WeightedAddr};
+
+use super::{Index, Target};
+use crate::resources::{Service, ServicePort, TargetPort, WorkloadEntry};
+
+/// The default endpoint weight (the proto treats 0 the same way).
+pub const DEFAULT_WEIGHT: u32 = 10_000;
+
+/// What a target currently resolves to.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Resolution {
+    /// No Service port or workload address matches the target.
+    Unknown,
+    /// The target exists but has no endpoints.
+    Empty,
+    /// The target's endpoints (never empty).
+    Endpoints(EndpointSet),
+}
+
+/// A non-empty set of endpoints with the labels shared by all of them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EndpointSet {
+    /// Labels of the whole set (`service`, `namespace`).
+    pub metric_labels: HashMap<String, String>,
+    /// Endpoints keyed by their `addr`.
+    pub endpoints: BTreeMap<String, WeightedAddr>,
+}
+
+/// The protocol hint for a Service port's `appProtocol`.
+pub fn protocol_hint(app_protocol: Option<&str>) -> ProtocolHint {
+    match app_protocol.map(str::to_ascii_lowercase).as_deref() {
+        Some("http" | "http2" | "grpc" | "h2c" | "kubernetes.io/h2c") => ProtocolHint::Http,
+        Some("tcp" | "opaque") => ProtocolHint::Opaque,
+        _ => ProtocolHint::Unknown,
+    }
+}
+
+// === impl Index ===
+
+impl Index {
+    /// Resolves `target` to its endpoints: a Service port (by name or cluster IP) gives the
+    /// workloads it selects; otherwise an `ip:port` matching a WorkloadEntry's address and
+    /// one of its ports gives that workload alone.
+    pub fn resolve(&self, target: &Target) -> Resolution {
+        if let Some((svc, port)) = self.service_port(target) {
+            return self.resolve_service(svc, port);
+        }
+        if let Target::Addr(addr) = target {
+            let found = self.workloads.values().find(|w| {
+                w.spec.address == addr.ip() && w.spec.ports.values().any(|p| *p == addr.port())
+            });
+            if let Some(w) = found {
+                let labels = HashMap::from([("namespace".into(), w.metadata.namespace.clone())]);
+                let ep = self.endpoint(w, *addr, ProtocolHint::Unknown);
+                return Resolution::Endpoints(EndpointSet {
+                    metric_labels: labels,
+                    endpoints: BTreeMap::from([(ep.addr.clone(), ep)]),
+                });
+            }
+        }
+        Resolution::Unknown
+    }
+
+    fn resolve_service(&self, svc: &Service, port: &ServicePort) -> Resolution {
+        let ns = &svc.metadata.namespace;
+        let selector = &svc.spec.selector;
+        let hint = protocol_hint(port.app_protocol.as_deref());
+        let mut endpoints = BTreeMap::new();
+        if !selector.is_empty() {
+            for w in self.workloads_in(ns) {
+                let labels = w.selection_labels();
+                if !selector.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+                    continue;
+                }
+                let Some(target_port) = resolve_target_port(port, w) else {
+                    continue;
+                };
+                let ep = self.endpoint(w, SocketAddr::new(w.spec.address, target_port), hint);
+                endpoints.insert(ep.addr.clone(), ep);
+            }
+        }
+        if endpoints.is_empty() {
+            return Resolution::Empty;
+        }
+        let metric_labels = HashMap::from([
+            ("service".to_string(), svc.metadata.name.clone()),
+            ("namespace".to_string(), ns.clone()),
+        ]);
+        Resolution::Endpoints(EndpointSet {
+            metric_labels,
+            endpoints,
+        })
+    }
+
+    /// The endpoint of workload `w` at `addr`.
+    fn endpoint(&self, w: &WorkloadEntry, addr: SocketAddr, hint: ProtocolHint) -> WeightedAddr {
+        let ns = &w.metadata.namespace;
+        let sa = w.service_account();
+        let metric_labels = HashMap::from([
+            ("namespace".to_string(), ns.clone()),
+            ("pod".to_string(), w.metadata.name.clone()),
+            ("workload".to_string(), w.metadata.name.clone()),
+            ("serviceaccount".to_string(), sa.to_string()),
+        ]);
+        let tls = w.spec.meshed.then(|| TlsTarget {
+            identity: format!("spiffe://{}/ns/{ns}/sa/{sa}", self.config.trust_domain),
+            proxy_addr: w.proxy_inbound_address().to_string(),
+        });
+        WeightedAddr {
+            addr: addr.to_string(),
+            weight: DEFAULT_WEIGHT,
+            metric_labels,
+            tls,
+            protocol_hint: hint.into(),
+        }
+    }
+}
+
+/// The workload port a Service port sends to on `w`, or `None` when `w` lacks the named
+/// port.
+fn resolve_target_port(port: &ServicePort, w: &WorkloadEntry) -> Option<u16> {
+    match &port.target_port {
+        None => Some(port.port),
+        Some(TargetPort::Number(n)) => Some(*n),
+        Some(TargetPort::Name(name)) => w.spec.ports.get(name).copied(),
+    }
+}

@@ -1,0 +1,226 @@
+//! The index: every resource the sources have delivered, keyed by source file, kind,
+//! namespace and name, plus the pure lookups the gRPC servers answer from. No I/O: sources
+//! write through an [`IndexWriter`]; servers read snapshots through an [`IndexReader`].
+
+mod endpoints;
+mod policy;
+mod target;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use tokio::sync::watch;
+
+use crate::resources::{Resource, Service, ServicePort, WorkloadEntry};
+
+pub use self::endpoints::{protocol_hint, EndpointSet, Resolution};
+pub use self::policy::{default_retry_budget, DEFAULT_EWMA_DECAY_MS};
+pub use self::target::{Target, TargetError};
+
+/// Cluster-wide naming parameters of the index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexConfig {
+    /// DNS suffix of Service names, e.g. `cluster.local`.
+    pub cluster_domain: String,
+    /// SPIFFE trust domain of workload identities, e.g. `cluster.local`.
+    pub trust_domain: String,
+}
+
+impl Default for IndexConfig {
+    fn default() -> Self {
+        Self {
+            cluster_domain: "cluster.local".to_string(),
+            trust_domain: "cluster.local".to_string(),
+        }
+    }
+}
+
+/// `(namespace, name)` of an object.
+type Key = (String, String);
+
+/// All indexed resources.
+#[derive(Clone, Debug)]
+pub struct Index {
+    config: IndexConfig,
+    /// The objects of each source file (the unit sources replace).
+    files: BTreeMap<PathBuf, Vec<Resource>>,
+    /// Services by key, derived from `files`.
+    services: BTreeMap<Key, Service>,
+    /// WorkloadEntries by key, derived from `files`.
+    workloads: BTreeMap<Key, WorkloadEntry>,
+}
+
+// === impl Index ===
+
+impl Index {
+    /// An empty index.
+    pub fn new(config: IndexConfig) -> Self {
+        Self {
+            config,
+            files: BTreeMap::new(),
+            services: BTreeMap::new(),
+            workloads: BTreeMap::new(),
+        }
+    }
+
+    /// The naming parameters.
+    pub fn config(&self) -> &IndexConfig {
+        &self.config
+    }
+
+    /// Replaces every object that came from `file` with `resources`. Returns whether
+    /// anything changed.
+    pub fn apply_file(&mut self, file: impl Into<PathBuf>, resources: Vec<Resource>) -> bool {
+        let file = file.into();
+        if self.files.get(&file) == Some(&resources) {
+            return false;
+        }
+        self.files.insert(file, resources);
+        self.rebuild();
+        true
+    }
+
+    /// Removes every object that came from `file`. Returns whether anything changed.
+    pub fn remove_file(&mut self, file: &Path) -> bool {
+        if self.files.remove(file).is_none() {
+            return false;
+        }
+        self.rebuild();
+        true
+    }
+
+    /// The source files currently contributing objects.
+    pub fn files(&self) -> impl Iterator<Item = &Path> {
+        self.files.keys().map(PathBuf::as_path)
+    }
+
+    /// The Service `namespace/name`.
+    pub fn service(&self, namespace: &str, name: &str) -> Option<&Service> {
+        self.services
+            .get(&(namespace.to_string(), name.to_string()))
+    }
+
+    /// Every Service, ordered by namespace and name.
+    pub fn services(&self) -> impl Iterator<Item = &Service> {
+        self.services.values()
+    }
+
+    /// Every WorkloadEntry, ordered by namespace and name.
+    pub fn workloads(&self) -> impl Iterator<Item = &WorkloadEntry> {
+        self.workloads.values()
+    }
+
+    /// The WorkloadEntries of `namespace`, ordered by name.
+    pub fn workloads_in<'a>(
+        &'a self,
+        namespace: &'a str,
+    ) -> impl Iterator<Item = &'a WorkloadEntry> + 'a {
+        self.workloads
+            .range((namespace.to_string(), String::new())..)
+            .take_while(move |((ns, _), _)| ns == namespace)
+            .map(|(_, w)| w)
+    }
+
+    /// Parses a target string with this index's cluster domain.
+    pub fn parse_target(&self, target: &str) -> Result<Target, TargetError> {
+        Target::parse(target, &self.config.cluster_domain)
+    }
+
+    /// The Service and Service port a target names: by name, or by cluster IP.
+    pub fn service_port(&self, target: &Target) -> Option<(&Service, &ServicePort)> {
+        match target {
+            Target::Service {
+                name,
+                namespace,
+                port,
+            } => with_port(self.service(namespace, name)?, *port),
+            Target::Addr(addr) => self
+                .services
+                .values()
+                .filter(|s| s.spec.cluster_ip == Some(addr.ip()))
+                .find_map(|s| with_port(s, addr.port())),
+            Target::Other { .. } => None,
+        }
+    }
+
+    /// Recomputes the per-kind maps from the files. Later files win on duplicates.
+    fn rebuild(&mut self) {
+        self.services.clear();
+        self.workloads.clear();
+        for (file, resources) in &self.files {
+            for r in resources {
+                let (kind, meta, dup) = match r {
+                    Resource::Service(s) => {
+                        let key = (s.metadata.namespace.clone(), s.metadata.name.clone());
+                        (
+                            "Service",
+                            &s.metadata,
+                            self.services.insert(key, s.clone()).is_some(),
+                        )
+                    }
+                    Resource::WorkloadEntry(w) => {
+                        let key = (w.metadata.namespace.clone(), w.metadata.name.clone());
+                        let dup = self.workloads.insert(key, w.clone()).is_some();
+                        ("WorkloadEntry", &w.metadata, dup)
+                    }
+                };
+                if dup {
+                    tracing::warn!(
+                        file = %file.display(),
+                        "duplicate {kind} {}/{}; this definition replaces an earlier one",
+                        meta.namespace,
+                        meta.name
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The port `port` of `svc`, if it declares it.
+fn with_port(svc: &Service, port: u16) -> Option<(&Service, &ServicePort)> {
+    svc.spec
+        .ports
+        .iter()
+        .find(|p| p.port == port)
+        .map(|p| (svc, p))
+}
+
+// === impl IndexWriter ===
+
+/// A snapshot view of the index that is notified of every change (`changed().await`).
+pub type IndexReader = watch::Receiver<Index>;
+
+/// The single writer of the index, owned by the running source. When it is dropped,
+/// every reader's `changed()` fails, which ends the gRPC streams.
+#[derive(Debug)]
+pub struct IndexWriter {
+    tx: watch::Sender<Index>,
+}
+
+impl IndexWriter {
+    /// A writer over an empty index.
+    pub fn new(config: IndexConfig) -> Self {
+        let (tx, _) = watch::channel(Index::new(config));
+        Self { tx }
+    }
+
+    /// A new reader of the index.
+    pub fn subscribe(&self) -> IndexReader {
+        self.tx.subscribe()
+    }
+
+    /// How many readers are alive (the servers' own plus one per open stream).
+    pub fn reader_count(&self) -> usize {
+        self.tx.receiver_count()
+    }
+
+    /// Applies `f`, which returns whether it changed the index; readers are notified once
+    /// if it did.
+    pub fn update(&self, f: impl FnOnce(&mut Index) -> bool) -> bool {
+        self.tx.send_if_modified(f)
+    }
+}
+
+#[cfg(test)]
+mod tests;

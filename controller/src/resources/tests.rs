@@ -1,0 +1,179 @@
+use super::*;
+
+const GOOD: &str = r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: prod
+  labels: {tier: front}
+  uid: 1234            # unknown fields are ignored
+spec:
+  selector: {app: web}
+  clusterIP: 10.96.0.10
+  type: ClusterIP
+  ports:
+    - name: http
+      port: 80
+      targetPort: http
+      appProtocol: http
+    - port: 9000
+    - port: 9001
+      targetPort: 9101
+      protocol: UDP
+---
+apiVersion: policy.mesh.dev/v1alpha1
+kind: WorkloadEntry
+metadata:
+  name: web-1
+  labels: {app: web}
+spec:
+  address: 10.0.0.1
+  ports: {http: 8080}
+  labels: {version: v1}
+  serviceAccount: web
+  proxyInboundAddress: 10.0.0.1:4143
+---
+apiVersion: policy.mesh.dev/v1alpha1
+kind: WorkloadEntry
+metadata: {name: legacy, namespace: prod}
+spec:
+  address: "fd00::2"
+  meshed: false
+"#;
+
+fn field_error(text: &str) -> (String, String) {
+    match parse_documents(text) {
+        Err(ParseError::Field { path, message, .. }) => (path, message),
+        other => panic!("expected a field error, got {other:?}"),
+    }
+}
+
+#[test]
+fn parses_good_file() {
+    let parsed = parse_documents(GOOD).unwrap();
+    assert!(parsed.ignored.is_empty());
+    assert_eq!(parsed.resources.len(), 3);
+    let Resource::Service(svc) = &parsed.resources[0] else {
+        panic!("not a service");
+    };
+    assert_eq!(svc.metadata.name, "web");
+    assert_eq!(svc.metadata.namespace, "prod");
+    assert_eq!(svc.spec.cluster_ip, Some("10.96.0.10".parse().unwrap()));
+    assert_eq!(svc.spec.ports.len(), 3);
+    let p = &svc.spec.ports[0];
+    assert_eq!(p.target_port, Some(TargetPort::Name("http".into())));
+    assert_eq!(p.app_protocol.as_deref(), Some("http"));
+    assert_eq!(p.protocol, "TCP");
+    assert_eq!(svc.spec.ports[1].target_port, None);
+    assert_eq!(
+        svc.spec.ports[2].target_port,
+        Some(TargetPort::Number(9101))
+    );
+    assert_eq!(svc.spec.ports[2].protocol, "UDP");
+
+    let Resource::WorkloadEntry(w) = &parsed.resources[1] else {
+        panic!("not a workload");
+    };
+    assert_eq!(w.metadata.namespace, "default");
+    assert_eq!(w.spec.ports.get("http"), Some(&8080));
+    assert_eq!(w.service_account(), "web");
+    assert!(w.spec.meshed);
+    let labels = w.selection_labels();
+    assert_eq!(labels.get("app").map(String::as_str), Some("web"));
+    assert_eq!(labels.get("version").map(String::as_str), Some("v1"));
+
+    let Resource::WorkloadEntry(legacy) = &parsed.resources[2] else {
+        panic!("not a workload");
+    };
+    assert!(!legacy.spec.meshed);
+    assert_eq!(legacy.service_account(), "default");
+    assert_eq!(
+        legacy.proxy_inbound_address(),
+        "[fd00::2]:4143".parse().unwrap()
+    );
+}
+
+#[test]
+fn wrong_type_names_field_path() {
+    let text =
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  ports:\n    - port: x\n";
+    let (path, message) = field_error(text);
+    assert_eq!(path, "spec.ports[0].port");
+    assert!(message.contains("invalid type: string \"x\""), "{message}");
+    let err = parse_documents(text).unwrap_err().to_string();
+    assert!(err.contains("Service web"), "{err}");
+    assert!(err.contains("spec.ports[0].port"), "{err}");
+}
+
+#[test]
+fn invalid_values_are_errors() {
+    let wl = |spec: &str| {
+        format!(
+            "apiVersion: policy.mesh.dev/v1alpha1\nkind: WorkloadEntry\nmetadata: {{name: a}}\nspec: {spec}\n"
+        )
+    };
+    let (path, _) = field_error(&wl("{address: 10.0.0.300}"));
+    assert_eq!(path, "spec.address");
+    let (path, message) = field_error(&wl("{ports: {http: 80}}"));
+    assert_eq!(path, "spec");
+    assert!(message.contains("missing field `address`"), "{message}");
+    let (path, _) = field_error(&wl("{address: 10.0.0.1, ports: {http: 70000}}"));
+    assert_eq!(path, "spec.ports.http");
+    let (path, _) = field_error(&wl("{address: 10.0.0.1, ports: {http: 0}}"));
+    assert_eq!(path, "spec.ports.http");
+    let (path, _) = field_error(&wl("{address: 10.0.0.1, proxyInboundAddress: nope}"));
+    assert_eq!(path, "spec.proxyInboundAddress");
+
+    let svc = |spec: &str| {
+        format!("apiVersion: v1\nkind: Service\nmetadata: {{name: s}}\nspec: {spec}\n")
+    };
+    let (path, _) = field_error(&svc("{ports: [{port: 80, targetPort: 0}]}"));
+    assert_eq!(path, "spec.ports[0].targetPort");
+    let (path, _) = field_error(&svc("{clusterIP: banana}"));
+    assert_eq!(path, "spec.clusterIP");
+    let (path, _) = field_error("apiVersion: v1\nkind: Service\nspec: {}\n");
+    assert_eq!(path, ".");
+    let headless = parse_documents(&svc("{clusterIP: None}")).unwrap();
+    assert!(matches!(&headless.resources[0], Resource::Service(s) if s.spec.cluster_ip.is_none()));
+}
+
+#[test]
+fn bad_yaml_is_an_error() {
+    let err = parse_documents("kind: Service\nmetadata: [\n").unwrap_err();
+    assert!(matches!(err, ParseError::Yaml { doc: 1, .. }), "{err}");
+}
+
+#[test]
+fn unknown_kinds_are_ignored() {
+    let text = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec: {replicas: x}\n---\napiVersion: v2\nkind: Service\nmetadata: {name: odd}\n";
+    let parsed = parse_documents(text).unwrap();
+    assert!(parsed.resources.is_empty());
+    let kinds: Vec<_> = parsed
+        .ignored
+        .iter()
+        .map(|o| (o.kind.as_str(), o.name.as_str()))
+        .collect();
+    assert_eq!(kinds, [("Deployment", "web"), ("Service", "odd")]);
+}
+
+#[test]
+fn multi_document_and_lists() {
+    let text = "---\n---\napiVersion: v1\nkind: List\nitems:\n  - apiVersion: v1\n    kind: Service\n    metadata: {name: a}\n    spec: {}\n  - apiVersion: v1\n    kind: ConfigMap\n    metadata: {name: c}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: b}\nspec: {}\n---\n";
+    let parsed = parse_documents(text).unwrap();
+    let names: Vec<_> = parsed
+        .resources
+        .iter()
+        .map(|r| match r {
+            Resource::Service(s) => s.metadata.name.as_str(),
+            Resource::WorkloadEntry(w) => w.metadata.name.as_str(),
+        })
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+    assert_eq!(parsed.ignored.len(), 1);
+
+    let bad_item = "apiVersion: v1\nkind: List\nitems:\n  - apiVersion: v1\n    kind: Service\n    metadata: {name: a}\n    spec: {ports: [{port: -1}]}\n";
+    let (path, _) = field_error(bad_item);
+    assert_eq!(path, "items[0].spec.ports[0].port");
+    assert!(parse_documents("").unwrap().resources.is_empty());
+}

@@ -1,0 +1,322 @@
+//! The gRPC API over a real loopback socket, fed by a real watched directory: what a proxy
+//! sees when manifests are added, changed and deleted.
+
+use std::path::Path;
+use std::time::Duration;
+
+use mesh_controller::index::{IndexConfig, IndexWriter};
+use mesh_controller::resources::parse_documents;
+use mesh_controller::source::{DirOptions, DirWatch};
+use mesh_proto::destination::destination_client::DestinationClient;
+use mesh_proto::destination::{update, GetDestination, Update};
+use mesh_proto::policy::inbound_policy_client::InboundPolicyClient;
+use mesh_proto::policy::{InboundTarget, Protocol, TlsMode};
+use tonic::transport::Channel;
+use tonic::Streaming;
+
+const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: prod}\nspec:\n  selector: {app: web}\n  ports: [{port: 80, targetPort: http, appProtocol: http}, {port: 5432, appProtocol: tcp}]\n";
+
+fn workload(name: &str, ip: &str) -> String {
+    format!(
+        "apiVersion: policy.mesh.dev/v1alpha1\nkind: WorkloadEntry\nmetadata: {{name: {name}, namespace: prod, labels: {{app: web}}}}\nspec: {{address: {ip}, ports: {{http: 8080}}, serviceAccount: web}}\n"
+    )
+}
+
+/// A controller serving a temporary manifest directory on a loopback port.
+struct Fixture {
+    dir: tempfile::TempDir,
+    watch: Option<DirWatch>,
+    channel: Channel,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Fixture {
+    async fn start(files: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            write(dir.path(), name, text);
+        }
+        let writer = IndexWriter::new(IndexConfig::default());
+        let reader = writer.subscribe();
+        let opts = DirOptions {
+            debounce: Duration::from_millis(50),
+            resync: Duration::from_secs(3600),
+        };
+        let watch = DirWatch::start(dir.path(), writer, opts).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(mesh_controller::grpc::serve(listener, reader, async {
+            let _ = stopped.await;
+        }));
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        Self {
+            dir,
+            watch: Some(watch),
+            channel,
+            stop: Some(stop),
+            server,
+        }
+    }
+
+    async fn get(&self, target: &str) -> Result<Streaming<Update>, tonic::Status> {
+        let mut client = DestinationClient::new(self.channel.clone());
+        let req = GetDestination {
+            target: target.into(),
+            context: "test".into(),
+        };
+        client.get(req).await.map(|r| r.into_inner())
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) {
+    std::fs::write(dir.join(name), text).unwrap();
+}
+
+/// The next message, within 5 s.
+async fn next<T>(stream: &mut Streaming<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("no message within 5s")
+        .expect("stream failed")
+        .expect("stream ended")
+}
+
+/// Whether the stream ends cleanly within 5 s.
+async fn ended<T>(stream: &mut Streaming<T>) -> bool {
+    let end = tokio::time::timeout(Duration::from_secs(5), stream.message()).await;
+    matches!(end, Ok(Ok(None)))
+}
+
+fn added(u: &Update) -> Vec<&str> {
+    match &u.update {
+        Some(update::Update::Add(set)) => set.endpoints.iter().map(|e| e.addr.as_str()).collect(),
+        other => panic!("expected add, got {other:?}"),
+    }
+}
+
+fn removed(u: &Update) -> Vec<&str> {
+    match &u.update {
+        Some(update::Update::Remove(set)) => set.addrs.iter().map(String::as_str).collect(),
+        other => panic!("expected remove, got {other:?}"),
+    }
+}
+
+fn no_endpoints(u: &Update) -> bool {
+    match &u.update {
+        Some(update::Update::NoEndpoints(n)) => n.exists,
+        other => panic!("expected no_endpoints, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn get_sends_full_state_then_diffs() {
+    let w1 = workload("w1", "10.0.0.1");
+    let fx = Fixture::start(&[("svc.yaml", SERVICE), ("w1.yaml", &w1)]).await;
+    let mut stream = fx.get("web.prod.svc.cluster.local:80").await.unwrap();
+
+    let first = next(&mut stream).await;
+    assert_eq!(added(&first), ["10.0.0.1:8080"]);
+    let Some(update::Update::Add(set)) = &first.update else {
+        unreachable!()
+    };
+    assert_eq!(set.metric_labels["service"], "web");
+    let ep = &set.endpoints[0];
+    assert_eq!(
+        ep.tls.as_ref().unwrap().identity,
+        "spiffe://cluster.local/ns/prod/sa/web"
+    );
+    assert_eq!(ep.tls.as_ref().unwrap().proxy_addr, "10.0.0.1:4143");
+    assert_eq!(
+        ep.protocol_hint(),
+        mesh_proto::destination::ProtocolHint::Http
+    );
+
+    write(fx.dir.path(), "w2.yaml", &workload("w2", "10.0.0.2"));
+    assert_eq!(added(&next(&mut stream).await), ["10.0.0.2:8080"]);
+
+    std::fs::remove_file(fx.dir.path().join("w2.yaml")).unwrap();
+    assert_eq!(removed(&next(&mut stream).await), ["10.0.0.2:8080"]);
+
+    std::fs::remove_file(fx.dir.path().join("w1.yaml")).unwrap();
+    assert!(
+        no_endpoints(&next(&mut stream).await),
+        "the Service still exists"
+    );
+}
+
+#[tokio::test]
+async fn unknown_and_empty_targets() {
+    let fx = Fixture::start(&[("svc.yaml", SERVICE)]).await;
+    let mut unknown = fx.get("api.prod.svc.cluster.local:80").await.unwrap();
+    assert!(!no_endpoints(&next(&mut unknown).await));
+    let mut empty = fx.get("web.prod:80").await.unwrap();
+    assert!(no_endpoints(&next(&mut empty).await));
+    let mut by_ip = fx.get("10.0.0.7:8080").await.unwrap();
+    assert!(!no_endpoints(&next(&mut by_ip).await));
+
+    // A workload appears: the empty Service and its address both get an add; the
+    // unknown target's stream gets nothing.
+    write(fx.dir.path(), "w7.yaml", &workload("w7", "10.0.0.7"));
+    assert_eq!(added(&next(&mut empty).await), ["10.0.0.7:8080"]);
+    assert_eq!(added(&next(&mut by_ip).await), ["10.0.0.7:8080"]);
+    let quiet = tokio::time::timeout(Duration::from_millis(300), unknown.message()).await;
+    assert!(quiet.is_err(), "unexpected message: {quiet:?}");
+
+    // The unknown Service is created: it becomes known (empty: nothing selects it).
+    let api = SERVICE
+        .replace("name: web", "name: api")
+        .replace("app: web", "app: api");
+    write(fx.dir.path(), "api.yaml", &api);
+    assert!(no_endpoints(&next(&mut unknown).await));
+}
+
+#[tokio::test]
+async fn malformed_target_is_invalid_argument() {
+    let fx = Fixture::start(&[]).await;
+    for target in ["web.prod.svc.cluster.local", "web.prod:http", "10.0.0.1:0"] {
+        let status = fx.get(target).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{target}");
+        assert!(status.message().contains(target), "{}", status.message());
+    }
+}
+
+#[tokio::test]
+async fn get_policy_sends_default_policy() {
+    let fx = Fixture::start(&[("svc.yaml", SERVICE)]).await;
+    let mut client = DestinationClient::new(fx.channel.clone());
+    let req = |t: &str| GetDestination {
+        target: t.into(),
+        context: String::new(),
+    };
+    let mut http = client
+        .get_policy(req("web.prod.svc.cluster.local:80"))
+        .await
+        .unwrap()
+        .into_inner();
+    let p = next(&mut http).await;
+    assert_eq!(p.service, "web.prod");
+    assert!(!p.opaque);
+    assert_eq!(
+        p.default_backend.unwrap().target,
+        "web.prod.svc.cluster.local:80"
+    );
+    assert_eq!(p.retry_budget.unwrap().min_retries_per_second, 10);
+
+    let mut tcp = client
+        .get_policy(req("web.prod:5432"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(next(&mut tcp).await.opaque);
+
+    // Index changes that leave the policy as it was send nothing.
+    write(fx.dir.path(), "w1.yaml", &workload("w1", "10.0.0.1"));
+    let quiet = tokio::time::timeout(Duration::from_millis(400), http.message()).await;
+    assert!(quiet.is_err(), "unexpected message: {quiet:?}");
+    // The port becomes opaque: a new snapshot.
+    write(
+        fx.dir.path(),
+        "svc.yaml",
+        &SERVICE.replace("appProtocol: http", "appProtocol: opaque"),
+    );
+    assert!(next(&mut http).await.opaque);
+}
+
+#[tokio::test]
+async fn inbound_policy_default_and_stream_stays_open() {
+    let fx = Fixture::start(&[]).await;
+    let mut client = InboundPolicyClient::new(fx.channel.clone());
+    let target = InboundTarget {
+        workload: "prod/w1".into(),
+        port: 8080,
+    };
+    let mut stream = client.watch(target).await.unwrap().into_inner();
+    let p = next(&mut stream).await;
+    assert_eq!(p.protocol(), Protocol::Detect);
+    assert_eq!(p.tls_mode(), TlsMode::Strict);
+    assert!(p.authorizations.is_empty());
+    let open = tokio::time::timeout(Duration::from_millis(300), stream.message()).await;
+    assert!(open.is_err(), "stream did not stay open: {open:?}");
+
+    let bad = InboundTarget {
+        workload: "prod/w1".into(),
+        port: 70_000,
+    };
+    let status = client.watch(bad).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn streams_end_and_server_stops_on_shutdown() {
+    let mut fx = Fixture::start(&[("svc.yaml", SERVICE)]).await;
+    let mut get = fx.get("web.prod:80").await.unwrap();
+    next(&mut get).await;
+    let mut inbound = InboundPolicyClient::new(fx.channel.clone())
+        .watch(InboundTarget {
+            workload: "prod/w1".into(),
+            port: 80,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    next(&mut inbound).await;
+
+    // What main does on SIGTERM: stop the source, then the server.
+    drop(fx.watch.take());
+    if let Some(stop) = fx.stop.take() {
+        let _ = stop.send(());
+    }
+    assert!(ended(&mut get).await, "Get stream still open");
+    assert!(ended(&mut inbound).await, "Watch stream still open");
+    let server = tokio::time::timeout(Duration::from_secs(5), &mut fx.server).await;
+    assert!(
+        matches!(server, Ok(Ok(Ok(())))),
+        "server did not stop: {server:?}"
+    );
+}
+
+#[tokio::test]
+async fn streams_release_their_state_when_clients_leave() {
+    let writer = IndexWriter::new(IndexConfig::default());
+    let resources = parse_documents(SERVICE).unwrap().resources;
+    writer.update(|index| index.apply_file("/svc.yaml", resources));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(mesh_controller::grpc::serve(
+        listener,
+        writer.subscribe(),
+        std::future::pending(),
+    ));
+    let mut client = DestinationClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let idle = writer.reader_count();
+
+    let req = GetDestination {
+        target: "web.prod:80".into(),
+        context: String::new(),
+    };
+    let mut get = client.get(req.clone()).await.unwrap().into_inner();
+    let mut policy = client.get_policy(req).await.unwrap().into_inner();
+    next(&mut get).await;
+    next(&mut policy).await;
+    assert_eq!(writer.reader_count(), idle + 2);
+
+    drop(get);
+    drop(policy);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while writer.reader_count() != idle {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "streams still held after 5s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.abort();
+}

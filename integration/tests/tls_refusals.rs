@@ -1,0 +1,132 @@
+//! The inbound listener accepts only mutual TLS from the mesh's own CA, and
+//! the outbound side accepts only the identity discovery announced.
+
+use mesh_integration::{
+    apps, client,
+    fixture::{service, spiffe, workload},
+    tls::{client_cert, client_config},
+    Mesh,
+};
+use std::{sync::atomic::Ordering, time::Duration};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+/// Sends a transport header and an HTTP/1.1 request over `io`; returns what
+/// came back before the connection ended (bounded by 5 s).
+async fn request_over<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut io: S,
+    port: u16,
+) -> String {
+    let header = {
+        let mut h = b"mesh\x01\x00".to_vec();
+        h.extend_from_slice(&port.to_be_bytes());
+        h.extend_from_slice(&0u16.to_be_bytes());
+        h
+    };
+    let _ = io.write_all(&header).await;
+    let _ = io
+        .write_all(b"GET /x HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n")
+        .await;
+    let _ = io.flush().await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), io.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).to_string()
+}
+
+async fn tls_request(
+    inbound: std::net::SocketAddr,
+    cert: Option<(String, String)>,
+    port: u16,
+) -> String {
+    let tcp = TcpStream::connect(inbound).await.expect("connect");
+    let connector = tokio_rustls::TlsConnector::from(client_config(cert));
+    let name = rustls::pki_types::ServerName::try_from("proxy.mesh.local").unwrap();
+    match connector.connect(name, tcp).await {
+        Ok(tls) => request_over(tls, port).await,
+        Err(e) => format!("handshake failed: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_refuses_plaintext_anonymous_and_foreign_clients() {
+    let mesh = Mesh::start("1h").await;
+    let echo = apps::echo("api-1").await;
+    let api = mesh.proxy("demo", "api", "api-1").await;
+    let port = echo.addr.port();
+
+    // Control: a client certificate from the mesh CA gets through, so the
+    // refusals below are about the certificates, not the test client.
+    let good = client_cert(&mesh.identity_dir, &spiffe("demo", "web"));
+    let out = tls_request(api.inbound, Some(good), port).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "mesh client refused: {out}");
+    assert!(out.to_lowercase().contains("x-seen-client-id: spiffe://cluster.local/ns/demo/sa/web"), "{out}");
+    assert_eq!(echo.hits.load(Ordering::SeqCst), 1);
+
+    // Plaintext.
+    let tcp = TcpStream::connect(api.inbound).await.expect("connect");
+    let out = request_over(tcp, port).await;
+    assert!(!out.contains("HTTP/1.1 200"), "plaintext accepted: {out}");
+
+    // TLS without a client certificate.
+    let out = tls_request(api.inbound, None, port).await;
+    assert!(!out.contains("HTTP/1.1 200"), "anonymous TLS accepted: {out}");
+
+    // TLS with a certificate from another CA (same SPIFFE ID).
+    let other = tempfile::tempdir().unwrap();
+    mesh_identity::files::init_dir(other.path(), "cluster.local", false).unwrap();
+    let foreign = client_cert(other.path(), &spiffe("demo", "web"));
+    let out = tls_request(api.inbound, Some(foreign), port).await;
+    assert!(!out.contains("HTTP/1.1 200"), "foreign CA accepted: {out}");
+
+    assert_eq!(echo.hits.load(Ordering::SeqCst), 1, "a refused client reached the app");
+    let m = api.metrics().await;
+    assert!(
+        m.contains("mesh_proxy_errors_total{direction=\"inbound\",reason=\"tls handshake\"} 3"),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_refuses_a_peer_with_another_identity() {
+    let mesh = Mesh::start("1h").await;
+    let echo = apps::echo("api-1").await;
+    // The proxy really is `api`, but discovery says the endpoint is `payments`.
+    let api = mesh.proxy("demo", "api", "api-1").await;
+    mesh.write("svc.yaml", &service("api", "demo", &[("http", 80, "http", "")]));
+    mesh.write(
+        "api-1.yaml",
+        &workload("api-1", "demo", "api", "payments", &[("http", echo.addr.port())], api.inbound),
+    );
+    mesh.wait_for_endpoints("api.demo.svc.cluster.local:80", 1).await;
+    let web = mesh.proxy("demo", "web", "web-1").await;
+    let h1 = client::http1(web.outbound);
+    let r = client::get(&h1, "http://api.demo.svc.cluster.local/")
+        .await
+        .expect("response");
+    assert_eq!(r.status, 502, "{r:?}");
+    assert_eq!(r.header("x-mesh-proxy-error"), "tls failed");
+    let body = String::from_utf8_lossy(&r.body);
+    assert!(
+        body.contains("spiffe://cluster.local/ns/demo/sa/api")
+            && body.contains("spiffe://cluster.local/ns/demo/sa/payments"),
+        "{body}"
+    );
+    assert_eq!(echo.hits.load(Ordering::SeqCst), 0);
+
+    // Control: once discovery announces the right identity, it works.
+    mesh.write(
+        "api-1.yaml",
+        &workload("api-1", "demo", "api", "api", &[("http", echo.addr.port())], api.inbound),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = client::get(&h1, "http://api.demo.svc.cluster.local/").await.expect("response");
+        if r.status == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{r:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
