@@ -1,6 +1,7 @@
 //! `mesh`: the mesh command line. Each subcommand lives in its own module
 //! with an `Args` struct and a `run` function; this file only dispatches.
 
+mod demo;
 mod identity;
 mod token;
 
@@ -23,6 +24,8 @@ enum Command {
     Identity(identity::Args),
     /// Mint a local-mode workload token (printed on stdout).
     Token(token::Args),
+    /// Run the whole mesh locally on loopback and drive traffic through it.
+    Demo(demo::Args),
 }
 
 fn main() -> ExitCode {
@@ -30,6 +33,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Identity(args) => identity::run(args),
         Command::Token(args) => token::run(args),
+        Command::Demo(args) => demo::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
