@@ -141,11 +141,13 @@ impl mesh_proto::identity::identity_server::Identity for Echo {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
-        Ok(tonic::Response::new(mesh_proto::identity::CertifyResponse {
-            leaf_certificate: self.0.clone().into_bytes(),
-            intermediate_certificates: vec![seen.into_bytes()],
-            valid_until_unix_seconds: 0,
-        }))
+        Ok(tonic::Response::new(
+            mesh_proto::identity::CertifyResponse {
+                leaf_certificate: self.0.clone().into_bytes(),
+                intermediate_certificates: vec![seen.into_bytes()],
+                valid_until_unix_seconds: 0,
+            },
+        ))
     }
 }
 

@@ -126,16 +126,22 @@ impl Mesh {
     /// Waits until the controller serves `n` endpoints for `target`
     /// (file watches are asynchronous), at most 10 s.
     pub async fn wait_for_endpoints(&self, target: &str, n: usize) {
-        use mesh_proto::destination::{destination_client::DestinationClient, update, GetDestination};
+        use mesh_proto::destination::{
+            destination_client::DestinationClient, update, GetDestination,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut last = String::new();
         while Instant::now() < deadline {
             let url = format!("http://{}", self.controller_addr);
             if let Ok(mut c) = DestinationClient::connect(url).await {
-                let req = GetDestination { target: target.into(), context: "test".into() };
+                let req = GetDestination {
+                    target: target.into(),
+                    context: "test".into(),
+                };
                 if let Ok(rsp) = c.get(req).await {
                     let mut stream = rsp.into_inner();
-                    let first = tokio::time::timeout(Duration::from_secs(2), stream.message()).await;
+                    let first =
+                        tokio::time::timeout(Duration::from_secs(2), stream.message()).await;
                     if let Ok(Ok(Some(u))) = first {
                         let count = match &u.update {
                             Some(update::Update::Add(set)) => set.endpoints.len(),
@@ -166,7 +172,8 @@ impl Mesh {
     /// Starts a proxy for workload `name` running as `ns/sa`, and waits for
     /// it to be ready (its first certificate issued).
     pub async fn proxy(&self, ns: &str, sa: &str, name: &str) -> Proxy {
-        self.proxy_with_token(ns, sa, name, &self.token(ns, sa)).await
+        self.proxy_with_token(ns, sa, name, &self.token(ns, sa))
+            .await
     }
 
     /// Like `proxy`, with the token given.

@@ -69,7 +69,9 @@ pub fn client_config(cert: Option<(String, String)>) -> Arc<ClientConfig> {
                 .collect::<Result<_, _>>()
                 .expect("chain");
             let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("key");
-            builder.with_client_auth_cert(chain, key).expect("client auth")
+            builder
+                .with_client_auth_cert(chain, key)
+                .expect("client auth")
         }
     };
     Arc::new(config)

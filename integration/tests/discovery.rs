@@ -28,7 +28,14 @@ async fn replica(mesh: &Mesh, name: &str) -> Replica {
 }
 
 fn entry(name: &str, r: &Replica) -> String {
-    workload(name, "demo", "api", "api", &[("http", r.app.addr.port())], r.proxy.inbound)
+    workload(
+        name,
+        "demo",
+        "api",
+        "api",
+        &[("http", r.app.addr.port())],
+        r.proxy.inbound,
+    )
 }
 
 /// Steady traffic from two client loops until stopped (bounded: 60 s).
@@ -49,7 +56,8 @@ impl Load {
         let mut tasks = Vec::new();
         for _ in 0..2 {
             let c = client::http1(web.outbound);
-            let (stop, ok, failed, errors) = (stop.clone(), ok.clone(), failed.clone(), errors.clone());
+            let (stop, ok, failed, errors) =
+                (stop.clone(), ok.clone(), failed.clone(), errors.clone());
             tasks.push(tokio::spawn(async move {
                 let deadline = Instant::now() + Duration::from_secs(60);
                 while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
@@ -66,7 +74,13 @@ impl Load {
                 }
             }));
         }
-        Load { stop, ok, failed, errors, tasks }
+        Load {
+            stop,
+            ok,
+            failed,
+            errors,
+            tasks,
+        }
     }
 
     async fn stop(self) -> (u64, u64, Vec<String>) {
@@ -75,14 +89,21 @@ impl Load {
             let _ = t.await;
         }
         let errors = self.errors.lock().unwrap().clone();
-        (self.ok.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed), errors)
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            errors,
+        )
     }
 }
 
 async fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
     while !f() {
-        assert!(start.elapsed() < limit, "{what} did not happen within {limit:?}");
+        assert!(
+            start.elapsed() < limit,
+            "{what} did not happen within {limit:?}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     start.elapsed()
@@ -93,13 +114,20 @@ async fn adding_and_removing_a_replica_shifts_traffic_without_failures() {
     let mesh = Mesh::start("1h").await;
     let one = replica(&mesh, "api-1").await;
     let two = replica(&mesh, "api-2").await;
-    mesh.write("svc.yaml", &service("api", "demo", &[("http", 80, "http", "")]));
+    mesh.write(
+        "svc.yaml",
+        &service("api", "demo", &[("http", 80, "http", "")]),
+    );
     mesh.write("api-1.yaml", &entry("api-1", &one));
-    mesh.wait_for_endpoints("api.demo.svc.cluster.local:80", 1).await;
+    mesh.wait_for_endpoints("api.demo.svc.cluster.local:80", 1)
+        .await;
     let web = mesh.proxy("demo", "web", "web-1").await;
 
     let load = Load::start(&web);
-    wait_until("traffic to api-1", Duration::from_secs(5), || one.app.hits.load(Ordering::Relaxed) > 20).await;
+    wait_until("traffic to api-1", Duration::from_secs(5), || {
+        one.app.hits.load(Ordering::Relaxed) > 20
+    })
+    .await;
     assert_eq!(two.app.hits.load(Ordering::Relaxed), 0);
 
     mesh.write("api-2.yaml", &entry("api-2", &two));
@@ -109,9 +137,13 @@ async fn adding_and_removing_a_replica_shifts_traffic_without_failures() {
     .await;
     println!("second replica got traffic after {took:?}");
     // Both replicas serve.
-    let (a, b) = (one.app.hits.load(Ordering::Relaxed), two.app.hits.load(Ordering::Relaxed));
+    let (a, b) = (
+        one.app.hits.load(Ordering::Relaxed),
+        two.app.hits.load(Ordering::Relaxed),
+    );
     wait_until("both replicas serving", Duration::from_secs(2), || {
-        one.app.hits.load(Ordering::Relaxed) > a + 10 && two.app.hits.load(Ordering::Relaxed) > b + 10
+        one.app.hits.load(Ordering::Relaxed) > a + 10
+            && two.app.hits.load(Ordering::Relaxed) > b + 10
     })
     .await;
 
@@ -121,8 +153,15 @@ async fn adding_and_removing_a_replica_shifts_traffic_without_failures() {
     let frozen = two.app.hits.load(Ordering::Relaxed);
     let before = one.app.hits.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(two.app.hits.load(Ordering::Relaxed), frozen, "removed replica still gets traffic");
-    assert!(one.app.hits.load(Ordering::Relaxed) > before + 10, "remaining replica idle");
+    assert_eq!(
+        two.app.hits.load(Ordering::Relaxed),
+        frozen,
+        "removed replica still gets traffic"
+    );
+    assert!(
+        one.app.hits.load(Ordering::Relaxed) > before + 10,
+        "remaining replica idle"
+    );
 
     let (ok, failed, errors) = load.stop().await;
     assert_eq!(failed, 0, "failed requests: {errors:?}");
@@ -135,12 +174,19 @@ async fn proxies_keep_serving_without_the_controller_and_resume_after() {
     let mut mesh = Mesh::start("1h").await;
     let one = replica(&mesh, "api-1").await;
     let two = replica(&mesh, "api-2").await;
-    mesh.write("svc.yaml", &service("api", "demo", &[("http", 80, "http", "")]));
+    mesh.write(
+        "svc.yaml",
+        &service("api", "demo", &[("http", 80, "http", "")]),
+    );
     mesh.write("api-1.yaml", &entry("api-1", &one));
-    mesh.wait_for_endpoints("api.demo.svc.cluster.local:80", 1).await;
+    mesh.wait_for_endpoints("api.demo.svc.cluster.local:80", 1)
+        .await;
     let web = mesh.proxy("demo", "web", "web-1").await;
     let load = Load::start(&web);
-    wait_until("traffic", Duration::from_secs(5), || one.app.hits.load(Ordering::Relaxed) > 20).await;
+    wait_until("traffic", Duration::from_secs(5), || {
+        one.app.hits.load(Ordering::Relaxed) > 20
+    })
+    .await;
 
     mesh.kill_controller();
     let before = one.app.hits.load(Ordering::Relaxed);
@@ -148,19 +194,29 @@ async fn proxies_keep_serving_without_the_controller_and_resume_after() {
     // Fresh connections work too, on the last known endpoints.
     let fresh = client::http1(web.outbound);
     for _ in 0..20 {
-        let r = client::get(&fresh, URL).await.expect("request while controller down");
+        let r = client::get(&fresh, URL)
+            .await
+            .expect("request while controller down");
         assert_eq!(r.status, 200, "{r:?}");
     }
-    assert!(one.app.hits.load(Ordering::Relaxed) > before + 100, "traffic stalled without the controller");
+    assert!(
+        one.app.hits.load(Ordering::Relaxed) > before + 100,
+        "traffic stalled without the controller"
+    );
     let m = web.metrics().await;
-    assert!(m.contains("mesh_control_connected{component=\"destination\"} 0"), "{m}");
+    assert!(
+        m.contains("mesh_control_connected{component=\"destination\"} 0"),
+        "{m}"
+    );
 
     // A change made while it was down propagates once it is back.
     mesh.write("api-2.yaml", &entry("api-2", &two));
     mesh.start_controller();
-    wait_until("traffic to api-2 after restart", Duration::from_secs(10), || {
-        two.app.hits.load(Ordering::Relaxed) > 0
-    })
+    wait_until(
+        "traffic to api-2 after restart",
+        Duration::from_secs(10),
+        || two.app.hits.load(Ordering::Relaxed) > 0,
+    )
     .await;
 
     let (ok, failed, errors) = load.stop().await;

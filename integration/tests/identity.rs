@@ -70,7 +70,10 @@ async fn identity_refuses_bad_tokens_and_foreign_identities() {
         .await
         .expect_err("other identity");
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
-    assert!(err.message().contains(&web) && err.message().contains(&api), "{err:?}");
+    assert!(
+        err.message().contains(&web) && err.message().contains(&api),
+        "{err:?}"
+    );
 
     // The right identity, but a CSR for another one.
     let err = client
@@ -107,7 +110,10 @@ async fn a_proxy_with_a_bad_token_never_becomes_ready() {
     cmd.env("MESH_PROXY_OUTBOUND_ADDR", outbound.to_string())
         .env("MESH_PROXY_INBOUND_ADDR", inbound.to_string())
         .env("MESH_PROXY_ADMIN_ADDR", admin.to_string())
-        .env("MESH_PROXY_DESTINATION_ADDR", mesh.controller_addr.to_string())
+        .env(
+            "MESH_PROXY_DESTINATION_ADDR",
+            mesh.controller_addr.to_string(),
+        )
         .env("MESH_PROXY_IDENTITY_ADDR", mesh.identity_addr.to_string())
         .env("MESH_PROXY_TRUST_ANCHORS_FILE", mesh.anchors_path())
         // A token for another service account.
@@ -120,5 +126,9 @@ async fn a_proxy_with_a_bad_token_never_becomes_ready() {
     p.assert_running();
     let ready = mesh_integration::fixture::admin_get(admin, "/ready").await;
     assert_eq!(ready.map(|r| r.0), Some(503), "{}", p.log_text());
-    assert!(p.log_text().contains("PermissionDenied"), "{}", p.log_text());
+    assert!(
+        p.log_text().contains("PermissionDenied"),
+        "{}",
+        p.log_text()
+    );
 }

@@ -20,15 +20,29 @@ async fn proxies_renew_short_lived_certificates_under_traffic() {
     let mesh = Mesh::start("20s").await;
     let echo = apps::echo("api-1").await;
     let api = mesh.proxy("demo", "api", "api-1").await;
-    mesh.write("svc.yaml", &service("api", "demo", &[("http", 80, "http", "")]));
+    mesh.write(
+        "svc.yaml",
+        &service("api", "demo", &[("http", 80, "http", "")]),
+    );
     mesh.write(
         "api-1.yaml",
-        &workload("api-1", "demo", "api", "api", &[("http", echo.addr.port())], api.inbound),
+        &workload(
+            "api-1",
+            "demo",
+            "api",
+            "api",
+            &[("http", echo.addr.port())],
+            api.inbound,
+        ),
     );
-    mesh.wait_for_endpoints("api.demo.svc.cluster.local:80", 1).await;
+    mesh.wait_for_endpoints("api.demo.svc.cluster.local:80", 1)
+        .await;
     let web = mesh.proxy("demo", "web", "web-1").await;
 
-    let first_expiry = metric(&web.metrics().await, "mesh_identity_cert_expiry_timestamp_seconds");
+    let first_expiry = metric(
+        &web.metrics().await,
+        "mesh_identity_cert_expiry_timestamp_seconds",
+    );
     let (mut ok, mut failed) = (0u64, Vec::new());
     let start = Instant::now();
     let mut n = 0u64;
@@ -45,7 +59,12 @@ async fn proxies_renew_short_lived_certificates_under_traffic() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
-    assert!(failed.is_empty(), "{} failed: {:?}", failed.len(), &failed[..failed.len().min(5)]);
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
     assert!(ok > 1000, "too little traffic: {ok}");
 
     for (name, p) in [("web", &web), ("api", &api)] {
@@ -53,9 +72,16 @@ async fn proxies_renew_short_lived_certificates_under_traffic() {
         let renewals = metric(&m, "mesh_identity_cert_renewals_total");
         // The first certificate plus at least two renewals.
         assert!(renewals >= 3.0, "{name} renewed {} times", renewals - 1.0);
-        assert_eq!(metric(&m, "mesh_identity_cert_renewal_failures_total"), 0.0, "{name}");
+        assert_eq!(
+            metric(&m, "mesh_identity_cert_renewal_failures_total"),
+            0.0,
+            "{name}"
+        );
     }
-    let last_expiry = metric(&web.metrics().await, "mesh_identity_cert_expiry_timestamp_seconds");
+    let last_expiry = metric(
+        &web.metrics().await,
+        "mesh_identity_cert_expiry_timestamp_seconds",
+    );
     assert!(
         last_expiry >= first_expiry + 28.0,
         "expiry moved only from {first_expiry} to {last_expiry}"

@@ -60,8 +60,15 @@ async fn inbound_refuses_plaintext_anonymous_and_foreign_clients() {
     // refusals below are about the certificates, not the test client.
     let good = client_cert(&mesh.identity_dir, &spiffe("demo", "web"));
     let out = tls_request(api.inbound, Some(good), port).await;
-    assert!(out.starts_with("HTTP/1.1 200"), "mesh client refused: {out}");
-    assert!(out.to_lowercase().contains("x-seen-client-id: spiffe://cluster.local/ns/demo/sa/web"), "{out}");
+    assert!(
+        out.starts_with("HTTP/1.1 200"),
+        "mesh client refused: {out}"
+    );
+    assert!(
+        out.to_lowercase()
+            .contains("x-seen-client-id: spiffe://cluster.local/ns/demo/sa/web"),
+        "{out}"
+    );
     assert_eq!(echo.hits.load(Ordering::SeqCst), 1);
 
     // Plaintext.
@@ -71,7 +78,10 @@ async fn inbound_refuses_plaintext_anonymous_and_foreign_clients() {
 
     // TLS without a client certificate.
     let out = tls_request(api.inbound, None, port).await;
-    assert!(!out.contains("HTTP/1.1 200"), "anonymous TLS accepted: {out}");
+    assert!(
+        !out.contains("HTTP/1.1 200"),
+        "anonymous TLS accepted: {out}"
+    );
 
     // TLS with a certificate from another CA (same SPIFFE ID).
     let other = tempfile::tempdir().unwrap();
@@ -80,7 +90,11 @@ async fn inbound_refuses_plaintext_anonymous_and_foreign_clients() {
     let out = tls_request(api.inbound, Some(foreign), port).await;
     assert!(!out.contains("HTTP/1.1 200"), "foreign CA accepted: {out}");
 
-    assert_eq!(echo.hits.load(Ordering::SeqCst), 1, "a refused client reached the app");
+    assert_eq!(
+        echo.hits.load(Ordering::SeqCst),
+        1,
+        "a refused client reached the app"
+    );
     let m = api.metrics().await;
     assert!(
         m.contains("mesh_proxy_errors_total{direction=\"inbound\",reason=\"tls handshake\"} 3"),
@@ -94,12 +108,23 @@ async fn outbound_refuses_a_peer_with_another_identity() {
     let echo = apps::echo("api-1").await;
     // The proxy really is `api`, but discovery says the endpoint is `payments`.
     let api = mesh.proxy("demo", "api", "api-1").await;
-    mesh.write("svc.yaml", &service("api", "demo", &[("http", 80, "http", "")]));
+    mesh.write(
+        "svc.yaml",
+        &service("api", "demo", &[("http", 80, "http", "")]),
+    );
     mesh.write(
         "api-1.yaml",
-        &workload("api-1", "demo", "api", "payments", &[("http", echo.addr.port())], api.inbound),
+        &workload(
+            "api-1",
+            "demo",
+            "api",
+            "payments",
+            &[("http", echo.addr.port())],
+            api.inbound,
+        ),
     );
-    mesh.wait_for_endpoints("api.demo.svc.cluster.local:80", 1).await;
+    mesh.wait_for_endpoints("api.demo.svc.cluster.local:80", 1)
+        .await;
     let web = mesh.proxy("demo", "web", "web-1").await;
     let h1 = client::http1(web.outbound);
     let r = client::get(&h1, "http://api.demo.svc.cluster.local/")
@@ -118,11 +143,20 @@ async fn outbound_refuses_a_peer_with_another_identity() {
     // Control: once discovery announces the right identity, it works.
     mesh.write(
         "api-1.yaml",
-        &workload("api-1", "demo", "api", "api", &[("http", echo.addr.port())], api.inbound),
+        &workload(
+            "api-1",
+            "demo",
+            "api",
+            "api",
+            &[("http", echo.addr.port())],
+            api.inbound,
+        ),
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let r = client::get(&h1, "http://api.demo.svc.cluster.local/").await.expect("response");
+        let r = client::get(&h1, "http://api.demo.svc.cluster.local/")
+            .await
+            .expect("response");
         if r.status == 200 {
             break;
         }

@@ -45,7 +45,8 @@ async fn setup() -> Setup {
             api_proxy.inbound,
         ),
     );
-    mesh.wait_for_endpoints("api.demo.svc.cluster.local:80", 1).await;
+    mesh.wait_for_endpoints("api.demo.svc.cluster.local:80", 1)
+        .await;
     let web = mesh.proxy("demo", "web", "web-1").await;
     Setup {
         mesh,
@@ -64,14 +65,21 @@ async fn http1_http2_grpc_and_upgrade_travel_through_both_proxies() {
     // HTTP/1.1, with a forged identity header the proxy must replace.
     let h1 = client::http1(s.web.outbound);
     let req = Request::post(format!("{API}/hello"))
-        .header("x-mesh-client-id", "spiffe://cluster.local/ns/evil/sa/forged")
+        .header(
+            "x-mesh-client-id",
+            "spiffe://cluster.local/ns/evil/sa/forged",
+        )
         .body(Full::new(Bytes::from_static(b"ping-h1")))
         .unwrap();
     let r = client::send(&h1, req).await.expect("http/1.1 request");
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.header("x-app-name"), "api-1");
     assert_eq!(r.header("x-seen-client-id"), web_id);
-    assert_eq!(r.header("x-seen-version"), "HTTP/1.1", "app sees HTTP/1.1 restored");
+    assert_eq!(
+        r.header("x-seen-version"),
+        "HTTP/1.1",
+        "app sees HTTP/1.1 restored"
+    );
     assert_eq!(&r.body[..], b"ping-h1");
 
     // HTTP/2 (h2c from the app).
@@ -99,10 +107,15 @@ async fn http1_http2_grpc_and_upgrade_travel_through_both_proxies() {
         .expect("grpc call")
         .into_inner();
     assert_eq!(rsp.leaf_certificate, b"api-grpc");
-    assert_eq!(rsp.intermediate_certificates, vec![web_id.clone().into_bytes()]);
+    assert_eq!(
+        rsp.intermediate_certificates,
+        vec![web_id.clone().into_bytes()]
+    );
 
     // HTTP/1.1 Upgrade: the server switches protocols, bytes flow both ways.
-    let mut tcp = tokio::net::TcpStream::connect(s.web.outbound).await.unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(s.web.outbound)
+        .await
+        .unwrap();
     tcp.write_all(
         b"GET http://api.demo.svc.cluster.local/ws HTTP/1.1\r\nHost: api.demo.svc.cluster.local\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n",
     )
@@ -115,12 +128,20 @@ async fn http1_http2_grpc_and_upgrade_travel_through_both_proxies() {
             .await
             .expect("upgrade response in time")
             .unwrap();
-        assert_eq!(n, 1, "connection closed during upgrade: {:?}", String::from_utf8_lossy(&head));
+        assert_eq!(
+            n,
+            1,
+            "connection closed during upgrade: {:?}",
+            String::from_utf8_lossy(&head)
+        );
         head.push(byte[0]);
     }
     let head = String::from_utf8_lossy(&head).to_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
-    assert!(head.contains(&format!("x-seen-client-id: {web_id}")), "{head}");
+    assert!(
+        head.contains(&format!("x-seen-client-id: {web_id}")),
+        "{head}"
+    );
     for msg in [&b"first frame"[..], b"second"] {
         tcp.write_all(msg).await.unwrap();
         let mut got = vec![0u8; msg.len()];
@@ -154,8 +175,10 @@ async fn unknown_service_and_missing_host_get_clear_errors() {
     assert!(r.status.is_server_error(), "{r:?}");
     assert!(!r.header("x-mesh-proxy-error").is_empty(), "{r:?}");
     // A known Service with no endpoints: 503 no endpoints.
-    s.mesh
-        .write("empty.yaml", &service("empty", "demo", &[("http", 80, "http", "")]));
+    s.mesh.write(
+        "empty.yaml",
+        &service("empty", "demo", &[("http", 80, "http", "")]),
+    );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
         let r = client::get(&h1, "http://empty.demo.svc.cluster.local:80/")

@@ -60,7 +60,10 @@ mod tests {
     fn ready_follows_the_certificate() {
         let m = Metrics::new();
         let req = Request::get("/ready").body(()).unwrap();
-        assert_eq!(respond(&req, &m, false).status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            respond(&req, &m, false).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
         assert_eq!(respond(&req, &m, true).status(), StatusCode::OK);
         let req = Request::get("/nope").body(()).unwrap();
         assert_eq!(respond(&req, &m, true).status(), StatusCode::NOT_FOUND);

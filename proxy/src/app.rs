@@ -18,8 +18,8 @@ use tokio::net::TcpListener;
 /// Runs the proxy until the process is told to stop.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
-    let roots = tls::trust_roots(&config.trust_anchors_pem)
-        .context("MESH_PROXY_TRUST_ANCHORS_FILE")?;
+    let roots =
+        tls::trust_roots(&config.trust_anchors_pem).context("MESH_PROXY_TRUST_ANCHORS_FILE")?;
     let certs = Arc::new(CertStore::default());
 
     // Bind everything first so a port conflict fails at once.

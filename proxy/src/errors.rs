@@ -71,10 +71,8 @@ impl ProxyError {
     /// response with `grpc-status`.
     pub fn to_response(&self, grpc: bool) -> Response<ProxyBody> {
         let mut rsp = Response::new(ProxyBody::Empty);
-        rsp.headers_mut().insert(
-            PROXY_ERROR_HEADER,
-            HeaderValue::from_static(self.reason()),
-        );
+        rsp.headers_mut()
+            .insert(PROXY_ERROR_HEADER, HeaderValue::from_static(self.reason()));
         if grpc {
             let h = rsp.headers_mut();
             h.insert("content-type", HeaderValue::from_static("application/grpc"));

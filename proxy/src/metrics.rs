@@ -216,7 +216,13 @@ mod tests {
         m.record(&labels, 503, std::time::Duration::from_millis(3));
         let text = m.encode();
         assert!(text.contains("mesh_requests_total{direction=\"outbound\",dst_service=\"web.demo.svc.cluster.local:80\""), "{text}");
-        assert!(text.contains("status_code=\"503\",classification=\"failure\"} 1"), "{text}");
-        assert!(text.contains("mesh_response_latency_seconds_bucket"), "{text}");
+        assert!(
+            text.contains("status_code=\"503\",classification=\"failure\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mesh_response_latency_seconds_bucket"),
+            "{text}"
+        );
     }
 }

@@ -45,7 +45,9 @@ fn client_id<B>(req: &Request<B>) -> String {
 }
 
 /// Starts an `api` replica; returns its address.
-pub async fn api(replica: &'static str) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+pub async fn api(
+    replica: &'static str,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let task = tokio::spawn(serve(listener, move |req: Request<_>| {
@@ -63,9 +65,8 @@ pub async fn web(
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let client: Arc<Client<HttpConnector, Full<Bytes>>> = Arc::new(
-        Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
-    );
+    let client: Arc<Client<HttpConnector, Full<Bytes>>> =
+        Arc::new(Client::builder(TokioExecutor::new()).build(HttpConnector::new()));
     let task = tokio::spawn(serve(listener, move |req: Request<_>| {
         let client = client.clone();
         let caller = client_id(&req);

@@ -137,7 +137,12 @@ async fn demo(args: &Args, procs: &mut Procs) -> anyhow::Result<()> {
     let (api1_app, _a1) = apps::api("api-1").await?;
     let (api2_app, _a2) = apps::api("api-2").await?;
 
-    write_manifests(&manifests, &web, web_app, &[(&api1, api1_app), (&api2, api2_app)])?;
+    write_manifests(
+        &manifests,
+        &web,
+        web_app,
+        &[(&api1, api1_app), (&api2, api2_app)],
+    )?;
     let anchors = id_dir.join(mesh_identity::files::TRUST_ANCHORS);
     for w in [&client, &web, &api1, &api2] {
         let token = mesh_identity::token::mint(&key, NS, w.sa, Duration::from_secs(3600));
@@ -147,7 +152,10 @@ async fn demo(args: &Args, procs: &mut Procs) -> anyhow::Result<()> {
             ("MESH_PROXY_ADMIN_ADDR", w.admin.to_string()),
             ("MESH_PROXY_DESTINATION_ADDR", controller_addr.to_string()),
             ("MESH_PROXY_IDENTITY_ADDR", identity_addr.to_string()),
-            ("MESH_PROXY_TRUST_ANCHORS_FILE", anchors.display().to_string()),
+            (
+                "MESH_PROXY_TRUST_ANCHORS_FILE",
+                anchors.display().to_string(),
+            ),
             ("MESH_PROXY_IDENTITY_TOKEN", token),
             ("MESH_PROXY_NAMESPACE", NS.to_string()),
             ("MESH_PROXY_SERVICE_ACCOUNT", w.sa.to_string()),

@@ -31,7 +31,9 @@ impl<T> State<T> {
             Some(update::Update::Add(set)) => {
                 self.exists = true;
                 for wa in set.endpoints {
-                    let Some(meta) = meta(&wa, target) else { continue };
+                    let Some(meta) = meta(&wa, target) else {
+                        continue;
+                    };
                     let reused = previous
                         .remove(&meta.addr)
                         .or_else(|| self.endpoints.remove(&meta.addr))
@@ -108,9 +110,11 @@ pub(super) async fn run<T: Send + Sync + 'static>(
     tx: Tx<T>,
     metrics: Arc<Metrics>,
 ) {
-    let gauge = metrics.control_connected.get_or_create_owned(&ControlLabels {
-        component: "destination",
-    });
+    let gauge = metrics
+        .control_connected
+        .get_or_create_owned(&ControlLabels {
+            component: "destination",
+        });
     let mut state = State {
         exists: false,
         endpoints: HashMap::new(),
@@ -267,7 +271,12 @@ mod tests {
             exists: false,
             endpoints: HashMap::new(),
         };
-        s.apply(add(vec![wa("nope", "a"), wa("127.0.0.1:9", "a")]), true, &new, "t");
+        s.apply(
+            add(vec![wa("nope", "a"), wa("127.0.0.1:9", "a")]),
+            true,
+            &new,
+            "t",
+        );
         let snap = s.snapshot();
         assert_eq!(snap.endpoints.len(), 1);
         assert!(snap.exists);

@@ -154,7 +154,10 @@ mod tests {
             renew_after(Duration::from_secs(24 * 3600)),
             Duration::from_secs(60480)
         );
-        assert_eq!(renew_after(Duration::from_secs(20)), Duration::from_secs(14));
+        assert_eq!(
+            renew_after(Duration::from_secs(20)),
+            Duration::from_secs(14)
+        );
     }
 
     #[test]

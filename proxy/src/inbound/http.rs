@@ -56,8 +56,7 @@ impl Connection {
         };
         // A caller cannot choose its own identity.
         req.headers_mut().remove(CLIENT_ID);
-        req.headers_mut()
-            .insert(CLIENT_ID, self.client_id.clone());
+        req.headers_mut().insert(CLIENT_ID, self.client_id.clone());
 
         if is_upgrade(&req) {
             let downstream = hyper::upgrade::on(&mut req);

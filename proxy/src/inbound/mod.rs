@@ -89,9 +89,10 @@ impl Inbound {
                 .map_err(|e| ("transport header", e.to_string()))?;
             Ok::<_, (&'static str, String)>((tls, client_id, header))
         };
-        let (tls, client_id, header) = tokio::time::timeout(self.header_timeout, preamble)
-            .await
-            .map_err(|_| ("timeout", "no handshake and header in time".to_string()))??;
+        let (tls, client_id, header) =
+            tokio::time::timeout(self.header_timeout, preamble)
+                .await
+                .map_err(|_| ("timeout", "no handshake and header in time".to_string()))??;
 
         let labels = RequestLabels {
             direction: Direction::inbound,

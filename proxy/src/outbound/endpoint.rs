@@ -111,16 +111,17 @@ impl EndpointClient {
         let addr = mtls.proxy_addr.to_string();
         let tcp = self.tcp().await?;
         let connector = TlsConnector::from(mtls.config.clone());
-        let mut tls = tokio::time::timeout(
-            self.connect_timeout,
-            connector.connect(crate::tls::server_name(), tcp),
-        )
-        .await
-        .map_err(|_| ProxyError::ConnectTimeout(addr.clone()))?
-        .map_err(|e| ProxyError::Tls {
+        let sni = crate::tls::server_name().map_err(|e| ProxyError::Tls {
             addr: addr.clone(),
             reason: e.to_string(),
         })?;
+        let mut tls = tokio::time::timeout(self.connect_timeout, connector.connect(sni, tcp))
+            .await
+            .map_err(|_| ProxyError::ConnectTimeout(addr.clone()))?
+            .map_err(|e| ProxyError::Tls {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
         let header = TransportHeader {
             port: self.addr.port(),
             protocol,
@@ -214,11 +215,15 @@ impl EndpointClient {
         let mut sender = match &self.mtls {
             Some(mtls) => {
                 let tls = self.mtls(mtls, SessionProtocol::Http1, name).await?;
-                handshake_h1(TokioIo::new(tls)).await.map_err(upstream_err)?
+                handshake_h1(TokioIo::new(tls))
+                    .await
+                    .map_err(upstream_err)?
             }
             None => {
                 let tcp = self.tcp().await?;
-                handshake_h1(TokioIo::new(tcp)).await.map_err(upstream_err)?
+                handshake_h1(TokioIo::new(tcp))
+                    .await
+                    .map_err(upstream_err)?
             }
         };
         // HTTP/1 on the wire: origin-form URI, authority in Host.

@@ -20,12 +20,15 @@ use std::{
 /// hop between proxies, so the server side can restore it.
 pub const ORIG_PROTO: &str = "x-mesh-orig-proto";
 
+/// The last target a connection used: its authority, metric name and watch.
+type LastTarget = Option<(Authority, Str, Destination<EndpointClient>)>;
+
 /// Per-connection state: the last target, so keep-alive connections to one
 /// service skip the resolver cache.
 #[derive(Clone)]
 pub struct Connection {
     outbound: Arc<Outbound>,
-    last: Arc<Mutex<Option<(Authority, Str, Destination<EndpointClient>)>>>,
+    last: Arc<Mutex<LastTarget>>,
 }
 
 impl Connection {
@@ -179,7 +182,13 @@ fn to_absolute(
         .map(|pq| pq.as_str())
         .unwrap_or("/");
     let mut uri = Uri::builder()
-        .scheme(parts.uri.scheme().cloned().unwrap_or(http::uri::Scheme::HTTP))
+        .scheme(
+            parts
+                .uri
+                .scheme()
+                .cloned()
+                .unwrap_or(http::uri::Scheme::HTTP),
+        )
         .authority(authority.clone())
         .path_and_query(pq);
     if let Ok(u) = std::mem::take(&mut uri).build() {
@@ -220,7 +229,10 @@ mod tests {
         assert_eq!(authority_of(&r).unwrap().as_str(), "c.d:82");
         let r = Request::get("/x").body(()).unwrap();
         assert!(authority_of(&r).is_none());
-        let r = Request::get("/x").header(HOST, "bad host").body(()).unwrap();
+        let r = Request::get("/x")
+            .header(HOST, "bad host")
+            .body(())
+            .unwrap();
         assert!(authority_of(&r).is_none());
     }
 }

@@ -33,12 +33,8 @@ pub fn client_config(
 
 /// The SNI name sent to peers. Verification ignores it (identities are
 /// URI SANs); it only has to be a valid DNS name.
-pub fn server_name() -> ServerName<'static> {
-    ServerName::DnsName(
-        rustls::pki_types::DnsName::try_from("proxy.mesh.local")
-            .expect("static name is a valid DNS name")
-            .to_owned(),
-    )
+pub fn server_name() -> Result<ServerName<'static>, rustls::pki_types::InvalidDnsNameError> {
+    ServerName::try_from("proxy.mesh.local")
 }
 
 #[derive(Debug)]

@@ -1,0 +1,36 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+CARGO ?= cargo
+
+.PHONY: demo test build bench lint fmt manifests clean
+
+## Run the whole mesh locally (identity, controller, services and proxies on loopback).
+demo:
+	$(CARGO) build --release --bins
+	./target/release/mesh demo
+
+## Unit and end-to-end tests (the end-to-end tests start the real binaries).
+test:
+	$(CARGO) build --bins
+	$(CARGO) test --workspace --no-fail-fast
+
+build:
+	$(CARGO) build --release --bins
+
+## Proxy pair vs direct connection, same run (needs wrk and nginx: apt-get install -y wrk nginx-light).
+bench:
+	$(CARGO) build --release --bins
+	python3 bench/run.py
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## Kubernetes manifests are generated from code once the CRDs exist (issue 5).
+manifests:
+	@echo "manifests: nothing is generated yet; manifests/ holds hand-written files"
+
+clean:
+	$(CARGO) clean
