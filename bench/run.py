@@ -96,6 +96,18 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
+def tree_cpu_seconds(pid):
+    """CPU seconds of a process and its direct children (nginx's workers)."""
+    total = cpu_seconds(pid)
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            for child in f.read().split():
+                total += cpu_seconds(int(child))
+    except OSError:
+        pass
+    return total
+
+
 def peak_rss_kib(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -153,7 +165,7 @@ http {{ access_log off; keepalive_requests 1000000;
   server {{ listen 127.0.0.1:{nginx_port}; location / {{ return 200 "ok\\n"; }} }} }}
 """)
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    spawn("nginx", [nginx, "-c", conf, "-p", work], log_dir=work)
+    nginx_proc = spawn("nginx", [nginx, "-c", conf, "-p", work], log_dir=work)
     wait_port(nginx_port, "nginx")
 
     id_port, ctl_port = free_port(), free_port()
@@ -217,11 +229,13 @@ spec:
     for r in range(ROUNDS):
         for mode in ("direct", "mesh"):
             before = {k: cpu_seconds(p) for k, p in pids.items()}
+            nginx_before = tree_cpu_seconds(nginx_proc.pid)
             if mode == "direct":
                 res = wrk(nginx_port, CONNS)
             else:
                 res = wrk(cports["out"], CONNS, HOST)
             res["cpu"] = sum(cpu_seconds(p) - before[k] for k, p in pids.items())
+            res["nginx_cpu"] = tree_cpu_seconds(nginx_proc.pid) - nginx_before
             rows[mode].append(res)
             print(f"  round {r + 1} {mode:6}: {res['rps']:9.0f} req/s  p50 {res['p50'] * 1e6:7.0f} us  "
                   f"p99 {res['p99'] * 1e6:7.0f} us  non-2xx {res['errors']}  {res['socket_errors']}")
@@ -243,6 +257,10 @@ spec:
     d1, m1 = one["direct"]["p50"] * 1e6, one["mesh"]["p50"] * 1e6
     print(f"{'p50 us (1 conn)':28}{d1:12.0f}{m1:12.0f}{m1 / max(d1, 1e-9):10.2f}")
     print(f"added median latency at 1 connection: {m1 - d1:.0f} us (proxy pair)")
+    for mode in ("direct", "mesh"):
+        reqs = sum(x["requests"] for x in rows[mode])
+        ngx = sum(x["nginx_cpu"] for x in rows[mode]) / max(reqs, 1)
+        print(f"nginx (server) CPU per request, {mode}: {ngx * 1e6:.1f} us")
     print(f"proxy pair CPU per request: {cpu_per_req * 1e6:.1f} us "
           f"({sum(x['cpu'] for x in rows['mesh']):.2f} CPU s for {mesh_reqs} requests)")
     for name, pid in pids.items():

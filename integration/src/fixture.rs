@@ -159,6 +159,29 @@ impl Mesh {
         panic!("controller never served {n} endpoints for {target}; last: {last}");
     }
 
+    /// Declares Service `api.demo` (port 80 → the app's `http` port) with one
+    /// endpoint, `api-1`, behind `proxy`, announced as service account `sa`,
+    /// and waits until the controller serves it.
+    pub async fn serve_api(&self, sa: &str, app_port: u16, proxy: &Proxy) {
+        self.write(
+            "svc.yaml",
+            &service("api", "demo", &[("http", 80, "http", "")]),
+        );
+        self.write(
+            "api-1.yaml",
+            &workload(
+                "api-1",
+                "demo",
+                "api",
+                sa,
+                &[("http", app_port)],
+                proxy.inbound,
+            ),
+        );
+        self.wait_for_endpoints("api.demo.svc.cluster.local:80", 1)
+            .await;
+    }
+
     /// A token for `ns/sa`, as `mesh token` mints it.
     pub fn token(&self, ns: &str, sa: &str) -> String {
         token::mint(&self.token_key, ns, sa, Duration::from_secs(3600))

@@ -1,10 +1,6 @@
 //! Certificates are renewed under steady traffic with no failed request.
 
-use mesh_integration::{
-    apps, client,
-    fixture::{service, workload},
-    Mesh,
-};
+use mesh_integration::{apps, client, Mesh};
 use std::time::{Duration, Instant};
 
 fn metric(text: &str, name: &str) -> f64 {
@@ -20,23 +16,7 @@ async fn proxies_renew_short_lived_certificates_under_traffic() {
     let mesh = Mesh::start("20s").await;
     let echo = apps::echo("api-1").await;
     let api = mesh.proxy("demo", "api", "api-1").await;
-    mesh.write(
-        "svc.yaml",
-        &service("api", "demo", &[("http", 80, "http", "")]),
-    );
-    mesh.write(
-        "api-1.yaml",
-        &workload(
-            "api-1",
-            "demo",
-            "api",
-            "api",
-            &[("http", echo.addr.port())],
-            api.inbound,
-        ),
-    );
-    mesh.wait_for_endpoints("api.demo.svc.cluster.local:80", 1)
-        .await;
+    mesh.serve_api("api", echo.addr.port(), &api).await;
     let web = mesh.proxy("demo", "web", "web-1").await;
 
     let first_expiry = metric(

@@ -3,7 +3,7 @@
 
 use mesh_integration::{
     apps, client,
-    fixture::{service, spiffe, workload},
+    fixture::{spiffe, workload},
     tls::{client_cert, client_config},
     Mesh,
 };
@@ -108,23 +108,7 @@ async fn outbound_refuses_a_peer_with_another_identity() {
     let echo = apps::echo("api-1").await;
     // The proxy really is `api`, but discovery says the endpoint is `payments`.
     let api = mesh.proxy("demo", "api", "api-1").await;
-    mesh.write(
-        "svc.yaml",
-        &service("api", "demo", &[("http", 80, "http", "")]),
-    );
-    mesh.write(
-        "api-1.yaml",
-        &workload(
-            "api-1",
-            "demo",
-            "api",
-            "payments",
-            &[("http", echo.addr.port())],
-            api.inbound,
-        ),
-    );
-    mesh.wait_for_endpoints("api.demo.svc.cluster.local:80", 1)
-        .await;
+    mesh.serve_api("payments", echo.addr.port(), &api).await;
     let web = mesh.proxy("demo", "web", "web-1").await;
     let h1 = client::http1(web.outbound);
     let r = client::get(&h1, "http://api.demo.svc.cluster.local/")
