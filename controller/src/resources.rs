@@ -1,6 +1,14 @@
 //! The configuration resources the controller understands (DESIGN §5), as serde types in
 //! their Kubernetes YAML shape, and the parser that turns a multi-document YAML file into
-//! them. Errors name the document and the field path of the problem.
+//! them. Traffic kinds (Gateway API routes, `TrafficPolicy`, `HTTPFault`) are validated
+//! while parsing, so a file with an invalid object is rejected whole and its last good
+//! version stays in force. Errors name the document, the object and the field path.
+
+mod parse;
+pub mod retry;
+pub mod route;
+pub mod traffic;
+pub mod validate;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -8,6 +16,10 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+
+pub use self::parse::{parse_documents, IgnoredObject, ParseError, ParsedFile};
+pub use self::route::{BackendRef, ParentRef, Route, RouteKind, RouteRule};
+pub use self::traffic::{HttpFault, TrafficPolicy};
 
 /// `apiVersion` of the core Kubernetes kinds (`Service`).
 pub const CORE_V1: &str = "v1";
@@ -21,6 +33,36 @@ pub enum Resource {
     Service(Service),
     /// A `policy.mesh.dev/v1alpha1` `WorkloadEntry`.
     WorkloadEntry(WorkloadEntry),
+    /// A Gateway API `HTTPRoute` or `GRPCRoute`.
+    Route(Route),
+    /// A `policy.mesh.dev/v1alpha1` `TrafficPolicy`.
+    TrafficPolicy(TrafficPolicy),
+    /// A `policy.mesh.dev/v1alpha1` `HTTPFault`.
+    HttpFault(HttpFault),
+}
+
+impl Resource {
+    /// The object's metadata.
+    pub fn metadata(&self) -> &ObjectMeta {
+        match self {
+            Resource::Service(r) => &r.metadata,
+            Resource::WorkloadEntry(r) => &r.metadata,
+            Resource::Route(r) => &r.metadata,
+            Resource::TrafficPolicy(r) => &r.metadata,
+            Resource::HttpFault(r) => &r.metadata,
+        }
+    }
+
+    /// The object's kind, e.g. `HTTPRoute`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Resource::Service(_) => "Service",
+            Resource::WorkloadEntry(_) => "WorkloadEntry",
+            Resource::Route(r) => r.kind.kind(),
+            Resource::TrafficPolicy(_) => "TrafficPolicy",
+            Resource::HttpFault(_) => "HTTPFault",
+        }
+    }
 }
 
 /// Kubernetes object metadata (the fields the controller reads; others are ignored).
@@ -34,7 +76,7 @@ pub struct ObjectMeta {
     /// Labels, used by selectors.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
-    /// Annotations (kept for later use; not interpreted yet).
+    /// Annotations (routes read `retry.mesh.dev/*` and `timeout.mesh.dev/*`).
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
 }
@@ -222,157 +264,6 @@ fn de_cluster_ip<'de, D: Deserializer<'de>>(d: D) -> Result<Option<IpAddr>, D::E
         Some(s) => s.parse().map(Some).map_err(|_| {
             de::Error::invalid_value(de::Unexpected::Str(s), &"an IP address or \"None\"")
         }),
-    }
-}
-
-// === parsing ===
-
-/// Why a YAML file could not be turned into resources.
-#[derive(Debug, thiserror::Error)]
-pub enum ParseError {
-    /// The text is not valid YAML.
-    #[error("document {doc}: invalid YAML: {error}")]
-    Yaml {
-        /// 1-based index of the document in the file.
-        doc: usize,
-        /// The YAML error (carries line and column).
-        error: serde_yaml::Error,
-    },
-    /// A field of a known kind is missing or has the wrong type or value.
-    #[error("document {doc} ({kind} {name}): {path}: {message}")]
-    Field {
-        /// 1-based index of the document in the file.
-        doc: usize,
-        /// The object's kind.
-        kind: String,
-        /// The object's name, or `?` when it could not be read.
-        name: String,
-        /// Path of the offending field, e.g. `spec.ports[0].port`.
-        path: String,
-        /// What is wrong with it.
-        message: String,
-    },
-}
-
-/// An object of a kind the controller does not handle; reported, then ignored.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct IgnoredObject {
-    /// Its `apiVersion`.
-    pub api_version: String,
-    /// Its `kind`.
-    pub kind: String,
-    /// Its `metadata.name`, when present.
-    pub name: String,
-}
-
-/// The contents of one YAML file.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct ParsedFile {
-    /// The objects of kinds the controller handles, in file order.
-    pub resources: Vec<Resource>,
-    /// The objects of other kinds, which the caller should report.
-    pub ignored: Vec<IgnoredObject>,
-}
-
-/// Parses a file of `---`-separated YAML documents. `kind: List` objects are flattened.
-pub fn parse_documents(text: &str) -> Result<ParsedFile, ParseError> {
-    let mut out = ParsedFile::default();
-    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let n = i + 1;
-        let value = serde_yaml::Value::deserialize(doc)
-            .map_err(|error| ParseError::Yaml { doc: n, error })?;
-        parse_value(n, "", value, &mut out)?;
-    }
-    Ok(out)
-}
-
-fn parse_value(
-    doc: usize,
-    prefix: &str,
-    value: serde_yaml::Value,
-    out: &mut ParsedFile,
-) -> Result<(), ParseError> {
-    if value.is_null() {
-        return Ok(()); // an empty document, e.g. a trailing `---`
-    }
-    let text = |v: &serde_yaml::Value, key: &str| {
-        v.get(key)
-            .and_then(|s| s.as_str())
-            .unwrap_or_default()
-            .to_string()
-    };
-    let api_version = text(&value, "apiVersion");
-    let kind = text(&value, "kind");
-    let name = value
-        .get("metadata")
-        .map(|m| text(m, "name"))
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| "?".to_string());
-    let field_err = |path: String, message: String| ParseError::Field {
-        doc,
-        kind: if kind.is_empty() {
-            "?".into()
-        } else {
-            kind.clone()
-        },
-        name: name.clone(),
-        path,
-        message,
-    };
-    if !value.is_mapping() {
-        return Err(field_err(
-            prefix_path(prefix, ""),
-            "expected a mapping".into(),
-        ));
-    }
-    if kind.is_empty() {
-        return Err(field_err(
-            prefix_path(prefix, "kind"),
-            "missing field".into(),
-        ));
-    }
-    let to_err = |e: serde_path_to_error::Error<serde_yaml::Error>| {
-        let path = prefix_path(prefix, &e.path().to_string());
-        field_err(path, e.into_inner().to_string())
-    };
-    match (api_version.as_str(), kind.as_str()) {
-        (CORE_V1, "Service") => {
-            let svc = serde_path_to_error::deserialize(value).map_err(to_err)?;
-            out.resources.push(Resource::Service(svc));
-        }
-        (POLICY_V1ALPHA1, "WorkloadEntry") => {
-            let wl = serde_path_to_error::deserialize(value).map_err(to_err)?;
-            out.resources.push(Resource::WorkloadEntry(wl));
-        }
-        (_, "List") => {
-            let items = match value.get("items") {
-                None => Vec::new(),
-                Some(serde_yaml::Value::Sequence(items)) => items.clone(),
-                Some(_) => {
-                    let path = prefix_path(prefix, "items");
-                    return Err(field_err(path, "expected a sequence".into()));
-                }
-            };
-            for (j, item) in items.into_iter().enumerate() {
-                parse_value(doc, &format!("{prefix}items[{j}]."), item, out)?;
-            }
-        }
-        _ => out.ignored.push(IgnoredObject {
-            api_version,
-            kind,
-            name,
-        }),
-    }
-    Ok(())
-}
-
-fn prefix_path(prefix: &str, path: &str) -> String {
-    let p = format!("{prefix}{path}");
-    let p = p.trim_end_matches('.');
-    if p.is_empty() {
-        ".".to_string()
-    } else {
-        p.to_string()
     }
 }
 

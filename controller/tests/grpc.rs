@@ -203,7 +203,7 @@ async fn get_policy_sends_default_policy() {
     assert_eq!(p.service, "web.prod");
     assert!(!p.opaque);
     assert_eq!(
-        p.default_backend.unwrap().target,
+        p.default_route.unwrap().backends[0].target,
         "web.prod.svc.cluster.local:80"
     );
     assert_eq!(p.retry_budget.unwrap().min_retries_per_second, 10);
@@ -319,4 +319,65 @@ async fn streams_release_their_state_when_clients_leave() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     server.abort();
+}
+
+fn split_route(v1: u32, v2: u32) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: split, namespace: prod}}\nspec:\n  parentRefs: [{{kind: Service, name: web, port: 80}}]\n  rules:\n    - backendRefs: [{{name: web-v1, port: 80, weight: {v1}}}, {{name: web-v2, port: 80, weight: {v2}}}]\n      timeouts: {{request: 2s}}\n"
+    )
+}
+
+#[tokio::test]
+async fn get_policy_streams_route_changes() {
+    let fx = Fixture::start(&[("svc.yaml", SERVICE), ("route.yaml", &split_route(90, 10))]).await;
+    let mut client = DestinationClient::new(fx.channel.clone());
+    let req = GetDestination {
+        target: "web.prod.svc.cluster.local:80".into(),
+        context: String::new(),
+    };
+    let mut stream = client.get_policy(req).await.unwrap().into_inner();
+    let weights = |p: &mesh_proto::destination::ServicePolicy| -> Vec<(String, u32)> {
+        assert_eq!(p.routes.len(), 1, "{p:?}");
+        assert_eq!(p.routes[0].name, "httproute/prod/split/0");
+        assert_eq!(p.routes[0].request_timeout_ms, 2_000);
+        p.routes[0]
+            .backends
+            .iter()
+            .map(|b| (b.target.clone(), b.weight))
+            .collect()
+    };
+    let first = next(&mut stream).await;
+    assert_eq!(
+        weights(&first),
+        [
+            ("web-v1.prod.svc.cluster.local:80".to_string(), 90),
+            ("web-v2.prod.svc.cluster.local:80".to_string(), 10)
+        ]
+    );
+    assert_eq!(
+        first.default_route.unwrap().backends[0].target,
+        "web.prod.svc.cluster.local:80"
+    );
+
+    write(fx.dir.path(), "route.yaml", &split_route(50, 50));
+    let changed = tokio::time::timeout(Duration::from_secs(2), stream.message())
+        .await
+        .expect("no new snapshot within 2s")
+        .unwrap()
+        .unwrap();
+    let w: Vec<u32> = weights(&changed).into_iter().map(|(_, w)| w).collect();
+    assert_eq!(w, [50, 50]);
+
+    // An invalid edit changes nothing: no snapshot.
+    write(
+        fx.dir.path(),
+        "route.yaml",
+        &split_route(50, 50).replace("2s", "2 seconds"),
+    );
+    let quiet = tokio::time::timeout(Duration::from_millis(400), stream.message()).await;
+    assert!(quiet.is_err(), "unexpected message: {quiet:?}");
+
+    // The route goes away: back to no routes.
+    std::fs::remove_file(fx.dir.path().join("route.yaml")).unwrap();
+    assert!(next(&mut stream).await.routes.is_empty());
 }

@@ -19,6 +19,8 @@ pub enum ProxyBody {
     Full(Option<Bytes>),
     /// A body streamed from a connection.
     Incoming(hyper::body::Incoming),
+    /// A body that can be sent again by a retry.
+    Replay(Box<crate::outbound::retry::replay::ReplayBody>),
 }
 
 impl ProxyBody {
@@ -46,6 +48,7 @@ impl Body for ProxyBody {
             ProxyBody::Empty => Poll::Ready(None),
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Incoming(b) => Pin::new(b).poll_frame(cx),
+            ProxyBody::Replay(b) => Pin::new(b.as_mut()).poll_frame(cx),
         }
     }
 
@@ -54,6 +57,7 @@ impl Body for ProxyBody {
             ProxyBody::Empty => true,
             ProxyBody::Full(b) => b.is_none(),
             ProxyBody::Incoming(b) => b.is_end_stream(),
+            ProxyBody::Replay(b) => b.is_end_stream(),
         }
     }
 
@@ -62,6 +66,7 @@ impl Body for ProxyBody {
             ProxyBody::Empty => SizeHint::with_exact(0),
             ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             ProxyBody::Incoming(b) => b.size_hint(),
+            ProxyBody::Replay(b) => b.size_hint(),
         }
     }
 }

@@ -26,6 +26,20 @@ pub enum ProxyError {
     Upstream { addr: String, reason: String },
     #[error("application on port {port} failed: {reason}")]
     App { port: u16, reason: String },
+    #[error("upstream {addr} refused the request before processing it: {reason}")]
+    Refused { addr: String, reason: String },
+    #[error("request timed out after {0:?}")]
+    RequestTimeout(std::time::Duration),
+    #[error("backend request timed out after {0:?}")]
+    BackendTimeout(std::time::Duration),
+    #[error("every endpoint of {0} is at its request limit")]
+    BreakerOpen(String),
+    #[error("every endpoint of {0} is ejected")]
+    AllEjected(String),
+    #[error("route {0} has no usable backend")]
+    NoBackends(String),
+    #[error("fault injected: {0}")]
+    Fault(StatusCode),
 }
 
 impl ProxyError {
@@ -33,13 +47,19 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoAuthority => StatusCode::BAD_REQUEST,
-            ProxyError::NoEndpoints(_) | ProxyError::DiscoveryTimeout(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            ProxyError::ConnectTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::NoEndpoints(_)
+            | ProxyError::DiscoveryTimeout(_)
+            | ProxyError::BreakerOpen(_)
+            | ProxyError::AllEjected(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::ConnectTimeout(_)
+            | ProxyError::RequestTimeout(_)
+            | ProxyError::BackendTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::NoBackends(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::Fault(s) => *s,
             ProxyError::Connect { .. }
             | ProxyError::Tls { .. }
             | ProxyError::Upstream { .. }
+            | ProxyError::Refused { .. }
             | ProxyError::App { .. } => StatusCode::BAD_GATEWAY,
         }
     }
@@ -55,14 +75,33 @@ impl ProxyError {
             ProxyError::Tls { .. } => "tls failed",
             ProxyError::Upstream { .. } => "upstream failed",
             ProxyError::App { .. } => "app failed",
+            ProxyError::Refused { .. } => "refused",
+            ProxyError::RequestTimeout(_) => "request timeout",
+            ProxyError::BackendTimeout(_) => "backend request timeout",
+            ProxyError::BreakerOpen(_) => "breaker open",
+            ProxyError::AllEjected(_) => "all endpoints ejected",
+            ProxyError::NoBackends(_) => "no backends",
+            ProxyError::Fault(_) => "fault injected",
         }
+    }
+
+    /// True when nothing reached the application, so a retry is safe.
+    pub fn is_connect_failure(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Connect { .. }
+                | ProxyError::ConnectTimeout(_)
+                | ProxyError::Tls { .. }
+                | ProxyError::Refused { .. }
+        )
     }
 
     /// The gRPC status code for gRPC callers.
     fn grpc_status(&self) -> &'static str {
         match self.status() {
             StatusCode::GATEWAY_TIMEOUT => "4",
-            StatusCode::BAD_REQUEST => "13",
+            StatusCode::FORBIDDEN => "7",
+            StatusCode::BAD_REQUEST | StatusCode::INTERNAL_SERVER_ERROR => "13",
             _ => "14",
         }
     }

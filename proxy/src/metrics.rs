@@ -56,6 +56,17 @@ pub struct RequestLabels {
     pub dst_identity: Str,
     /// `true` when the hop between proxies was mutual TLS.
     pub tls: bool,
+    /// The route that matched (`default` when none did; `""` inbound).
+    pub route: Str,
+}
+
+/// Labels of a retry, a skipped retry or an ejection.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TrafficLabels {
+    pub dst_service: Str,
+    pub route: Str,
+    /// Why: `status`, `grpc`, `connect`, `budget`, `body`, `ejected`…
+    pub reason: &'static str,
 }
 
 /// Labels of a response.
@@ -98,6 +109,9 @@ pub struct Metrics {
     pub cert_renewals: Counter,
     pub cert_renewal_failures: Counter,
     pub control_connected: Family<ControlLabels, Gauge>,
+    pub retries: Family<TrafficLabels, Counter>,
+    pub retries_skipped: Family<TrafficLabels, Counter>,
+    pub ejections: Family<TrafficLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -118,6 +132,20 @@ impl Metrics {
         let cert_renewals = Counter::default();
         let cert_renewal_failures = Counter::default();
         let control_connected = Family::<ControlLabels, Gauge>::default();
+        let retries = Family::<TrafficLabels, Counter>::default();
+        let retries_skipped = Family::<TrafficLabels, Counter>::default();
+        let ejections = Family::<TrafficLabels, Counter>::default();
+        registry.register("retries", "Retries sent, by reason", retries.clone());
+        registry.register(
+            "retries_skipped",
+            "Retryable failures not retried, by reason (budget, body, attempts)",
+            retries_skipped.clone(),
+        );
+        registry.register(
+            "endpoint_ejections",
+            "Endpoints ejected by outlier detection",
+            ejections.clone(),
+        );
         registry.register("requests", "HTTP requests received", requests.clone());
         registry.register("responses", "HTTP responses sent", responses.clone());
         registry.register(
@@ -160,6 +188,9 @@ impl Metrics {
             cert_renewals,
             cert_renewal_failures,
             control_connected,
+            retries,
+            retries_skipped,
+            ejections,
         }
     }
 
@@ -211,6 +242,7 @@ mod tests {
             src_identity: "spiffe://cluster.local/ns/demo/sa/a".into(),
             dst_identity: "spiffe://cluster.local/ns/demo/sa/b".into(),
             tls: true,
+            route: "default".into(),
         };
         m.requests.get_or_create(&labels).inc();
         m.record(&labels, 503, std::time::Duration::from_millis(3));

@@ -4,6 +4,7 @@
 
 mod endpoints;
 mod policy;
+mod rebuild;
 mod target;
 
 use std::collections::BTreeMap;
@@ -11,11 +12,18 @@ use std::path::{Path, PathBuf};
 
 use tokio::sync::watch;
 
-use crate::resources::{Resource, Service, ServicePort, WorkloadEntry};
+use mesh_proto::destination::Fault;
+
+use crate::resources::{
+    Resource, Route, RouteKind, Service, ServicePort, TrafficPolicy, WorkloadEntry,
+};
 
 pub use self::endpoints::{protocol_hint, EndpointSet, Resolution};
-pub use self::policy::{default_retry_budget, DEFAULT_EWMA_DECAY_MS};
+pub use self::policy::{compile_routes, route_precedence, Precedence};
 pub use self::target::{Target, TargetError};
+pub use crate::resources::traffic::{
+    default_balancer, default_retry_budget, DEFAULT_EWMA_DECAY_MS,
+};
 
 /// Cluster-wide naming parameters of the index.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,6 +46,25 @@ impl Default for IndexConfig {
 /// `(namespace, name)` of an object.
 type Key = (String, String);
 
+/// Where an object was read: its file and its position among the file's objects. Orders
+/// objects "oldest first" where a stable tiebreak is needed.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Origin {
+    /// The source file.
+    pub file: PathBuf,
+    /// 0-based position of the object in the file.
+    pub position: usize,
+}
+
+/// A route with where it came from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IndexedRoute {
+    /// File and position, the precedence tiebreak between routes.
+    pub origin: Origin,
+    /// The route.
+    pub route: Route,
+}
+
 /// All indexed resources.
 #[derive(Clone, Debug)]
 pub struct Index {
@@ -48,6 +75,12 @@ pub struct Index {
     services: BTreeMap<Key, Service>,
     /// WorkloadEntries by key, derived from `files`.
     workloads: BTreeMap<Key, WorkloadEntry>,
+    /// HTTPRoutes and GRPCRoutes by kind and key, derived from `files`.
+    routes: BTreeMap<(RouteKind, String, String), IndexedRoute>,
+    /// The TrafficPolicy in force for each Service, by the Service's key.
+    traffic_policies: BTreeMap<Key, TrafficPolicy>,
+    /// HTTPFaults by key, derived from `files`.
+    faults: BTreeMap<Key, Fault>,
 }
 
 // === impl Index ===
@@ -60,6 +93,9 @@ impl Index {
             files: BTreeMap::new(),
             services: BTreeMap::new(),
             workloads: BTreeMap::new(),
+            routes: BTreeMap::new(),
+            traffic_policies: BTreeMap::new(),
+            faults: BTreeMap::new(),
         }
     }
 
@@ -110,6 +146,22 @@ impl Index {
         self.workloads.values()
     }
 
+    /// Every route, ordered by kind, namespace and name.
+    pub fn routes(&self) -> impl Iterator<Item = &IndexedRoute> {
+        self.routes.values()
+    }
+
+    /// The TrafficPolicy in force for Service `namespace/name`.
+    pub fn traffic_policy(&self, namespace: &str, name: &str) -> Option<&TrafficPolicy> {
+        self.traffic_policies
+            .get(&(namespace.to_string(), name.to_string()))
+    }
+
+    /// The fault of HTTPFault `namespace/name`.
+    pub fn fault(&self, namespace: &str, name: &str) -> Option<&Fault> {
+        self.faults.get(&(namespace.to_string(), name.to_string()))
+    }
+
     /// The WorkloadEntries of `namespace`, ordered by name.
     pub fn workloads_in<'a>(
         &'a self,
@@ -140,39 +192,6 @@ impl Index {
                 .filter(|s| s.spec.cluster_ip == Some(addr.ip()))
                 .find_map(|s| with_port(s, addr.port())),
             Target::Other { .. } => None,
-        }
-    }
-
-    /// Recomputes the per-kind maps from the files. Later files win on duplicates.
-    fn rebuild(&mut self) {
-        self.services.clear();
-        self.workloads.clear();
-        for (file, resources) in &self.files {
-            for r in resources {
-                let (kind, meta, dup) = match r {
-                    Resource::Service(s) => {
-                        let key = (s.metadata.namespace.clone(), s.metadata.name.clone());
-                        (
-                            "Service",
-                            &s.metadata,
-                            self.services.insert(key, s.clone()).is_some(),
-                        )
-                    }
-                    Resource::WorkloadEntry(w) => {
-                        let key = (w.metadata.namespace.clone(), w.metadata.name.clone());
-                        let dup = self.workloads.insert(key, w.clone()).is_some();
-                        ("WorkloadEntry", &w.metadata, dup)
-                    }
-                };
-                if dup {
-                    tracing::warn!(
-                        file = %file.display(),
-                        "duplicate {kind} {}/{}; this definition replaces an earlier one",
-                        meta.namespace,
-                        meta.name
-                    );
-                }
-            }
         }
     }
 }

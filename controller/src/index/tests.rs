@@ -236,8 +236,15 @@ fn default_policy() {
     assert_eq!(p.service, "web.prod");
     assert!(p.routes.is_empty());
     assert!(!p.opaque);
-    let backend = p.default_backend.unwrap();
+    let default = p.default_route.unwrap();
+    assert_eq!(default.name, "default");
+    assert!(default.matches.is_empty() && default.retry.is_none());
+    assert_eq!(default.request_timeout_ms, 0);
+    let backend = &default.backends[0];
     assert_eq!((backend.target.as_str(), backend.weight), (t, 1));
+    // Other spellings of the same target get the canonical name.
+    let short = idx.service_policy(&idx.parse_target("web.prod:80").unwrap(), "web.prod:80");
+    assert_eq!(short, p_again(&idx, t));
     assert_eq!(p.balancer.unwrap().ewma_decay_ms, 10_000);
     let budget = p.retry_budget.unwrap();
     assert_eq!(
@@ -251,9 +258,22 @@ fn default_policy() {
     );
     assert!(raw.opaque);
     assert_eq!(raw.service, "web.prod");
+    assert_eq!(
+        raw.default_route.unwrap().backends[0].target,
+        "web.prod.svc.cluster.local:7000"
+    );
     let wl = idx.service_policy(&idx.parse_target("10.0.0.4:8080").unwrap(), "10.0.0.4:8080");
     assert_eq!(wl.service, "");
     assert!(!wl.opaque);
+    assert!(wl.routes.is_empty());
+    assert_eq!(
+        wl.default_route.unwrap().backends[0].target,
+        "10.0.0.4:8080"
+    );
+}
+
+fn p_again(idx: &Index, t: &str) -> mesh_proto::destination::ServicePolicy {
+    idx.service_policy(&idx.parse_target(t).unwrap(), t)
 }
 
 #[test]

@@ -164,10 +164,7 @@ fn multi_document_and_lists() {
     let names: Vec<_> = parsed
         .resources
         .iter()
-        .map(|r| match r {
-            Resource::Service(s) => s.metadata.name.as_str(),
-            Resource::WorkloadEntry(w) => w.metadata.name.as_str(),
-        })
+        .map(|r| r.metadata().name.as_str())
         .collect();
     assert_eq!(names, ["a", "b"]);
     assert_eq!(parsed.ignored.len(), 1);

@@ -3,6 +3,7 @@
 //! last endpoint set and reconnects with backoff, so traffic never depends on
 //! the control plane being up.
 
+pub mod policy;
 mod watch;
 
 use crate::metrics::{ControlLabels, Metrics};
@@ -94,6 +95,85 @@ impl<T> Destination<T> {
             Ok(Ok(set)) => set.clone(),
             _ => None,
         }
+    }
+}
+
+/// A watched policy; `None` until the first snapshot arrives.
+pub struct PolicyWatch<P> {
+    rx: tokio::sync::watch::Receiver<Option<Arc<P>>>,
+}
+
+impl<P> Clone for PolicyWatch<P> {
+    fn clone(&self) -> Self {
+        PolicyWatch {
+            rx: self.rx.clone(),
+        }
+    }
+}
+
+impl<P> PolicyWatch<P> {
+    /// The current policy, waiting up to `timeout` for the first snapshot.
+    pub async fn current(&self, timeout: Duration) -> Option<Arc<P>> {
+        if let Some(p) = self.rx.borrow().as_ref() {
+            return Some(p.clone());
+        }
+        let mut rx = self.rx.clone();
+        let waited = tokio::time::timeout(timeout, rx.wait_for(|p| p.is_some())).await;
+        match waited {
+            Ok(Ok(p)) => p.clone(),
+            _ => None,
+        }
+    }
+}
+
+/// Resolves the policies of targets, one shared watch per target.
+pub struct PolicyResolver<P> {
+    client: DestinationClient<Channel>,
+    context: String,
+    compile: policy::Compile<P>,
+    metrics: Arc<Metrics>,
+    cache: Mutex<HashMap<String, PolicyWatch<P>>>,
+}
+
+impl<P: Send + Sync + 'static> PolicyResolver<P> {
+    /// Creates a resolver sharing `resolver`'s controller channel.
+    pub fn new<T>(resolver: &Resolver<T>, compile: policy::Compile<P>) -> Self {
+        let _ = resolver
+            .metrics
+            .control_connected
+            .get_or_create(&ControlLabels {
+                component: "policy",
+            });
+        PolicyResolver {
+            client: resolver.client.clone(),
+            context: resolver.context.clone(),
+            compile,
+            metrics: resolver.metrics.clone(),
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Returns the policy watch for `target`, starting it on first use.
+    pub fn resolve(&self, target: &str) -> PolicyWatch<P> {
+        let mut cache = match self.cache.lock() {
+            Ok(c) => c,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(w) = cache.get(target) {
+            return w.clone();
+        }
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        tokio::spawn(policy::run(
+            self.client.clone(),
+            target.to_string(),
+            self.context.clone(),
+            self.compile.clone(),
+            tx,
+            self.metrics.clone(),
+        ));
+        let w = PolicyWatch { rx };
+        cache.insert(target.to_string(), w.clone());
+        w
     }
 }
 

@@ -100,6 +100,7 @@ impl Inbound {
             src_identity: Str::from(client_id.as_str()),
             dst_identity: self.identity.clone(),
             tls: true,
+            route: Str::default(),
         };
         let conn = http::Connection {
             app: self.apps.for_port(header.port),

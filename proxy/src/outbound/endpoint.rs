@@ -36,6 +36,33 @@ pub struct EndpointClient {
     mtls: Option<Mtls>,
     connect_timeout: Duration,
     h2: tokio::sync::Mutex<Option<SendRequest<ProxyBody>>>,
+    health: super::balance::Health,
+}
+
+impl super::balance::HasHealth for EndpointClient {
+    fn health(&self) -> &super::balance::Health {
+        &self.health
+    }
+}
+
+/// Maps a failed send: a stream the peer refused never reached the
+/// application, so it may be retried.
+fn send_error(addr: String, e: hyper::Error) -> ProxyError {
+    let refused = std::error::Error::source(&e)
+        .and_then(|s| s.downcast_ref::<h2::Error>())
+        .and_then(h2::Error::reason)
+        == Some(h2::Reason::REFUSED_STREAM);
+    if refused {
+        ProxyError::Refused {
+            addr,
+            reason: e.to_string(),
+        }
+    } else {
+        ProxyError::Upstream {
+            addr,
+            reason: e.to_string(),
+        }
+    }
 }
 
 struct Mtls {
@@ -76,6 +103,7 @@ impl EndpointClient {
             mtls,
             connect_timeout: settings.connect_timeout,
             h2: tokio::sync::Mutex::new(None),
+            health: Default::default(),
         }
     }
 
@@ -191,11 +219,11 @@ impl EndpointClient {
                 });
         };
         let mut sender = self.h2(mtls, name).await?;
-        let upstream = |e: hyper::Error| ProxyError::Upstream {
+        let upstream = |e: hyper::Error| send_error(mtls.proxy_addr.to_string(), e);
+        sender.ready().await.map_err(|e| ProxyError::Refused {
             addr: mtls.proxy_addr.to_string(),
             reason: e.to_string(),
-        };
-        sender.ready().await.map_err(upstream)?;
+        })?;
         let rsp = sender.send_request(req).await.map_err(upstream)?;
         Ok(rsp.map(ProxyBody::from))
     }

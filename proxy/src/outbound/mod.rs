@@ -2,12 +2,22 @@
 //! `HTTP_PROXY` mode for now), are resolved through discovery, balanced over
 //! the target's endpoints and sent over mTLS to the peer proxies.
 
+pub mod balance;
 mod endpoint;
+pub mod fault;
 mod http;
+pub mod logical;
+pub mod retry;
+pub mod route;
+pub mod split;
 
 pub use endpoint::{EndpointClient, EndpointSettings};
 
-use crate::{body::ProxyBody, discovery::Resolver, metrics::Metrics};
+use crate::{
+    body::ProxyBody,
+    discovery::{PolicyResolver, Resolver},
+    metrics::Metrics,
+};
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::{TokioExecutor, TokioIo},
@@ -21,7 +31,8 @@ pub type PlainClient = Client<HttpConnector, ProxyBody>;
 
 /// Everything the outbound side shares across connections.
 pub struct Outbound {
-    pub(crate) resolver: Resolver<EndpointClient>,
+    pub(crate) resolver: Arc<Resolver<EndpointClient>>,
+    pub(crate) policies: PolicyResolver<logical::Policy>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) identity: crate::metrics::Str,
     pub(crate) discovery_timeout: Duration,
@@ -36,11 +47,18 @@ impl Outbound {
         identity: &str,
         discovery_timeout: Duration,
     ) -> Self {
+        let resolver = Arc::new(resolver);
+        let r = resolver.clone();
+        let policies = PolicyResolver::new(
+            &resolver,
+            Arc::new(move |target: &str, p| logical::compile(target, p, &r)),
+        );
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(1)));
         Outbound {
             resolver,
+            policies,
             metrics,
             identity: identity.into(),
             discovery_timeout,

@@ -151,3 +151,93 @@ async fn dropping_the_watch_ends_readers() {
     let ended = tokio::time::timeout(Duration::from_secs(5), reader.changed()).await;
     assert!(matches!(ended, Ok(Err(_))), "reader still open: {ended:?}");
 }
+
+// === traffic resources ===
+
+const ROUTE: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: split, namespace: prod}\nspec:\n  parentRefs: [{kind: Service, name: web, port: 80}]\n  rules:\n    - matches: [{path: {type: RegularExpression, value: \"/api/.*\"}}]\n      backendRefs: [{name: web-v1, port: 80, weight: 90}, {name: web-v2, port: 80, weight: 10}]\n";
+
+fn weights(reader: &IndexReader) -> Vec<u32> {
+    let index = reader.borrow();
+    let target = index.parse_target("web.prod:80").unwrap();
+    let policy = index.service_policy(&target, "web.prod:80");
+    policy
+        .routes
+        .iter()
+        .flat_map(|r| r.backends.iter().map(|b| b.weight))
+        .collect()
+}
+
+/// A `tracing` writer into a shared buffer, to check what was logged.
+#[derive(Clone, Default)]
+struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn take(&self) -> String {
+        String::from_utf8(std::mem::take(&mut *self.0.lock().unwrap())).unwrap()
+    }
+}
+
+#[tokio::test]
+async fn invalid_route_edit_keeps_last_good_policy() {
+    let logs = Logs::default();
+    let writer_logs = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer_logs.clone())
+        .with_ansi(false)
+        .finish();
+    // The scans below run on this thread (current-thread runtime, no spawned task).
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "svc.yaml", SERVICE);
+    write(tmp.path(), "route.yaml", ROUTE);
+    let writer = IndexWriter::new(IndexConfig::default());
+    let reader = writer.subscribe();
+    let mut source = DirSource::new(tmp.path());
+    source.scan(&writer).await.unwrap();
+    assert_eq!(weights(&reader), [90, 10]);
+
+    // An invalid regex: rejected whole, the last good route stays in force.
+    write(
+        tmp.path(),
+        "route.yaml",
+        &ROUTE.replace("/api/.*", "/api/(").replace("90", "50"),
+    );
+    source.scan(&writer).await.unwrap();
+    assert_eq!(weights(&reader), [90, 10]);
+    let logged = logs.take();
+    assert!(logged.contains("keeping its last good version"), "{logged}");
+    assert!(
+        logged.contains("HTTPRoute prod/split: spec.rules[0].matches[0].path.value"),
+        "{logged}"
+    );
+
+    // A weight out of range: the same.
+    write(
+        tmp.path(),
+        "route.yaml",
+        &ROUTE.replace("weight: 10}", "weight: 1000001}"),
+    );
+    source.scan(&writer).await.unwrap();
+    assert_eq!(weights(&reader), [90, 10]);
+    assert!(logs.take().contains("spec.rules[0].backendRefs[1].weight"));
+
+    // A valid edit replaces it.
+    write(
+        tmp.path(),
+        "route.yaml",
+        &ROUTE.replace("90", "50").replace("10}", "50}"),
+    );
+    source.scan(&writer).await.unwrap();
+    assert_eq!(weights(&reader), [50, 50]);
+}

@@ -1,0 +1,261 @@
+//! A logical target's policy, compiled once per snapshot: routes with
+//! compiled matches, backends bound to their endpoint watches, timeouts,
+//! retry policy and budget, balancer settings.
+
+use super::{
+    balance::{outlier::OutlierConfig, BalancerConfig},
+    fault::Fault,
+    retry::{
+        classify::{grpc_code, RetryPolicy},
+        Budget, BudgetConfig,
+    },
+    route::{Match, PathMatch, ValueMatch},
+    EndpointClient,
+};
+use crate::{
+    discovery::{Destination, Resolver},
+    metrics::Str,
+};
+use mesh_proto::destination as pb;
+use regex::Regex;
+use std::time::Duration;
+
+/// A backend of a route.
+pub struct Backend {
+    /// The backend Service target.
+    pub target: Str,
+    /// Relative weight.
+    pub weight: u32,
+    /// Its endpoints.
+    pub dest: Destination<EndpointClient>,
+}
+
+/// A compiled route.
+pub struct Route {
+    pub name: Str,
+    pub matches: Vec<Match>,
+    pub backends: Vec<Backend>,
+    pub timeout: Option<Duration>,
+    pub per_try_timeout: Option<Duration>,
+    pub retry: Option<RetryPolicy>,
+    pub fault: Option<Fault>,
+}
+
+/// A target's compiled policy.
+pub struct Policy {
+    pub routes: Vec<Route>,
+    pub default_route: Route,
+    pub balancer: BalancerConfig,
+    /// Shared by every route; starts empty when a new snapshot arrives.
+    pub budget: Budget,
+    /// Requests waiting for an endpoint with spare capacity.
+    pub pending: super::balance::Pending,
+}
+
+impl Policy {
+    /// The route for a request: the first that matches, else the default.
+    pub fn route_for<B>(&self, req: &http::Request<B>) -> &Route {
+        self.routes
+            .iter()
+            .find(|r| super::route::any_match(&r.matches, req))
+            .unwrap_or(&self.default_route)
+    }
+
+    /// The policy used when the controller gives none: the target itself,
+    /// no timeouts, no retries.
+    pub fn fallback(target: &str, resolver: &Resolver<EndpointClient>) -> Self {
+        Policy {
+            routes: Vec::new(),
+            default_route: default_route(target, resolver),
+            balancer: BalancerConfig::default(),
+            budget: Budget::new(BudgetConfig::default()),
+            pending: Default::default(),
+        }
+    }
+}
+
+fn default_route(target: &str, resolver: &Resolver<EndpointClient>) -> Route {
+    Route {
+        name: Str::from("default"),
+        matches: Vec::new(),
+        backends: vec![Backend {
+            target: Str::from(target),
+            weight: 1,
+            dest: resolver.resolve(target),
+        }],
+        timeout: None,
+        per_try_timeout: None,
+        retry: None,
+        fault: None,
+    }
+}
+
+fn ms(v: u32) -> Option<Duration> {
+    (v > 0).then(|| Duration::from_millis(u64::from(v)))
+}
+
+/// Compiles a snapshot. Parts the controller should have rejected (a bad
+/// regex, an unknown gRPC code) are dropped with a warning, never a panic.
+pub fn compile(target: &str, p: pb::ServicePolicy, resolver: &Resolver<EndpointClient>) -> Policy {
+    let routes = p
+        .routes
+        .into_iter()
+        .filter_map(|r| compile_route(target, r, resolver))
+        .collect();
+    let default_route = p
+        .default_route
+        .and_then(|r| compile_route(target, r, resolver))
+        .unwrap_or_else(|| default_route(target, resolver));
+    let balancer = p.balancer.map(balancer).unwrap_or_default();
+    let budget = p
+        .retry_budget
+        .map(|b| BudgetConfig {
+            ratio: b.ratio,
+            min_per_second: b.min_retries_per_second,
+            ttl: ms(b.ttl_ms).unwrap_or(Duration::from_secs(10)),
+        })
+        .unwrap_or_default();
+    Policy {
+        routes,
+        default_route,
+        balancer,
+        budget: Budget::new(budget),
+        pending: Default::default(),
+    }
+}
+
+fn balancer(b: pb::Balancer) -> BalancerConfig {
+    BalancerConfig {
+        decay: ms(b.ewma_decay_ms).unwrap_or(Duration::from_secs(10)),
+        max_requests: b.max_requests as usize,
+        max_pending: b.max_pending_requests as usize,
+        outlier: b.outlier_detection.map(|o| OutlierConfig {
+            consecutive_failures: o.consecutive_failures.max(1),
+            base_ejection: ms(o.base_ejection_ms).unwrap_or(Duration::from_secs(30)),
+            max_ejection: ms(o.max_ejection_ms).unwrap_or(Duration::from_secs(300)),
+            max_ejection_percent: o.max_ejection_percent.min(100),
+        }),
+    }
+}
+
+fn regex(target: &str, route: &str, re: &str) -> Option<Regex> {
+    match Regex::new(re) {
+        Ok(r) => Some(r),
+        Err(error) => {
+            tracing::warn!(%target, %route, %error, "dropping a route with a bad regex");
+            None
+        }
+    }
+}
+
+fn value(
+    target: &str,
+    route: &str,
+    exact: Option<String>,
+    re: Option<String>,
+) -> Option<ValueMatch> {
+    match (exact, re) {
+        (Some(e), _) => Some(ValueMatch::Exact(e)),
+        (None, Some(r)) => regex(target, route, &r).map(ValueMatch::Regex),
+        (None, None) => Some(ValueMatch::Exact(String::new())),
+    }
+}
+
+fn compile_match(target: &str, route: &str, m: pb::HttpMatch) -> Option<Match> {
+    use pb::{header_match, path_match, query_match};
+    let path = match m.path.and_then(|p| p.kind) {
+        None => None,
+        Some(path_match::Kind::Exact(e)) => Some(PathMatch::Exact(e)),
+        Some(path_match::Kind::Prefix(p)) => Some(PathMatch::Prefix(p)),
+        Some(path_match::Kind::Regex(r)) => Some(PathMatch::Regex(regex(target, route, &r)?)),
+    };
+    let method = if m.method.is_empty() {
+        None
+    } else {
+        Some(http::Method::from_bytes(m.method.as_bytes()).ok()?)
+    };
+    let mut headers = Vec::with_capacity(m.headers.len());
+    for h in m.headers {
+        let name = http::HeaderName::from_bytes(h.name.to_ascii_lowercase().as_bytes()).ok()?;
+        let (exact, re) = match h.value {
+            Some(header_match::Value::Exact(e)) => (Some(e), None),
+            Some(header_match::Value::Regex(r)) => (None, Some(r)),
+            None => (None, None),
+        };
+        headers.push((name, value(target, route, exact, re)?));
+    }
+    let mut query = Vec::with_capacity(m.query_params.len());
+    for q in m.query_params {
+        let (exact, re) = match q.value {
+            Some(query_match::Value::Exact(e)) => (Some(e), None),
+            Some(query_match::Value::Regex(r)) => (None, Some(r)),
+            None => (None, None),
+        };
+        query.push((q.name, value(target, route, exact, re)?));
+    }
+    Some(Match {
+        path,
+        method,
+        headers,
+        query,
+    })
+}
+
+fn compile_route(target: &str, r: pb::Route, resolver: &Resolver<EndpointClient>) -> Option<Route> {
+    let name = r.name.clone();
+    let mut matches = Vec::with_capacity(r.matches.len());
+    for m in r.matches {
+        matches.push(compile_match(target, &name, m)?);
+    }
+    let backends = r
+        .backends
+        .into_iter()
+        .map(|b| Backend {
+            dest: resolver.resolve(&b.target),
+            target: Str::from(b.target.as_str()),
+            weight: b.weight,
+        })
+        .collect();
+    let retry = r.retry.filter(|p| p.attempts > 1).map(|p| RetryPolicy {
+        attempts: p.attempts.min(10),
+        statuses: p.status_codes.iter().filter_map(|c| u16::try_from(*c).ok()).collect(),
+        ranges: p
+            .status_ranges
+            .iter()
+            .filter_map(|r| Some((u16::try_from(r.min).ok()?, u16::try_from(r.max).ok()?)))
+            .collect(),
+        grpc: p
+            .grpc_codes
+            .iter()
+            .filter_map(|c| {
+                let code = grpc_code(c);
+                if code.is_none() {
+                    tracing::warn!(%target, route = %name, grpc_code = %c, "ignoring an unknown gRPC code");
+                }
+                code
+            })
+            .collect(),
+        connect_failures: p.connect_failures,
+        backoff_base: ms(p.backoff_base_ms).unwrap_or(Duration::from_millis(25)),
+        backoff_max: ms(p.backoff_max_ms).unwrap_or(Duration::from_millis(250)),
+    });
+    let fault = r.fault.and_then(|f| {
+        let abort = http::StatusCode::from_u16(f.abort_status as u16)
+            .ok()
+            .filter(|_| f.abort_percent > 0.0)
+            .map(|s| (s, f.abort_percent));
+        let delay = ms(f.delay_ms)
+            .filter(|_| f.delay_percent > 0.0)
+            .map(|d| (d, f.delay_percent));
+        (abort.is_some() || delay.is_some()).then_some(Fault { abort, delay })
+    });
+    Some(Route {
+        name: Str::from(name.as_str()),
+        matches,
+        backends,
+        timeout: ms(r.request_timeout_ms),
+        per_try_timeout: ms(r.backend_request_timeout_ms),
+        retry,
+        fault,
+    })
+}
