@@ -22,12 +22,39 @@ use tokio::{
     net::TcpListener,
 };
 
+/// How an echo app misbehaves; changeable while it runs.
+#[derive(Clone, Debug, Default)]
+pub struct Behaviour {
+    /// Answer this status instead of 200 to this share of requests, spread
+    /// evenly (below 50 % two failures are never adjacent, so a retry of a
+    /// lone client lands on a healthy slot).
+    pub fail_percent: u32,
+    /// The failure status (default 503).
+    pub fail_status: Option<u16>,
+    /// Wait this long before answering.
+    pub delay: std::time::Duration,
+}
+
 /// A running echo application.
 pub struct EchoApp {
     pub addr: SocketAddr,
     /// Requests served.
     pub hits: Arc<AtomicU64>,
+    /// Its current behaviour.
+    pub behaviour: Arc<std::sync::Mutex<Behaviour>>,
     task: tokio::task::JoinHandle<()>,
+}
+
+impl EchoApp {
+    /// Changes how the app behaves from now on.
+    pub fn set(&self, b: Behaviour) {
+        *self.behaviour.lock().unwrap() = b;
+    }
+
+    /// Requests served so far.
+    pub fn count(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
 }
 
 impl Drop for EchoApp {
@@ -41,9 +68,16 @@ impl Drop for EchoApp {
 /// `x-mesh-client-id` it received), `x-seen-version`, and echoes the body.
 /// A request with `Upgrade: echo` is switched to a raw byte echo.
 pub async fn echo(name: &str) -> EchoApp {
+    echo_with(name, Behaviour::default()).await
+}
+
+/// Starts an echo app that misbehaves as `behaviour` says.
+pub async fn echo_with(name: &str, behaviour: Behaviour) -> EchoApp {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let hits = Arc::new(AtomicU64::new(0));
+    let behaviour = Arc::new(std::sync::Mutex::new(behaviour));
+    let b = behaviour.clone();
     let name: Arc<str> = Arc::from(name);
     let h = hits.clone();
     let task = tokio::spawn(async move {
@@ -53,10 +87,12 @@ pub async fn echo(name: &str) -> EchoApp {
             };
             let name = name.clone();
             let hits = h.clone();
+            let b = b.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
-                    hits.fetch_add(1, Ordering::Relaxed);
-                    handle(name.clone(), req)
+                    let n = hits.fetch_add(1, Ordering::Relaxed);
+                    let now = b.lock().unwrap().clone();
+                    misbehave(name.clone(), req, n, now)
                 });
                 let _ = auto::Builder::new(TokioExecutor::new())
                     .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
@@ -64,7 +100,34 @@ pub async fn echo(name: &str) -> EchoApp {
             });
         }
     });
-    EchoApp { addr, hits, task }
+    EchoApp {
+        addr,
+        hits,
+        behaviour,
+        task,
+    }
+}
+
+async fn misbehave(
+    name: Arc<str>,
+    req: Request<Incoming>,
+    n: u64,
+    b: Behaviour,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    if !b.delay.is_zero() {
+        tokio::time::sleep(b.delay).await;
+    }
+    let p = u64::from(b.fail_percent.min(100));
+    if (n + 1) * p / 100 > n * p / 100 {
+        let status = StatusCode::from_u16(b.fail_status.unwrap_or(503)).unwrap();
+        let rsp = Response::builder()
+            .status(status)
+            .header("x-app-name", &*name)
+            .body(Full::new(Bytes::from_static(b"injected failure")))
+            .expect("response");
+        return Ok(rsp);
+    }
+    handle(name, req).await
 }
 
 async fn handle(
@@ -115,9 +178,13 @@ async fn handle(
 }
 
 /// A running gRPC app (the `Identity` service, reused as a test API: it
-/// answers `Certify` with the app name and the caller's mesh identity).
+/// answers `Certify` with the app name and the caller's mesh identity; the
+/// request's `identity` field `unavailable-odd`, `invalid` or `slow` makes
+/// it fail every other call, always fail, or answer after 300 ms).
 pub struct GrpcApp {
     pub addr: SocketAddr,
+    /// Calls received.
+    pub calls: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -127,7 +194,7 @@ impl Drop for GrpcApp {
     }
 }
 
-struct Echo(String);
+struct Echo(String, Arc<AtomicU64>);
 
 #[tonic::async_trait]
 impl mesh_proto::identity::identity_server::Identity for Echo {
@@ -135,6 +202,16 @@ impl mesh_proto::identity::identity_server::Identity for Echo {
         &self,
         req: tonic::Request<mesh_proto::identity::CertifyRequest>,
     ) -> Result<tonic::Response<mesh_proto::identity::CertifyResponse>, tonic::Status> {
+        let n = self.1.fetch_add(1, Ordering::Relaxed);
+        // The request's `identity` field selects a misbehaviour.
+        match req.get_ref().identity.as_str() {
+            "unavailable-odd" if n % 2 == 0 => {
+                return Err(tonic::Status::unavailable("odd call fails"));
+            }
+            "invalid" => return Err(tonic::Status::invalid_argument("always invalid")),
+            "slow" => tokio::time::sleep(std::time::Duration::from_millis(300)).await,
+            _ => {}
+        }
         let seen = req
             .metadata()
             .get("x-mesh-client-id")
@@ -155,7 +232,11 @@ impl mesh_proto::identity::identity_server::Identity for Echo {
 pub async fn grpc(name: &str) -> GrpcApp {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let svc = mesh_proto::identity::identity_server::IdentityServer::new(Echo(name.to_string()));
+    let calls = Arc::new(AtomicU64::new(0));
+    let svc = mesh_proto::identity::identity_server::IdentityServer::new(Echo(
+        name.to_string(),
+        calls.clone(),
+    ));
     let task = tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let _ = tonic::transport::Server::builder()
@@ -163,5 +244,5 @@ pub async fn grpc(name: &str) -> GrpcApp {
             .serve_with_incoming(incoming)
             .await;
     });
-    GrpcApp { addr, task }
+    GrpcApp { addr, calls, task }
 }

@@ -123,3 +123,87 @@ pub async fn get(client: &ProxyClient, uri: &str) -> anyhow::Result<Reply> {
     let req = Request::get(uri).body(Full::new(Bytes::new()))?;
     send(client, req).await
 }
+
+/// What a batch of requests produced.
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// Responses by status.
+    pub statuses: std::collections::BTreeMap<u16, u64>,
+    /// 2xx responses by the `x-app-name` that served them.
+    pub apps: std::collections::BTreeMap<String, u64>,
+    /// Requests that got no response at all.
+    pub errors: Vec<String>,
+}
+
+impl Tally {
+    /// Responses with this status.
+    pub fn status(&self, s: u16) -> u64 {
+        self.statuses.get(&s).copied().unwrap_or(0)
+    }
+
+    /// All requests sent.
+    pub fn total(&self) -> u64 {
+        self.statuses.values().sum::<u64>() + self.errors.len() as u64
+    }
+
+    /// 2xx responses from `app`.
+    pub fn from(&self, app: &str) -> u64 {
+        self.apps.get(app).copied().unwrap_or(0)
+    }
+}
+
+/// Sends `n` GETs to `url` through `proxy` over `concurrency` HTTP/1.1
+/// connections, adding `headers`; bounded by `n` and by 60 s.
+pub async fn blast(
+    proxy: SocketAddr,
+    url: &str,
+    n: u64,
+    concurrency: u64,
+    headers: &[(&str, &str)],
+) -> Tally {
+    let tally = std::sync::Arc::new(std::sync::Mutex::new(Tally::default()));
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (tally, next, url, headers) = (
+            tally.clone(),
+            next.clone(),
+            url.to_string(),
+            headers.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let c = http1(proxy);
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n
+                && std::time::Instant::now() < deadline
+            {
+                let mut req = Request::get(&url);
+                for (k, v) in &headers {
+                    req = req.header(k, v);
+                }
+                let r = send(&c, req.body(Full::new(Bytes::new())).expect("request")).await;
+                let mut t = tally.lock().unwrap();
+                match r {
+                    Ok(r) => {
+                        *t.statuses.entry(r.status.as_u16()).or_default() += 1;
+                        if r.status.is_success() {
+                            *t.apps
+                                .entry(r.header("x-app-name").to_string())
+                                .or_default() += 1;
+                        }
+                    }
+                    Err(e) => t.errors.push(e.to_string()),
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let out = std::mem::take(&mut *tally.lock().unwrap());
+    out
+}

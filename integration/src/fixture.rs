@@ -242,7 +242,55 @@ impl Mesh {
     }
 }
 
+/// A backend replica: an echo app and its proxy.
+pub struct Replica {
+    pub name: String,
+    pub app: crate::apps::EchoApp,
+    pub proxy: Proxy,
+}
+
+impl Mesh {
+    /// Starts replica `name` of app `app` (service account = app) with
+    /// `behaviour`, and declares it in `<name>.yaml` with label `app: <app>`.
+    pub async fn replica(
+        &self,
+        app: &str,
+        name: &str,
+        behaviour: crate::apps::Behaviour,
+    ) -> Replica {
+        let echo = crate::apps::echo_with(name, behaviour).await;
+        let proxy = self.proxy("demo", app, name).await;
+        self.write(
+            &format!("{name}.yaml"),
+            &workload(
+                name,
+                "demo",
+                app,
+                app,
+                &[("http", echo.addr.port())],
+                proxy.inbound,
+            ),
+        );
+        Replica {
+            name: name.to_string(),
+            app: echo,
+            proxy,
+        }
+    }
+}
+
 impl Proxy {
+    /// The sum of every sample of metric `name` whose labels contain all
+    /// of `labels` (e.g. `reason="status"`).
+    pub async fn metric_sum(&self, name: &str, labels: &[&str]) -> f64 {
+        self.metrics()
+            .await
+            .lines()
+            .filter(|l| l.starts_with(name) && labels.iter().all(|want| l.contains(want)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// The proxy's `/metrics` text.
     pub async fn metrics(&self) -> String {
         admin_get(self.admin, "/metrics")
