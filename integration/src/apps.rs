@@ -205,7 +205,7 @@ impl mesh_proto::identity::identity_server::Identity for Echo {
         let n = self.1.fetch_add(1, Ordering::Relaxed);
         // The request's `identity` field selects a misbehaviour.
         match req.get_ref().identity.as_str() {
-            "unavailable-odd" if n % 2 == 0 => {
+            "unavailable-odd" if n.is_multiple_of(2) => {
                 return Err(tonic::Status::unavailable("odd call fails"));
             }
             "invalid" => return Err(tonic::Status::invalid_argument("always invalid")),
