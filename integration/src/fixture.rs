@@ -199,8 +199,19 @@ impl Mesh {
             .await
     }
 
-    /// Like `proxy`, with the token given.
+    /// Like `proxy`, with the token given. A port taken between choosing it
+    /// and the proxy binding it (another process got it) means a retry with
+    /// new ports.
     pub async fn proxy_with_token(&self, ns: &str, sa: &str, name: &str, token: &str) -> Proxy {
+        for _ in 0..3 {
+            if let Some(p) = self.try_proxy(ns, sa, name, token).await {
+                return p;
+            }
+        }
+        panic!("proxy {name}: no free ports after 3 tries");
+    }
+
+    async fn try_proxy(&self, ns: &str, sa: &str, name: &str, token: &str) -> Option<Proxy> {
         let (outbound, inbound, admin) = (free_addr(), free_addr(), free_addr());
         let mut cmd = Command::new(bin("mesh-proxy"));
         cmd.env("MESH_PROXY_OUTBOUND_ADDR", outbound.to_string())
@@ -224,6 +235,9 @@ impl Mesh {
             if admin_get(admin, "/ready").await.map(|(s, _)| s) == Some(200) {
                 break;
             }
+            if proc.exited() && proc.log_text().contains("Address already in use") {
+                return None;
+            }
             proc.assert_running();
             assert!(
                 Instant::now() < deadline,
@@ -232,13 +246,13 @@ impl Mesh {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Proxy {
+        Some(Proxy {
             outbound,
             inbound,
             admin,
             identity: spiffe(ns, sa),
             proc,
-        }
+        })
     }
 }
 

@@ -270,18 +270,76 @@ spec:
         10
     );
 
-    // grpc-timeout (100 ms) shorter than the route's 1 s wins. The header
-    // is set by hand so the client does not enforce it itself: the
-    // DEADLINE_EXCEEDED must come from the proxy.
-    let mut req = tonic::Request::new(call("slow"));
-    req.metadata_mut()
-        .insert("grpc-timeout", "100m".parse().unwrap());
+    // grpc-timeout (100 ms) shorter than the route's 1 s wins. The call is
+    // made by hand over h2c: tonic would enforce the deadline itself and race
+    // the proxy, and the DEADLINE_EXCEEDED must come from the proxy.
+    let msg = prost::Message::encode_to_vec(&call("slow"));
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&msg);
+    let req = http::Request::post(
+        "http://api.demo.svc.cluster.local:8080/mesh.identity.v1.Identity/Certify",
+    )
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .header("grpc-timeout", "100m")
+    .body(http_body_util::Full::new(bytes::Bytes::from(frame)))
+    .unwrap();
+    let h2 = client::http2(web.outbound);
     let start = Instant::now();
-    let e = client.certify(req).await.expect_err("deadline");
+    let r = client::send(&h2, req).await.expect("response");
     let took = start.elapsed();
-    assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e:?}");
+    assert_eq!(r.header("grpc-status"), "4", "{r:?}");
     assert!(
         took >= Duration::from_millis(100) && took < Duration::from_millis(250),
         "took {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_injection_aborts_a_share_of_requests() {
+    let mesh = Mesh::start("1h").await;
+    mesh.write(
+        "svc.yaml",
+        &service("api", "demo", &[("http", 80, "http", "")]),
+    );
+    let api = mesh.replica("api", "api-1", Behaviour::default()).await;
+    mesh.write(
+        "route.yaml",
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: api-chaos, namespace: demo}
+spec:
+  parentRefs: [{kind: Service, name: api, port: 80}]
+  rules:
+  - backendRefs: [{name: api, port: 80}]
+    filters:
+    - type: ExtensionRef
+      extensionRef: {group: policy.mesh.dev, kind: HTTPFault, name: half}
+---
+apiVersion: policy.mesh.dev/v1alpha1
+kind: HTTPFault
+metadata: {name: half, namespace: demo}
+spec:
+  abort: {httpStatus: 418, percent: 50}
+"#,
+    );
+    mesh.wait_for_endpoints("api.demo.svc.cluster.local:80", 1)
+        .await;
+    let web = mesh.proxy("demo", "web", "web-1").await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while blast(web.outbound, URL, 20, 1, &[]).await.status(418) == 0 {
+        assert!(Instant::now() < deadline, "fault never applied");
+    }
+    let before = api.app.count();
+    let t = blast(web.outbound, URL, 2000, 4, &[]).await;
+    let aborted = t.status(418);
+    println!("fault: {aborted}/2000 aborted");
+    assert!((900..=1100).contains(&aborted), "{t:?}");
+    assert_eq!(t.status(200) + aborted, 2000, "{t:?}");
+    assert_eq!(
+        api.app.count() - before,
+        t.status(200),
+        "aborted requests reached the app"
     );
 }

@@ -209,23 +209,64 @@ impl Metrics {
             .inc();
     }
 
-    /// Records a response and its latency.
-    pub fn record(&self, labels: &RequestLabels, status: u16, elapsed: std::time::Duration) {
+    /// The metric handles of one label set.
+    pub fn recorder(&self, labels: RequestLabels) -> Recorder {
+        Recorder {
+            requests: self.requests.get_or_create_owned(&labels),
+            latency: self.latency.get_or_create_owned(&labels),
+            last: std::sync::Mutex::new(None),
+            labels,
+        }
+    }
+
+    fn response_counter(&self, labels: &RequestLabels, status: u16) -> Counter {
         let classification = if status < 500 {
             Classification::success
         } else {
             Classification::failure
         };
-        self.responses
-            .get_or_create(&ResponseLabels {
-                request: labels.clone(),
-                status_code: status,
-                classification,
-            })
-            .inc();
-        self.latency
-            .get_or_create(labels)
-            .observe(elapsed.as_secs_f64());
+        self.responses.get_or_create_owned(&ResponseLabels {
+            request: labels.clone(),
+            status_code: status,
+            classification,
+        })
+    }
+}
+
+/// Metric handles for one label set, kept by a connection so that recording
+/// a request is a few atomic adds instead of map lookups.
+pub struct Recorder {
+    labels: RequestLabels,
+    requests: Counter,
+    latency: Histogram,
+    /// The response counter of the latest status; most responses share it.
+    last: std::sync::Mutex<Option<(u16, Counter)>>,
+}
+
+impl Recorder {
+    /// The labels the handles belong to.
+    pub fn labels(&self) -> &RequestLabels {
+        &self.labels
+    }
+
+    /// Records one request, its response status and latency.
+    pub fn record(&self, metrics: &Metrics, status: u16, elapsed: std::time::Duration) {
+        self.requests.inc();
+        self.latency.observe(elapsed.as_secs_f64());
+        let mut last = match self.last.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        match last.as_ref() {
+            Some((s, c)) if *s == status => {
+                c.inc();
+            }
+            _ => {
+                let c = metrics.response_counter(&self.labels, status);
+                c.inc();
+                *last = Some((status, c));
+            }
+        }
     }
 }
 
@@ -244,14 +285,21 @@ mod tests {
             tls: true,
             route: "default".into(),
         };
-        m.requests.get_or_create(&labels).inc();
-        m.record(&labels, 503, std::time::Duration::from_millis(3));
+        let r = m.recorder(labels.clone());
+        r.record(&m, 503, std::time::Duration::from_millis(3));
+        r.record(&m, 200, std::time::Duration::from_millis(3));
+        r.record(&m, 503, std::time::Duration::from_millis(3));
         let text = m.encode();
         assert!(text.contains("mesh_requests_total{direction=\"outbound\",dst_service=\"web.demo.svc.cluster.local:80\""), "{text}");
         assert!(
-            text.contains("status_code=\"503\",classification=\"failure\"} 1"),
+            text.contains("status_code=\"503\",classification=\"failure\"} 2"),
             "{text}"
         );
+        assert!(
+            text.contains("status_code=\"200\",classification=\"success\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("route=\"default\"} 3"), "{text}");
         assert!(
             text.contains("mesh_response_latency_seconds_bucket"),
             "{text}"

@@ -5,7 +5,7 @@ use super::app::AppClient;
 use crate::{
     body::ProxyBody,
     errors::{is_grpc, ProxyError},
-    metrics::{Direction, Metrics, RequestLabels},
+    metrics::{Direction, Metrics, Recorder},
     upgrade::{is_upgrade, splice, strip_hop_headers},
 };
 use http::{header::HOST, HeaderValue, Request, Response, Uri, Version};
@@ -21,7 +21,7 @@ pub struct Connection {
     pub app: AppClient,
     pub metrics: Arc<Metrics>,
     pub client_id: HeaderValue,
-    pub labels: RequestLabels,
+    pub recorder: Arc<Recorder>,
 }
 
 impl Connection {
@@ -31,7 +31,6 @@ impl Connection {
         req: Request<hyper::body::Incoming>,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let start = Instant::now();
-        self.metrics.requests.get_or_create(&self.labels).inc();
         let grpc = is_grpc(&req);
         let rsp = match self.forward(req).await {
             Ok(rsp) => rsp,
@@ -41,8 +40,8 @@ impl Connection {
                 error.to_response(grpc)
             }
         };
-        self.metrics
-            .record(&self.labels, rsp.status().as_u16(), start.elapsed());
+        self.recorder
+            .record(&self.metrics, rsp.status().as_u16(), start.elapsed());
         Ok(rsp)
     }
 

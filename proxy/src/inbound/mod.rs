@@ -107,7 +107,7 @@ impl Inbound {
             metrics: self.metrics.clone(),
             client_id: ::http::HeaderValue::from_str(&client_id)
                 .map_err(|_| ("client identity", "identity is not a header value".into()))?,
-            labels,
+            recorder: Arc::new(self.metrics.recorder(labels)),
         };
         let io = TokioIo::new(tls);
         match header.protocol {

@@ -13,7 +13,7 @@ use crate::{
     body::ProxyBody,
     discovery::PolicyWatch,
     errors::{is_grpc, ProxyError},
-    metrics::{Direction, RequestLabels, Str, TrafficLabels},
+    metrics::{Direction, Recorder, RequestLabels, Str, TrafficLabels},
     upgrade::{is_upgrade, strip_hop_headers},
 };
 use http::{header::HOST, uri::Authority, HeaderValue, Request, Response, Uri, Version};
@@ -33,27 +33,54 @@ const REPLAY_LIMIT: usize = super::retry::replay::DEFAULT_LIMIT;
 /// The last target a connection used: its authority, name and policy.
 type LastTarget = Option<(Authority, Str, PolicyWatch<Policy>)>;
 
-/// Per-connection state: the last target, so keep-alive connections to one
-/// service skip the resolver cache.
+/// What a connection remembers between requests.
+#[derive(Default)]
+struct ConnState {
+    /// The last target, so keep-alive connections to one service skip the
+    /// resolver cache.
+    last: LastTarget,
+    /// The metric handles of the last label set.
+    recorder: Option<Arc<Recorder>>,
+}
+
+/// Per-connection state shared by the connection's requests.
 #[derive(Clone)]
 pub struct Connection {
     outbound: Arc<Outbound>,
-    last: Arc<Mutex<LastTarget>>,
+    state: Arc<Mutex<ConnState>>,
 }
 
 impl Connection {
     pub fn new(outbound: Arc<Outbound>) -> Self {
         Connection {
             outbound,
-            last: Arc::new(Mutex::new(None)),
+            state: Arc::new(Mutex::new(ConnState::default())),
         }
     }
 
-    fn target(&self, authority: &Authority) -> (Str, PolicyWatch<Policy>) {
-        let mut last = match self.last.lock() {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ConnState> {
+        match self.state.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
-        };
+        }
+    }
+
+    /// The metric handles for `labels`, reusing the last ones when equal.
+    fn recorder(&self, labels: RequestLabels) -> Arc<Recorder> {
+        let mut state = self.lock();
+        if let Some(r) = &state.recorder {
+            if *r.labels() == labels {
+                return r.clone();
+            }
+        }
+        let r = Arc::new(self.outbound.metrics.recorder(labels));
+        state.recorder = Some(r.clone());
+        r
+    }
+
+    fn target(&self, authority: &Authority) -> (Str, PolicyWatch<Policy>) {
+        let mut state = self.lock();
+        let last = &mut state.last;
         if let Some((a, name, w)) = last.as_ref() {
             if a == authority {
                 return (name.clone(), w.clone());
@@ -103,9 +130,8 @@ impl Connection {
                 error.to_response(grpc)
             }
         };
-        ob.metrics.requests.get_or_create(&labels).inc();
-        ob.metrics
-            .record(&labels, rsp.status().as_u16(), start.elapsed());
+        self.recorder(labels)
+            .record(&ob.metrics, rsp.status().as_u16(), start.elapsed());
         Ok(rsp)
     }
 
@@ -150,7 +176,9 @@ impl Connection {
         labels: &mut RequestLabels,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let ob = &self.outbound;
-        policy.budget.deposit();
+        if route.retry.is_some() {
+            policy.budget.deposit();
+        }
         if is_upgrade(&req) {
             return self.upgrade(req, policy, route, labels).await;
         }
@@ -162,7 +190,9 @@ impl Connection {
             Some(_) => (Some(ReplayBody::new(body.into(), REPLAY_LIMIT)), None),
             None => (None, Some(ProxyBody::from(body))),
         };
-        let mut owned_parts = retry.is_none().then_some(parts.clone_head());
+        // Without retries there is one attempt, which takes the head; with
+        // retries each attempt sends a copy.
+        let mut head = Some(parts);
         let max = retry.map_or(1, |r| r.attempts.max(1));
         let mut avoid: Option<Arc<EndpointClient>> = None;
         let mut attempt = 0;
@@ -178,7 +208,10 @@ impl Connection {
                     Some(b) => ProxyBody::Replay(Box::new(b)),
                     None => plain.take().unwrap_or_default(),
                 };
-                let req = build(&parts, body, authority, false);
+                let Some(parts) = head.take() else {
+                    return Err(ProxyError::NoBackends(route.name.0.to_string()));
+                };
+                let req = build_owned(parts, body, authority, false);
                 let rsp = ob
                     .plain
                     .request(req)
@@ -203,9 +236,15 @@ impl Connection {
                 }
                 None => (plain.take().unwrap_or_default(), None),
             };
-            let req = match owned_parts.take() {
-                Some(p) => build_owned(p, this_body, authority, ep.is_meshed()),
-                None => build(&parts, this_body, authority, ep.is_meshed()),
+            let req = match (retry, head.take()) {
+                (None, Some(p)) => build_owned(p, this_body, authority, ep.is_meshed()),
+                (Some(_), Some(p)) => {
+                    let r = build(&p, this_body, authority, ep.is_meshed());
+                    head = Some(p);
+                    r
+                }
+                // Only a request with retries comes round again.
+                (_, None) => return Err(ProxyError::NoBackends(route.name.0.to_string())),
             };
             let sent = match route.per_try_timeout {
                 None => ep.send(req, &backend.target.0, &ob.plain).await,
@@ -279,7 +318,7 @@ impl Connection {
                 Some(r) => backoff(attempt - 1, r.backoff_base, r.backoff_max),
                 None => Duration::ZERO,
             };
-            tracing::debug!(target = %&*labels.dst_service.0, endpoint = %ep.addr, reason, attempt, ?wait, "retrying");
+            tracing::info!(target = %&*labels.dst_service.0, endpoint = %ep.addr, reason, attempt, ?wait, "retrying");
             drop(sent);
             replay = spare;
             avoid = Some(ep);

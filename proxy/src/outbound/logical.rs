@@ -46,7 +46,8 @@ pub struct Policy {
     pub routes: Vec<Route>,
     pub default_route: Route,
     pub balancer: BalancerConfig,
-    /// Shared by every route; starts empty when a new snapshot arrives.
+    /// Shared by the routes that retry (only their requests deposit);
+    /// starts empty when a new snapshot arrives.
     pub budget: Budget,
     /// Requests waiting for an endpoint with spare capacity.
     pub pending: super::balance::Pending,
