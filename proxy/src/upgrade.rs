@@ -9,9 +9,11 @@ pub fn is_upgrade<B>(req: &http::Request<B>) -> bool {
     req.version() <= http::Version::HTTP_11 && req.headers().contains_key(http::header::UPGRADE)
 }
 
-/// Copies bytes both ways between the two upgraded connections.
-pub fn splice(downstream: OnUpgrade, upstream: OnUpgrade) {
+/// Copies bytes both ways between the two upgraded connections; `held`
+/// (e.g. a connection-limit slot) is released when they close.
+pub fn splice<G: Send + 'static>(downstream: OnUpgrade, upstream: OnUpgrade, held: G) {
     tokio::spawn(async move {
+        let _held = held;
         let (down, up) = match tokio::try_join!(downstream, upstream) {
             Ok(pair) => pair,
             Err(error) => {

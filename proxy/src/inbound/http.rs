@@ -62,7 +62,7 @@ impl Connection {
             let req = absolute(req.map(ProxyBody::from));
             let mut rsp = self.app.h1.request(req).await.map_err(app_err)?;
             if rsp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-                splice(downstream, hyper::upgrade::on(&mut rsp));
+                splice(downstream, hyper::upgrade::on(&mut rsp), ());
             }
             return Ok(rsp.map(ProxyBody::from));
         }

@@ -15,7 +15,14 @@ use http::{Request, Response};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::{ClientConfig, RootCertStore};
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 use tokio_rustls::{client::TlsStream, TlsConnector};
 
@@ -37,6 +44,18 @@ pub struct EndpointClient {
     connect_timeout: Duration,
     h2: tokio::sync::Mutex<Option<SendRequest<ProxyBody>>>,
     health: super::balance::Health,
+    /// Connections open to the endpoint (the pooled HTTP/2 one and any
+    /// upgraded HTTP/1.1 ones).
+    connections: Arc<AtomicUsize>,
+}
+
+/// Counts a connection as open until dropped.
+struct ConnGuard(Arc<AtomicUsize>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl super::balance::HasHealth for EndpointClient {
@@ -104,12 +123,26 @@ impl EndpointClient {
             connect_timeout: settings.connect_timeout,
             h2: tokio::sync::Mutex::new(None),
             health: Default::default(),
+            connections: Arc::new(AtomicUsize::new(0)),
         }
     }
 
     /// True when traffic to the endpoint is mutual TLS.
     pub fn is_meshed(&self) -> bool {
         self.mtls.is_some()
+    }
+
+    /// Takes a connection slot, or fails when `max` (if non-zero) are open.
+    fn connection_slot(&self, max: usize) -> Result<ConnGuard, ProxyError> {
+        let n = self.connections.fetch_add(1, Ordering::Relaxed);
+        let guard = ConnGuard(self.connections.clone());
+        if max > 0 && n >= max {
+            return Err(ProxyError::BreakerOpen(format!(
+                "{} ({n} connections open, limit {max})",
+                self.addr
+            )));
+        }
+        Ok(guard)
     }
 
     fn dial_addr(&self) -> SocketAddr {
@@ -172,13 +205,19 @@ impl EndpointClient {
     }
 
     /// Returns a ready HTTP/2 sender, connecting if there is none.
-    async fn h2(&self, mtls: &Mtls, name: &str) -> Result<SendRequest<ProxyBody>, ProxyError> {
+    async fn h2(
+        &self,
+        mtls: &Mtls,
+        name: &str,
+        max_connections: usize,
+    ) -> Result<SendRequest<ProxyBody>, ProxyError> {
         let mut slot = self.h2.lock().await;
         if let Some(s) = slot.as_ref() {
             if !s.is_closed() {
                 return Ok(s.clone());
             }
         }
+        let guard = self.connection_slot(max_connections)?;
         let tls = self.mtls(mtls, SessionProtocol::Http2, name).await?;
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -193,6 +232,7 @@ impl EndpointClient {
             })?;
         let peer = mtls.proxy_addr;
         tokio::spawn(async move {
+            let _open = guard;
             if let Err(error) = conn.await {
                 tracing::debug!(%peer, %error, "peer connection closed");
             }
@@ -207,6 +247,7 @@ impl EndpointClient {
         req: Request<ProxyBody>,
         name: &str,
         plain: &super::PlainClient,
+        max_connections: usize,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let Some(mtls) = &self.mtls else {
             return plain
@@ -218,7 +259,7 @@ impl EndpointClient {
                     reason: e.to_string(),
                 });
         };
-        let mut sender = self.h2(mtls, name).await?;
+        let mut sender = self.h2(mtls, name, max_connections).await?;
         let upstream = |e: hyper::Error| send_error(mtls.proxy_addr.to_string(), e);
         sender.ready().await.map_err(|e| ProxyError::Refused {
             addr: mtls.proxy_addr.to_string(),
@@ -235,7 +276,9 @@ impl EndpointClient {
         mut req: Request<ProxyBody>,
         downstream: hyper::upgrade::OnUpgrade,
         name: &str,
+        max_connections: usize,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        let guard = self.connection_slot(max_connections)?;
         let upstream_err = |e: hyper::Error| ProxyError::Upstream {
             addr: self.dial_addr().to_string(),
             reason: e.to_string(),
@@ -260,7 +303,7 @@ impl EndpointClient {
         }
         let mut rsp = sender.send_request(req).await.map_err(upstream_err)?;
         if rsp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-            crate::upgrade::splice(downstream, hyper::upgrade::on(&mut rsp));
+            crate::upgrade::splice(downstream, hyper::upgrade::on(&mut rsp), guard);
         }
         Ok(rsp.map(ProxyBody::from))
     }
@@ -279,4 +322,37 @@ where
         }
     });
     Ok(sender)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> EndpointClient {
+        let meta = EndpointMeta {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            tls: None,
+        };
+        EndpointClient::new(
+            &meta,
+            &EndpointSettings {
+                certs: Arc::new(CertStore::default()),
+                roots: Arc::new(RootCertStore::empty()),
+                connect_timeout: Duration::from_millis(100),
+            },
+        )
+    }
+
+    #[test]
+    fn connection_limit_fails_fast_and_frees_slots() {
+        let c = client();
+        let a = c.connection_slot(2).unwrap();
+        let _b = c.connection_slot(2).unwrap();
+        let e = c.connection_slot(2).err().unwrap();
+        assert_eq!(e.reason(), "breaker open");
+        assert_eq!(e.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+        drop(a);
+        assert!(c.connection_slot(2).is_ok());
+        assert!(c.connection_slot(0).is_ok(), "0 means unlimited");
+    }
 }

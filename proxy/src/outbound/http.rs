@@ -7,7 +7,7 @@ use super::{
     balance::{self, NoEndpoint},
     logical::{Policy, Route},
     retry::{backoff::backoff, replay::ReplayBody},
-    split, EndpointClient, Outbound,
+    split, timeout, EndpointClient, Outbound,
 };
 use crate::{
     body::ProxyBody,
@@ -153,17 +153,9 @@ impl Connection {
                 return Err(ProxyError::Fault(status));
             }
         }
-        let timeout = match (route.timeout, grpc_timeout(&req)) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let limit = timeout::tighter(route.timeout, grpc_timeout(&req));
         let attempts = self.attempts(req, authority, policy, route, labels);
-        match timeout {
-            None => attempts.await,
-            Some(t) => tokio::time::timeout(t, attempts)
-                .await
-                .unwrap_or(Err(ProxyError::RequestTimeout(t))),
-        }
+        timeout::within(limit, ProxyError::RequestTimeout, attempts).await
     }
 
     /// Sends the request, retrying under the route's policy.
@@ -246,12 +238,14 @@ impl Connection {
                 // Only a request with retries comes round again.
                 (_, None) => return Err(ProxyError::NoBackends(route.name.0.to_string())),
             };
-            let sent = match route.per_try_timeout {
-                None => ep.send(req, &backend.target.0, &ob.plain).await,
-                Some(t) => tokio::time::timeout(t, ep.send(req, &backend.target.0, &ob.plain))
-                    .await
-                    .unwrap_or(Err(ProxyError::BackendTimeout(t))),
-            };
+            let send = ep.send(
+                req,
+                &backend.target.0,
+                &ob.plain,
+                policy.balancer.max_connections,
+            );
+            let sent =
+                timeout::within(route.per_try_timeout, ProxyError::BackendTimeout, send).await;
             let (success, reason) = match &sent {
                 Ok(rsp) => (
                     rsp.status().as_u16() < 500,
@@ -379,7 +373,12 @@ impl Connection {
         labels.tls = ep.is_meshed();
         let downstream = hyper::upgrade::on(&mut req);
         let rsp = ep
-            .upgrade(req.map(ProxyBody::from), downstream, &backend.target.0)
+            .upgrade(
+                req.map(ProxyBody::from),
+                downstream,
+                &backend.target.0,
+                policy.balancer.max_connections,
+            )
             .await;
         chosen.finish(rsp.is_ok(), &policy.balancer, || {
             balance::ejected_share(&set.endpoints)

@@ -129,6 +129,7 @@ fn balancer(b: pb::Balancer) -> BalancerConfig {
     BalancerConfig {
         decay: ms(b.ewma_decay_ms).unwrap_or(Duration::from_secs(10)),
         max_requests: b.max_requests as usize,
+        max_connections: b.max_connections as usize,
         max_pending: b.max_pending_requests as usize,
         outlier: b.outlier_detection.map(|o| OutlierConfig {
             consecutive_failures: o.consecutive_failures.max(1),

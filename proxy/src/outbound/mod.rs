@@ -10,6 +10,7 @@ pub mod logical;
 pub mod retry;
 pub mod route;
 pub mod split;
+pub mod timeout;
 
 pub use endpoint::{EndpointClient, EndpointSettings};
 

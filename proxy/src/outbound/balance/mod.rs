@@ -23,6 +23,8 @@ pub struct BalancerConfig {
     pub decay: Duration,
     /// In-flight requests per endpoint; 0 = unlimited.
     pub max_requests: usize,
+    /// Open connections per endpoint; 0 = unlimited.
+    pub max_connections: usize,
     /// Requests that may wait for a free endpoint; 0 = fail fast.
     pub max_pending: usize,
     /// Outlier detection, if enabled.
@@ -34,6 +36,7 @@ impl Default for BalancerConfig {
         BalancerConfig {
             decay: Duration::from_secs(10),
             max_requests: 0,
+            max_connections: 0,
             max_pending: 0,
             outlier: None,
         }
