@@ -211,6 +211,16 @@ async fn a_failing_endpoint_is_ejected_and_readmitted_when_it_recovers() {
         assert!(Instant::now() < deadline, "never ejected");
         blast(web.outbound, URL, 30, 1, &[]).await;
     }
+    assert_eq!(
+        web.metric_sum("mesh_balancer_endpoints", &["state=\"ejected\""])
+            .await,
+        1.0
+    );
+    assert_eq!(
+        web.metric_sum("mesh_balancer_endpoints", &["state=\"ready\""])
+            .await,
+        2.0
+    );
     let t = blast(web.outbound, URL, 1000, 2, &[]).await;
     let ok = t.status(200);
     println!("after ejection: {ok}/1000 succeeded");

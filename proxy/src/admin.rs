@@ -7,16 +7,28 @@ use hyper_util::rt::TokioIo;
 use std::{convert::Infallible, sync::Arc};
 use tokio::{net::TcpListener, sync::watch};
 
+/// Brings scrape-time gauges up to date before `/metrics` is rendered.
+pub type Refresh = Arc<dyn Fn() + Send + Sync>;
+
 /// Serves the admin endpoints forever.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, ready: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    ready: watch::Receiver<bool>,
+    refresh: Refresh,
+) {
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
             continue;
         };
         let metrics = metrics.clone();
         let ready = ready.clone();
+        let refresh = refresh.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
+                if req.uri().path() == "/metrics" {
+                    refresh();
+                }
                 let rsp = respond(&req, &metrics, *ready.borrow());
                 async move { Ok::<_, Infallible>(rsp) }
             });

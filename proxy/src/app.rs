@@ -28,7 +28,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let outbound_l = bind(config.outbound_addr, "MESH_PROXY_OUTBOUND_ADDR").await?;
 
     let (ready_tx, mut ready_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(admin::serve(admin_l, metrics.clone(), ready_rx.clone()));
 
     let client = IdentityClient::new(
         &grpc_url(&config.identity_addr, true),
@@ -62,6 +61,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         metrics.clone(),
         &config.identity,
         config.discovery_timeout,
+    ));
+    let refresh: admin::Refresh = {
+        let (outbound, metrics) = (outbound.clone(), metrics.clone());
+        Arc::new(move || outbound.export_balancer_gauges(&metrics))
+    };
+    tokio::spawn(admin::serve(
+        admin_l,
+        metrics.clone(),
+        ready_rx.clone(),
+        refresh,
     ));
     let inbound = Arc::new(Inbound::new(
         tls::server_config(certs.clone(), roots)?,

@@ -85,6 +85,14 @@ pub struct ErrorLabels {
     pub reason: &'static str,
 }
 
+/// Labels of the balancer's endpoint counts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BalancerLabels {
+    pub dst_service: Str,
+    /// `ready` or `ejected`.
+    pub state: &'static str,
+}
+
 /// Labels of a control-plane connection.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ControlLabels {
@@ -112,6 +120,7 @@ pub struct Metrics {
     pub retries: Family<TrafficLabels, Counter>,
     pub retries_skipped: Family<TrafficLabels, Counter>,
     pub ejections: Family<TrafficLabels, Counter>,
+    pub balancer_endpoints: Family<BalancerLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -135,6 +144,12 @@ impl Metrics {
         let retries = Family::<TrafficLabels, Counter>::default();
         let retries_skipped = Family::<TrafficLabels, Counter>::default();
         let ejections = Family::<TrafficLabels, Counter>::default();
+        let balancer_endpoints = Family::<BalancerLabels, Gauge>::default();
+        registry.register(
+            "balancer_endpoints",
+            "Endpoints of each backend, by state (computed at scrape time)",
+            balancer_endpoints.clone(),
+        );
         registry.register("retries", "Retries sent, by reason", retries.clone());
         registry.register(
             "retries_skipped",
@@ -191,6 +206,7 @@ impl Metrics {
             retries,
             retries_skipped,
             ejections,
+            balancer_endpoints,
         }
     }
 

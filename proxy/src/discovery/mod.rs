@@ -212,6 +212,19 @@ impl<T: Send + Sync + 'static> Resolver<T> {
         })
     }
 
+    /// Calls `f` with each watched target and its current endpoints.
+    pub fn for_each(&self, mut f: impl FnMut(&str, &EndpointSet<T>)) {
+        let cache = match self.cache.lock() {
+            Ok(c) => c,
+            Err(p) => p.into_inner(),
+        };
+        for (target, d) in cache.iter() {
+            if let Some(set) = d.rx.borrow().as_ref() {
+                f(target, set);
+            }
+        }
+    }
+
     /// Returns the watch for `target`, starting it on first use.
     pub fn resolve(&self, target: &str) -> Destination<T> {
         let mut cache = match self.cache.lock() {

@@ -67,6 +67,31 @@ impl Outbound {
         }
     }
 
+    /// Sets `mesh_balancer_endpoints` from the current endpoint sets.
+    pub fn export_balancer_gauges(&self, metrics: &Metrics) {
+        let now = std::time::Instant::now();
+        self.resolver.for_each(|target, set| {
+            let ejected = set
+                .endpoints
+                .iter()
+                .filter(|e| balance::HasHealth::health(e.as_ref()).is_ejected(now))
+                .count();
+            let target = crate::metrics::Str::from(target);
+            for (state, n) in [
+                ("ready", set.endpoints.len() - ejected),
+                ("ejected", ejected),
+            ] {
+                metrics
+                    .balancer_endpoints
+                    .get_or_create(&crate::metrics::BalancerLabels {
+                        dst_service: target.clone(),
+                        state,
+                    })
+                    .set(n as i64);
+            }
+        });
+    }
+
     /// Accepts application connections forever.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         loop {
