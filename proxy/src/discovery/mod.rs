@@ -4,6 +4,7 @@
 //! the control plane being up.
 
 pub mod policy;
+mod reconnect;
 mod watch;
 
 use crate::metrics::{ControlLabels, Metrics};

@@ -7,7 +7,7 @@ use crate::metrics::{ControlLabels, Metrics};
 use mesh_proto::destination::{
     destination_client::DestinationClient, GetDestination, ServicePolicy,
 };
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
@@ -16,7 +16,7 @@ pub type Compile<P> = Arc<dyn Fn(&str, ServicePolicy) -> P + Send + Sync>;
 
 /// Runs the policy watch for `target` until every reader is gone.
 pub(super) async fn run<P: Send + Sync + 'static>(
-    mut client: DestinationClient<Channel>,
+    client: DestinationClient<Channel>,
     target: String,
     context: String,
     compile: Compile<P>,
@@ -29,54 +29,23 @@ pub(super) async fn run<P: Send + Sync + 'static>(
             component: "policy",
         });
     let mut last: Option<ServicePolicy> = None;
-    let mut failures = 0u32;
-    loop {
+    let open = || {
+        let mut client = client.clone();
         let req = GetDestination {
             target: target.clone(),
             context: context.clone(),
         };
-        let stream = tokio::select! {
-            r = client.get_policy(req) => r,
-            _ = tx.closed() => return,
-        };
-        match stream {
-            Ok(rsp) => {
-                gauge.inc();
-                let mut stream = rsp.into_inner();
-                loop {
-                    let msg = tokio::select! {
-                        m = stream.message() => m,
-                        _ = tx.closed() => { gauge.dec(); return; }
-                    };
-                    match msg {
-                        Ok(Some(policy)) => {
-                            failures = 0;
-                            if last.as_ref() == Some(&policy) {
-                                continue;
-                            }
-                            tracing::debug!(%target, routes = policy.routes.len(), "policy update");
-                            let compiled = compile(&target, policy.clone());
-                            last = Some(policy);
-                            tx.send_replace(Some(Arc::new(compiled)));
-                        }
-                        Ok(None) => break,
-                        Err(status) => {
-                            tracing::warn!(%target, code = ?status.code(), message = status.message(), "policy stream failed; keeping the last policy");
-                            break;
-                        }
-                    }
-                }
-                gauge.dec();
-            }
-            Err(status) => {
-                tracing::warn!(%target, code = ?status.code(), message = status.message(), "policy unreachable; keeping the last policy");
-            }
+        async move { client.get_policy(req).await }
+    };
+    let on_message = |policy: ServicePolicy, _first: bool| {
+        // Every message is a full snapshot; identical ones change nothing.
+        if last.as_ref() == Some(&policy) {
+            return;
         }
-        failures += 1;
-        let wait = Duration::from_millis(100u64 << failures.min(5)).min(Duration::from_secs(3));
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = tx.closed() => return,
-        }
-    }
+        tracing::debug!(%target, routes = policy.routes.len(), "policy update");
+        let compiled = compile(&target, policy.clone());
+        last = Some(policy);
+        tx.send_replace(Some(Arc::new(compiled)));
+    };
+    super::reconnect::run("policy", &target, open, on_message, tx.closed(), gauge).await;
 }

@@ -6,7 +6,7 @@ use crate::metrics::{ControlLabels, Metrics};
 use mesh_proto::destination::{
     destination_client::DestinationClient, update, GetDestination, Update, WeightedAddr,
 };
-use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
@@ -103,7 +103,7 @@ fn meta(wa: &WeightedAddr, target: &str) -> Option<EndpointMeta> {
 
 /// Runs the watch until every reader is gone.
 pub(super) async fn run<T: Send + Sync + 'static>(
-    mut client: DestinationClient<Channel>,
+    client: DestinationClient<Channel>,
     target: String,
     context: String,
     new: NewEndpoint<T>,
@@ -119,58 +119,21 @@ pub(super) async fn run<T: Send + Sync + 'static>(
         exists: false,
         endpoints: HashMap::new(),
     };
-    let mut failures = 0u32;
-    loop {
+    let open = || {
+        let mut client = client.clone();
         let req = GetDestination {
             target: target.clone(),
             context: context.clone(),
         };
-        let stream = tokio::select! {
-            r = client.get(req) => r,
-            _ = tx.closed() => return,
-        };
-        match stream {
-            Ok(rsp) => {
-                gauge.inc();
-                let mut stream = rsp.into_inner();
-                let mut fresh = true;
-                loop {
-                    let msg = tokio::select! {
-                        m = stream.message() => m,
-                        _ = tx.closed() => { gauge.dec(); return; }
-                    };
-                    match msg {
-                        Ok(Some(update)) => {
-                            failures = 0;
-                            state.apply(update, fresh, &new, &target);
-                            fresh = false;
-                            let snap = state.snapshot();
-                            tracing::debug!(%target, endpoints = snap.endpoints.len(), exists = snap.exists, "discovery update");
-                            tx.send_replace(Some(snap));
-                        }
-                        Ok(None) => {
-                            tracing::info!(%target, "destination stream ended; reconnecting");
-                            break;
-                        }
-                        Err(status) => {
-                            tracing::warn!(%target, code = ?status.code(), message = status.message(), "destination stream failed; keeping the last endpoints");
-                            break;
-                        }
-                    }
-                }
-                gauge.dec();
-            }
-            Err(status) => {
-                tracing::warn!(%target, code = ?status.code(), message = status.message(), "destination unreachable; keeping the last endpoints");
-            }
-        }
-        failures += 1;
-        let wait = Duration::from_millis(100u64 << failures.min(5)).min(Duration::from_secs(3));
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = tx.closed() => return,
-        }
-    }
+        async move { client.get(req).await }
+    };
+    let on_message = |update: Update, fresh: bool| {
+        state.apply(update, fresh, &new, &target);
+        let snap = state.snapshot();
+        tracing::debug!(%target, endpoints = snap.endpoints.len(), exists = snap.exists, "discovery update");
+        tx.send_replace(Some(snap));
+    };
+    super::reconnect::run("destination", &target, open, on_message, tx.closed(), gauge).await;
 }
 
 #[cfg(test)]
