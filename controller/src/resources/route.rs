@@ -260,6 +260,48 @@ fn fault_filter(
 }
 
 /// Keeps the first fault reference of a rule; a second one is an error.
+/// A rule's backends, from its raw `backendRefs`. `None` when the list is
+/// absent or empty (`backendRefs: []` means the same as none): the parent
+/// Service is then the backend.
+fn rule_backends<'a>(
+    refs: Option<Vec<RawBackend<'a>>>,
+    meta: &ObjectMeta,
+    what: &str,
+    path: &str,
+) -> Result<Option<Vec<BackendRef>>, Invalid> {
+    let Some(refs) = refs else {
+        return Ok(None);
+    };
+    let empty = refs.is_empty();
+    let mut out = Vec::new();
+    for (i, raw) in refs.into_iter().enumerate() {
+        out.extend(backend_ref(
+            raw,
+            meta,
+            what,
+            &format!("{path}.backendRefs[{i}]"),
+        )?);
+    }
+    Ok((!empty).then_some(out))
+}
+
+/// The one HTTPFault a rule's filters name, if any. Each filter is given as
+/// its type (debug-formatted) and its extensionRef (group, kind, name).
+fn rule_fault<'a>(
+    filters: impl Iterator<Item = (String, Option<(&'a str, &'a str, &'a str)>)>,
+    what: &str,
+    path: &str,
+) -> Result<Option<String>, Invalid> {
+    let mut fault = None;
+    for (i, (filter_type, ext)) in filters.enumerate() {
+        let fpath = format!("{path}.filters[{i}]");
+        if let Some(name) = fault_filter(&filter_type, ext, what, &fpath)? {
+            set_fault(&mut fault, name, &fpath)?;
+        }
+    }
+    Ok(fault)
+}
+
 fn set_fault(slot: &mut Option<String>, name: String, path: &str) -> Result<(), Invalid> {
     if slot.is_some() {
         return Err(Invalid::new(path, "only one HTTPFault filter per rule"));

@@ -11,8 +11,7 @@ use mesh_proto::destination::{
 };
 
 use super::{
-    backend_ref, fault_filter, parent_ref, set_fault, RawBackend, RawParent, Route, RouteKind,
-    RouteRule,
+    parent_ref, rule_backends, rule_fault, RawBackend, RawParent, Route, RouteKind, RouteRule,
 };
 use crate::resources::retry::{rule_retry, rule_timeouts, GatewayRetry, RouteAnnotations};
 use crate::resources::validate::{self, Invalid};
@@ -67,37 +66,27 @@ fn rule(
         .enumerate()
         .map(|(i, m)| http_match(m, &format!("{path}.matches[{i}]")))
         .collect::<Result<_, _>>()?;
-    let backends = match &r.backend_refs {
-        None => None,
-        Some(refs) => {
-            let mut out = Vec::new();
-            for (i, b) in refs.iter().enumerate() {
-                let raw = RawBackend {
-                    group: b.group.as_deref(),
-                    kind: b.kind.as_deref(),
-                    name: &b.name,
-                    namespace: b.namespace.as_deref(),
-                    port: b.port,
-                    weight: b.weight,
-                };
-                let bpath = format!("{path}.backendRefs[{i}]");
-                out.extend(backend_ref(raw, meta, what, &bpath)?);
-            }
-            // An empty `backendRefs: []` means the same as none.
-            (!refs.is_empty()).then_some(out)
-        }
-    };
-    let mut fault = None;
-    for (i, f) in r.filters.iter().flatten().enumerate() {
-        let fpath = format!("{path}.filters[{i}]");
+    let raw = r.backend_refs.as_ref().map(|refs| {
+        refs.iter()
+            .map(|b| RawBackend {
+                group: b.group.as_deref(),
+                kind: b.kind.as_deref(),
+                name: &b.name,
+                namespace: b.namespace.as_deref(),
+                port: b.port,
+                weight: b.weight,
+            })
+            .collect()
+    });
+    let backends = rule_backends(raw, meta, what, path)?;
+    let filters = r.filters.iter().flatten().map(|f| {
         let ext = f
             .extension_ref
             .as_ref()
             .map(|e| (e.group.as_str(), e.kind.as_str(), e.name.as_str()));
-        if let Some(name) = fault_filter(&format!("{:?}", f.r#type), ext, what, &fpath)? {
-            set_fault(&mut fault, name, &fpath)?;
-        }
-    }
+        (format!("{:?}", f.r#type), ext)
+    });
+    let fault = rule_fault(filters, what, path)?;
     let timeouts = r.timeouts.as_ref();
     let (request_timeout_ms, backend_request_timeout_ms) = rule_timeouts(
         timeouts.and_then(|t| t.request.as_deref()),
