@@ -241,10 +241,11 @@ impl EndpointClient {
         Ok(sender)
     }
 
-    /// Sends a request (already in HTTP/2 form when meshed).
+    /// Sends a request (absolute URI); a meshed endpoint gets it in the
+    /// HTTP/2 form proxies speak to each other.
     pub async fn send(
         &self,
-        req: Request<ProxyBody>,
+        mut req: Request<ProxyBody>,
         name: &str,
         plain: &super::PlainClient,
         max_connections: usize,
@@ -259,6 +260,7 @@ impl EndpointClient {
                     reason: e.to_string(),
                 });
         };
+        super::http::for_h2_hop(&mut req);
         let mut sender = self.h2(mtls, name, max_connections).await?;
         let upstream = |e: hyper::Error| send_error(mtls.proxy_addr.to_string(), e);
         sender.ready().await.map_err(|e| ProxyError::Refused {

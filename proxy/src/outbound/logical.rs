@@ -3,54 +3,60 @@
 //! retry policy and budget, balancer settings.
 
 use super::{
-    balance::{outlier::OutlierConfig, BalancerConfig},
-    fault::Fault,
+    balance::{outlier::OutlierConfig, Balance, BalancerConfig, Shared},
+    fault::{Fault, FaultService},
     retry::{
         classify::{grpc_code, RetryPolicy},
-        Budget, BudgetConfig,
+        Budget, BudgetConfig, Retries,
     },
     route::{Match, PathMatch, ValueMatch},
-    EndpointClient,
+    split::Split,
+    timeout::Timeout,
+    EndpointClient, PlainClient,
 };
 use crate::{
-    discovery::{Destination, Resolver},
-    metrics::Str,
+    discovery::Resolver,
+    metrics::{Metrics, Str},
 };
 use mesh_proto::destination as pb;
 use regex::Regex;
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
-/// A backend of a route.
-pub struct Backend {
-    /// The backend Service target.
-    pub target: Str,
-    /// Relative weight.
-    pub weight: u32,
-    /// Its endpoints.
-    pub dest: Destination<EndpointClient>,
+/// A route's tower stack, outermost first: fault injection, the request
+/// timeout, retries, the per-try timeout, the weighted split over each
+/// backend's balancer. Built once per policy snapshot, cloned per request
+/// (Arc clones only).
+pub type RouteStack = FaultService<Timeout<tower::retry::Retry<Retries, Timeout<Split>>>>;
+
+/// What compiling a policy needs from the outbound side.
+#[derive(Clone)]
+pub struct Env {
+    pub resolver: Arc<Resolver<EndpointClient>>,
+    pub plain: PlainClient,
+    pub discovery_timeout: Duration,
+    pub metrics: Arc<Metrics>,
 }
 
 /// A compiled route.
 pub struct Route {
     pub name: Str,
     pub matches: Vec<Match>,
-    pub backends: Vec<Backend>,
-    pub timeout: Option<Duration>,
-    pub per_try_timeout: Option<Duration>,
-    pub retry: Option<RetryPolicy>,
-    pub fault: Option<Fault>,
+    /// Whether requests on this route may be retried (their bodies are
+    /// then kept for replay and they count towards the budget).
+    pub retries: bool,
+    /// The backends, for requests that bypass the stack (upgrades).
+    pub split: Split,
+    /// The request path.
+    pub stack: RouteStack,
 }
 
 /// A target's compiled policy.
 pub struct Policy {
     pub routes: Vec<Route>,
     pub default_route: Route,
-    pub balancer: BalancerConfig,
     /// Shared by the routes that retry (only their requests deposit);
     /// starts empty when a new snapshot arrives.
-    pub budget: Budget,
-    /// Requests waiting for an endpoint with spare capacity.
-    pub pending: super::balance::Pending,
+    pub budget: Arc<Budget>,
 }
 
 impl Policy {
@@ -64,31 +70,107 @@ impl Policy {
 
     /// The policy used when the controller gives none: the target itself,
     /// no timeouts, no retries.
-    pub fn fallback(target: &str, resolver: &Resolver<EndpointClient>) -> Self {
+    pub fn fallback(target: &str, env: &Env) -> Self {
+        let ctx = Ctx::new(
+            target,
+            BalancerConfig::default(),
+            BudgetConfig::default(),
+            env,
+        );
         Policy {
             routes: Vec::new(),
-            default_route: default_route(target, resolver),
-            balancer: BalancerConfig::default(),
-            budget: Budget::new(BudgetConfig::default()),
-            pending: Default::default(),
+            default_route: default_route(&ctx),
+            budget: ctx.budget.clone(),
         }
     }
 }
 
-fn default_route(target: &str, resolver: &Resolver<EndpointClient>) -> Route {
-    Route {
-        name: Str::from("default"),
-        matches: Vec::new(),
-        backends: vec![Backend {
-            target: Str::from(target),
-            weight: 1,
-            dest: resolver.resolve(target),
-        }],
-        timeout: None,
-        per_try_timeout: None,
-        retry: None,
-        fault: None,
+/// What every route of one policy shares while it is built.
+struct Ctx<'a> {
+    target: &'a str,
+    env: &'a Env,
+    shared: Arc<Shared>,
+    budget: Arc<Budget>,
+}
+
+impl<'a> Ctx<'a> {
+    fn new(target: &'a str, cfg: BalancerConfig, budget: BudgetConfig, env: &'a Env) -> Self {
+        Ctx {
+            target,
+            env,
+            shared: Arc::new(Shared {
+                cfg,
+                pending: Default::default(),
+                plain: env.plain.clone(),
+                discovery_timeout: env.discovery_timeout,
+                metrics: env.metrics.clone(),
+            }),
+            budget: Arc::new(Budget::new(budget)),
+        }
     }
+
+    /// Assembles a route's stack.
+    #[allow(clippy::too_many_arguments)]
+    fn route(
+        &self,
+        name: &str,
+        matches: Vec<Match>,
+        backends: Vec<(String, u32)>,
+        timeout: Option<Duration>,
+        per_try_timeout: Option<Duration>,
+        retry: Option<RetryPolicy>,
+        fault: Option<Fault>,
+    ) -> Route {
+        let name = Str::from(name);
+        let balances = backends
+            .into_iter()
+            .map(|(target, weight)| {
+                let dest = self.env.resolver.resolve(&target);
+                let b = Balance::new(
+                    Str::from(target.as_str()),
+                    name.clone(),
+                    dest,
+                    self.shared.clone(),
+                );
+                (weight, b)
+            })
+            .collect();
+        let split = Split::new(name.clone(), balances);
+        let retries = retry.is_some();
+        let policy = Retries::new(
+            retry,
+            self.budget.clone(),
+            self.env.metrics.clone(),
+            Str::from(self.target),
+            name.clone(),
+        );
+        let stack = FaultService::new(
+            fault,
+            Timeout::request(
+                timeout,
+                tower::retry::Retry::new(policy, Timeout::per_try(per_try_timeout, split.clone())),
+            ),
+        );
+        Route {
+            name,
+            matches,
+            retries,
+            split,
+            stack,
+        }
+    }
+}
+
+fn default_route(ctx: &Ctx<'_>) -> Route {
+    ctx.route(
+        "default",
+        Vec::new(),
+        vec![(ctx.target.to_string(), 1)],
+        None,
+        None,
+        None,
+        None,
+    )
 }
 
 fn ms(v: u32) -> Option<Duration> {
@@ -97,16 +179,7 @@ fn ms(v: u32) -> Option<Duration> {
 
 /// Compiles a snapshot. Parts the controller should have rejected (a bad
 /// regex, an unknown gRPC code) are dropped with a warning, never a panic.
-pub fn compile(target: &str, p: pb::ServicePolicy, resolver: &Resolver<EndpointClient>) -> Policy {
-    let routes = p
-        .routes
-        .into_iter()
-        .filter_map(|r| compile_route(target, r, resolver))
-        .collect();
-    let default_route = p
-        .default_route
-        .and_then(|r| compile_route(target, r, resolver))
-        .unwrap_or_else(|| default_route(target, resolver));
+pub fn compile(target: &str, p: pb::ServicePolicy, env: &Env) -> Policy {
     let balancer = p.balancer.map(balancer).unwrap_or_default();
     let budget = p
         .retry_budget
@@ -116,12 +189,20 @@ pub fn compile(target: &str, p: pb::ServicePolicy, resolver: &Resolver<EndpointC
             ttl: ms(b.ttl_ms).unwrap_or(Duration::from_secs(10)),
         })
         .unwrap_or_default();
+    let ctx = Ctx::new(target, balancer, budget, env);
+    let routes = p
+        .routes
+        .into_iter()
+        .filter_map(|r| compile_route(&ctx, r))
+        .collect();
+    let default_route = p
+        .default_route
+        .and_then(|r| compile_route(&ctx, r))
+        .unwrap_or_else(|| default_route(&ctx));
     Policy {
         routes,
         default_route,
-        balancer,
-        budget: Budget::new(budget),
-        pending: Default::default(),
+        budget: ctx.budget.clone(),
     }
 }
 
@@ -203,7 +284,8 @@ fn compile_match(target: &str, route: &str, m: pb::HttpMatch) -> Option<Match> {
     })
 }
 
-fn compile_route(target: &str, r: pb::Route, resolver: &Resolver<EndpointClient>) -> Option<Route> {
+fn compile_route(ctx: &Ctx<'_>, r: pb::Route) -> Option<Route> {
+    let target = ctx.target;
     let name = r.name.clone();
     let mut matches = Vec::with_capacity(r.matches.len());
     for m in r.matches {
@@ -212,11 +294,7 @@ fn compile_route(target: &str, r: pb::Route, resolver: &Resolver<EndpointClient>
     let backends = r
         .backends
         .into_iter()
-        .map(|b| Backend {
-            dest: resolver.resolve(&b.target),
-            target: Str::from(b.target.as_str()),
-            weight: b.weight,
-        })
+        .map(|b| (b.target, b.weight))
         .collect();
     let retry = r.retry.filter(|p| p.attempts > 1).map(|p| RetryPolicy {
         attempts: p.attempts.min(10),
@@ -251,13 +329,13 @@ fn compile_route(target: &str, r: pb::Route, resolver: &Resolver<EndpointClient>
             .map(|d| (d, f.delay_percent));
         (abort.is_some() || delay.is_some()).then_some(Fault { abort, delay })
     });
-    Some(Route {
-        name: Str::from(name.as_str()),
+    Some(ctx.route(
+        &name,
         matches,
         backends,
-        timeout: ms(r.request_timeout_ms),
-        per_try_timeout: ms(r.backend_request_timeout_ms),
+        ms(r.request_timeout_ms),
+        ms(r.backend_request_timeout_ms),
         retry,
         fault,
-    })
+    ))
 }

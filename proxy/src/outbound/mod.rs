@@ -33,11 +33,11 @@ pub type PlainClient = Client<HttpConnector, ProxyBody>;
 /// Everything the outbound side shares across connections.
 pub struct Outbound {
     pub(crate) resolver: Arc<Resolver<EndpointClient>>,
+    pub(crate) env: logical::Env,
     pub(crate) policies: PolicyResolver<logical::Policy>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) identity: crate::metrics::Str,
     pub(crate) discovery_timeout: Duration,
-    pub(crate) plain: PlainClient,
 }
 
 impl Outbound {
@@ -49,21 +49,28 @@ impl Outbound {
         discovery_timeout: Duration,
     ) -> Self {
         let resolver = Arc::new(resolver);
-        let r = resolver.clone();
-        let policies = PolicyResolver::new(
-            &resolver,
-            Arc::new(move |target: &str, p| logical::compile(target, p, &r)),
-        );
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(1)));
+        let plain: PlainClient = Client::builder(TokioExecutor::new()).build(connector);
+        let env = logical::Env {
+            resolver: resolver.clone(),
+            plain,
+            discovery_timeout,
+            metrics: metrics.clone(),
+        };
+        let e = env.clone();
+        let policies = PolicyResolver::new(
+            &resolver,
+            Arc::new(move |target: &str, p| logical::compile(target, p, &e)),
+        );
         Outbound {
             resolver,
+            env,
             policies,
             metrics,
             identity: identity.into(),
             discovery_timeout,
-            plain: Client::builder(TokioExecutor::new()).build(connector),
         }
     }
 

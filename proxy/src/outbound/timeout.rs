@@ -2,8 +2,92 @@
 //! shorter `grpc-timeout`) and each attempt (the route's backend request
 //! timeout). Expiry becomes a typed error, answered 504.
 
-use crate::errors::ProxyError;
-use std::{future::Future, time::Duration};
+use crate::{body::ProxyBody, errors::ProxyError};
+use futures::future::BoxFuture;
+use http::{Request, Response};
+use std::{
+    future::Future,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+/// A deadline layer: the route's request timeout (tightened by a client's
+/// `grpc-timeout`) outside the retries, or the per-try timeout inside them.
+#[derive(Clone)]
+pub struct Timeout<S> {
+    inner: S,
+    limit: Option<Duration>,
+    expired: fn(Duration) -> ProxyError,
+    honour_grpc: bool,
+}
+
+impl<S> Timeout<S> {
+    /// The whole-request deadline (504 `request timeout`).
+    pub fn request(limit: Option<Duration>, inner: S) -> Self {
+        Timeout {
+            inner,
+            limit,
+            expired: ProxyError::RequestTimeout,
+            honour_grpc: true,
+        }
+    }
+
+    /// The per-attempt deadline (504 `backend request timeout`).
+    pub fn per_try(limit: Option<Duration>, inner: S) -> Self {
+        Timeout {
+            inner,
+            limit,
+            expired: ProxyError::BackendTimeout,
+            honour_grpc: false,
+        }
+    }
+}
+
+impl<S> tower::Service<Request<ProxyBody>> for Timeout<S>
+where
+    S: tower::Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = ProxyError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<ProxyBody>;
+    type Error = ProxyError;
+    type Future = BoxFuture<'static, Result<Response<ProxyBody>, ProxyError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ProxyBody>) -> Self::Future {
+        let limit = if self.honour_grpc {
+            tighter(self.limit, grpc_timeout(&req))
+        } else {
+            self.limit
+        };
+        let fut = self.inner.call(req);
+        match limit {
+            None => Box::pin(fut),
+            Some(_) => Box::pin(within(limit, self.expired, fut)),
+        }
+    }
+}
+
+/// The `grpc-timeout` a gRPC client asked for (e.g. `100m` = 100 ms).
+pub fn grpc_timeout<B>(req: &Request<B>) -> Option<Duration> {
+    let v = req.headers().get("grpc-timeout")?.to_str().ok()?;
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = v.split_at(v.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
 
 /// Runs `fut` with an optional deadline; `expired` builds the error.
 pub async fn within<T, F>(
@@ -70,6 +154,53 @@ mod tests {
         })
         .await;
         assert_eq!(r.unwrap(), 8);
+    }
+
+    #[test]
+    fn grpc_timeouts() {
+        let r = |v: &str| {
+            Request::get("/")
+                .header("grpc-timeout", v)
+                .body(())
+                .unwrap()
+        };
+        assert_eq!(grpc_timeout(&r("100m")), Some(Duration::from_millis(100)));
+        assert_eq!(grpc_timeout(&r("2S")), Some(Duration::from_secs(2)));
+        assert_eq!(grpc_timeout(&r("1H")), Some(Duration::from_secs(3600)));
+        assert_eq!(grpc_timeout(&r("5x")), None);
+        assert_eq!(grpc_timeout(&r("m")), None);
+        assert_eq!(grpc_timeout(&r("123456789S")), None);
+        assert_eq!(grpc_timeout(&Request::get("/").body(()).unwrap()), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn request_layer_honours_a_shorter_grpc_timeout() {
+        use tower::ServiceExt;
+        let slow = tower::service_fn(|_req: Request<ProxyBody>| async {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            Ok::<_, ProxyError>(Response::new(ProxyBody::Empty))
+        });
+        let req = Request::get("/")
+            .header("grpc-timeout", "100m")
+            .body(ProxyBody::Empty)
+            .unwrap();
+        let start = Instant::now();
+        let r = Timeout::request(Some(Duration::from_secs(1)), slow)
+            .oneshot(req)
+            .await;
+        assert!(matches!(r, Err(ProxyError::RequestTimeout(_))));
+        assert_eq!(start.elapsed(), Duration::from_millis(100));
+        // The per-try layer ignores grpc-timeout.
+        let req = Request::get("/")
+            .header("grpc-timeout", "100m")
+            .body(ProxyBody::Empty)
+            .unwrap();
+        let start = Instant::now();
+        let r = Timeout::per_try(Some(Duration::from_secs(1)), slow)
+            .oneshot(req)
+            .await;
+        assert!(matches!(r, Err(ProxyError::BackendTimeout(_))));
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
     }
 
     #[test]

@@ -4,6 +4,9 @@
 
 pub mod ewma;
 pub mod outlier;
+mod service;
+
+pub use service::{Balance, Peer, Shared, Tried};
 
 use ewma::PeakEwma;
 use outlier::{Availability, Outlier, OutlierConfig, Transition};

@@ -4,7 +4,10 @@
 
 pub mod backoff;
 pub mod classify;
+mod policy;
 pub mod replay;
+
+pub use policy::Retries;
 
 use std::time::Duration;
 use tower::retry::budget::{Budget as _, TpsBudget};
