@@ -251,6 +251,17 @@ impl EndpointClient {
         max_connections: usize,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let Some(mtls) = &self.mtls else {
+            // Plain HTTP/1.1 to an unmeshed endpoint uses one pooled
+            // connection per request in flight (this one included), so the
+            // in-flight count is the number of connections in use.
+            let in_use = super::balance::HasHealth::health(self).in_flight();
+            if max_connections > 0 && in_use > max_connections {
+                return Err(ProxyError::BreakerOpen(format!(
+                    "{} ({} connections in use, limit {max_connections})",
+                    self.addr,
+                    in_use - 1
+                )));
+            }
             return plain
                 .request(req)
                 .await
