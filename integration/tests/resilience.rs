@@ -291,3 +291,55 @@ async fn an_endpoint_at_its_request_limit_fails_fast() {
         assert_eq!(h.await.unwrap().unwrap(), 200);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limit_holds_for_an_unmeshed_endpoint() {
+    let mesh = Mesh::start("1h").await;
+    mesh.write(
+        "svc.yaml",
+        &service("api", "demo", &[("http", 80, "http", "")]),
+    );
+    mesh.write(
+        "policy.yaml",
+        &traffic_policy("  limits:\n    maxConnections: 1\n"),
+    );
+    // A plain app with no proxy of its own.
+    let slow = mesh_integration::apps::echo_with(
+        "plain-1",
+        Behaviour {
+            delay: Duration::from_millis(1500),
+            ..Default::default()
+        },
+    )
+    .await;
+    mesh.write(
+        "plain-1.yaml",
+        &format!(
+            "apiVersion: policy.mesh.dev/v1alpha1\nkind: WorkloadEntry\nmetadata:\n  name: plain-1\n  namespace: demo\n  labels:\n    app: api\nspec:\n  address: 127.0.0.1\n  meshed: false\n  ports:\n    http: {}\n",
+            slow.addr.port()
+        ),
+    );
+    mesh.wait_for_endpoints("api.demo.svc.cluster.local:80", 1)
+        .await;
+    let web = mesh.proxy("demo", "web", "web-1").await;
+    let c = client::http1(web.outbound);
+    let first = client::get(&c, URL).await.unwrap();
+    assert_eq!(first.status, 200, "{first:?}");
+    assert_eq!(
+        first.header("x-seen-client-id"),
+        "",
+        "unmeshed: no identity"
+    );
+
+    let held = {
+        let c = client::http1(web.outbound);
+        tokio::spawn(async move { client::get(&c, URL).await.map(|r| r.status) })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = client::get(&client::http1(web.outbound), URL)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(r.header("x-mesh-proxy-error"), "breaker open");
+    assert_eq!(held.await.unwrap().unwrap(), 200);
+}

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod app;
 pub mod body;
 pub mod config;
+pub mod connect;
 pub mod discovery;
 pub mod errors;
 pub mod identity;

@@ -2,10 +2,7 @@
 //! prior-knowledge) per application port, pooled and kept for reuse.
 
 use crate::body::ProxyBody;
-use hyper_util::{
-    client::legacy::Client,
-    rt::{TokioExecutor, TokioIo},
-};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
@@ -14,11 +11,7 @@ use std::{
 };
 use tokio::net::TcpStream;
 
-type Connector = tower::util::BoxCloneSyncService<
-    http::Uri,
-    TokioIo<TcpStream>,
-    Box<dyn std::error::Error + Send + Sync>,
->;
+use crate::connect::{fixed as connector, FixedConnector as Connector};
 
 /// The clients for one application port.
 #[derive(Clone)]
@@ -79,16 +72,4 @@ impl AppClients {
         let _ = tcp.set_nodelay(true);
         Ok(tcp)
     }
-}
-
-/// Dials the application whatever the URI says, so the request keeps its
-/// logical authority.
-fn connector(addr: SocketAddr, timeout: Duration) -> Connector {
-    tower::util::BoxCloneSyncService::new(tower::service_fn(move |_uri: http::Uri| async move {
-        let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| format!("connect to {addr} timed out"))??;
-        let _ = tcp.set_nodelay(true);
-        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(TokioIo::new(tcp))
-    }))
 }

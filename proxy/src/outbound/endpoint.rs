@@ -41,6 +41,8 @@ pub struct EndpointClient {
     /// The identity the peer must present (`""` if unmeshed).
     pub identity: Str,
     mtls: Option<Mtls>,
+    /// Pooled plain HTTP/1.1 to an unmeshed endpoint.
+    plain: Option<hyper_util::client::legacy::Client<crate::connect::FixedConnector, ProxyBody>>,
     connect_timeout: Duration,
     h2: tokio::sync::Mutex<Option<SendRequest<ProxyBody>>>,
     health: super::balance::Health,
@@ -116,10 +118,16 @@ impl EndpointClient {
             }
             None => (Str::default(), None),
         };
+        let plain = meta.tls.is_none().then(|| {
+            hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build(crate::connect::fixed(meta.addr, settings.connect_timeout))
+        });
         EndpointClient {
             addr: meta.addr,
             identity,
             mtls,
+            plain,
             connect_timeout: settings.connect_timeout,
             h2: tokio::sync::Mutex::new(None),
             health: Default::default(),
@@ -247,7 +255,6 @@ impl EndpointClient {
         &self,
         mut req: Request<ProxyBody>,
         name: &str,
-        plain: &super::PlainClient,
         max_connections: usize,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let Some(mtls) = &self.mtls else {
@@ -262,6 +269,13 @@ impl EndpointClient {
                     in_use - 1
                 )));
             }
+            let Some(plain) = &self.plain else {
+                // Meshed but without a usable TLS config: fail closed.
+                return Err(ProxyError::Tls {
+                    addr: self.addr.to_string(),
+                    reason: "no TLS configuration for this endpoint".into(),
+                });
+            };
             return plain
                 .request(req)
                 .await

@@ -173,12 +173,7 @@ impl Balance {
             t.set(ep.clone());
         }
         let result = ep
-            .send(
-                req,
-                &self.target.0,
-                &self.shared.plain,
-                self.shared.cfg.max_connections,
-            )
+            .send(req, &self.target.0, self.shared.cfg.max_connections)
             .await;
         let success = result.as_ref().is_ok_and(|r| r.status().as_u16() < 500);
         self.finish(chosen, success, &set);
