@@ -5,6 +5,7 @@
 pub mod apps;
 pub mod client;
 pub mod fixture;
+pub mod netns;
 pub mod process;
 pub mod tls;
 

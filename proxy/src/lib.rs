@@ -14,6 +14,7 @@ pub mod discovery;
 pub mod errors;
 pub mod identity;
 pub mod inbound;
+pub mod init;
 pub mod metrics;
 pub mod outbound;
 pub mod tls;

@@ -1,8 +1,13 @@
-//! The `mesh-proxy` binary: reads `MESH_PROXY_*`, runs the proxy.
+//! The `mesh-proxy` binary: reads `MESH_PROXY_*`, runs the proxy;
+//! `mesh-proxy init` installs the capture rules instead.
 
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().map(String::as_str) == Some("init") {
+        return mesh_proxy::init::main(&argv[1..]);
+    }
     let config = match mesh_proxy::config::Config::from_env() {
         Ok(c) => c,
         Err(e) => {
