@@ -8,6 +8,7 @@ mod token;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use mesh_cli::inject;
 
 /// The mesh command line.
 #[derive(Debug, Parser)]
@@ -26,6 +27,10 @@ enum Command {
     Token(token::Args),
     /// Run the whole mesh locally on loopback and drive traffic through it.
     Demo(demo::Args),
+    /// Add the mesh proxy to the workloads in Kubernetes manifests (YAML on stdout).
+    Inject(inject::Args),
+    /// Remove the mesh proxy from injected Kubernetes manifests.
+    Uninject(inject::UninjectArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +39,8 @@ fn main() -> ExitCode {
         Command::Identity(args) => identity::run(args),
         Command::Token(args) => token::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Inject(args) => inject::run(args),
+        Command::Uninject(args) => inject::run_uninject(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -71,6 +78,10 @@ mod tests {
         .unwrap();
         assert!(matches!(cli.command, Command::Token(_)));
         assert!(Cli::try_parse_from(["mesh", "token", "--namespace", "default"]).is_err());
+        let cli = Cli::try_parse_from(["mesh", "inject", "-", "--proxy-image", "p:1"]).unwrap();
+        assert!(matches!(cli.command, Command::Inject(ref a) if a.config().init_image == "p:1"));
+        let cli = Cli::try_parse_from(["mesh", "uninject", "a.yaml", "b.yaml"]).unwrap();
+        assert!(matches!(cli.command, Command::Uninject(ref a) if a.files.len() == 2));
         assert!(Cli::try_parse_from([
             "mesh",
             "token",

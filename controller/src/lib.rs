@@ -8,5 +8,6 @@
 pub mod admin;
 pub mod grpc;
 pub mod index;
+pub mod inject;
 pub mod resources;
 pub mod source;

@@ -1,0 +1,7 @@
+//! The library half of the `mesh` command line: the subcommands whose logic is tested
+//! without spawning the binary (golden tests in `cli/tests/`).
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod inject;
