@@ -44,17 +44,49 @@ fn client_id<B>(req: &Request<B>) -> String {
         .to_string()
 }
 
-/// Starts an `api` replica; returns its address.
-pub async fn api(
-    replica: &'static str,
-) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+/// A running `api` replica.
+pub struct Api {
+    pub addr: SocketAddr,
+    /// Requests it failed on purpose.
+    pub failed: Arc<std::sync::atomic::AtomicU64>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        self._task.abort();
+    }
+}
+
+/// Starts an `api` replica. With `fail_every = n > 0` it answers every
+/// n-th request with 503, so the demo can show retries hiding the fault.
+pub async fn api(replica: &'static str, fail_every: u64) -> anyhow::Result<Api> {
+    use std::sync::atomic::{AtomicU64, Ordering};
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
+    let failed = Arc::new(AtomicU64::new(0));
+    let seen = Arc::new(AtomicU64::new(0));
+    let f = failed.clone();
     let task = tokio::spawn(serve(listener, move |req: Request<_>| {
+        let n = seen.fetch_add(1, Ordering::Relaxed) + 1;
+        let fail = fail_every > 0 && n % fail_every == 0;
+        if fail {
+            f.fetch_add(1, Ordering::Relaxed);
+        }
         let body = serde_json::json!({ "replica": replica, "caller": client_id(&req) });
-        async move { Response::new(Full::new(Bytes::from(body.to_string()))) }
+        async move {
+            let mut rsp = Response::new(Full::new(Bytes::from(body.to_string())));
+            if fail {
+                *rsp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            }
+            rsp
+        }
     }));
-    Ok((addr, task))
+    Ok(Api {
+        addr,
+        failed,
+        _task: task,
+    })
 }
 
 /// Starts the `web` app, which calls `api_url` through `proxy` (explicit

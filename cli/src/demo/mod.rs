@@ -134,14 +134,15 @@ async fn demo(args: &Args, procs: &mut Procs) -> anyhow::Result<()> {
     let api1 = Workload::new("api-1", "api")?;
     let api2 = Workload::new("api-2", "api")?;
     let (web_app, _web_task) = apps::web(web.outbound, "api.demo.svc.cluster.local:80").await?;
-    let (api1_app, _a1) = apps::api("api-1").await?;
-    let (api2_app, _a2) = apps::api("api-2").await?;
+    let api1_app = apps::api("api-1", 0).await?;
+    // api-2 fails one request in five; the route's retries hide it.
+    let api2_app = apps::api("api-2", 5).await?;
 
     write_manifests(
         &manifests,
         &web,
         web_app,
-        &[(&api1, api1_app), (&api2, api2_app)],
+        &[(&api1, api1_app.addr), (&api2, api2_app.addr)],
     )?;
     let anchors = id_dir.join(mesh_identity::files::TRUST_ANCHORS);
     for w in [&client, &web, &api1, &api2] {
@@ -173,6 +174,19 @@ async fn demo(args: &Args, procs: &mut Procs) -> anyhow::Result<()> {
     let results = report::drive(client.outbound, WEB_HOST, args.requests, args.concurrency).await;
     let client_metrics = admin_get(client.admin, "/metrics").await.map(|m| m.1);
     report::print(&results, client_metrics.as_deref());
+    let web_metrics = admin_get(web.admin, "/metrics").await.map(|m| m.1);
+    let retried = web_metrics
+        .as_deref()
+        .map(|m| report::sum(m, "mesh_retries_total"))
+        .unwrap_or(0.0);
+    println!(
+        "  faults: api-2 answered 503 to {} requests on purpose; web's proxy retried {} times \
+         (HTTPRoute api-retry), so the client saw {} failures",
+        api2_app.failed.load(std::sync::atomic::Ordering::Relaxed),
+        retried,
+        results.failed
+    );
+    println!();
     println!("logs, certificates and manifests: {}", dir.display());
     if results.ok == 0 {
         bail!("no request succeeded; see the logs in {}", logs.display());
@@ -200,7 +214,16 @@ fn write_manifests(
             addr.port()
         )
     };
-    let mut docs = vec![service("web"), service("api"), entry(web, "web", web_app)];
+    // Retries on 5xx for calls to `api`, within the default budget.
+    let retry_route = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: api-retry\n  namespace: {NS}\n  annotations:\n    retry.mesh.dev/http: 5xx\nspec:\n  parentRefs:\n  - kind: Service\n    name: api\n    port: 80\n  rules:\n  - backendRefs:\n    - name: api\n      port: 80\n    timeouts:\n      request: 2s\n    retry:\n      attempts: 2\n      backoff: 5ms\n"
+    );
+    let mut docs = vec![
+        service("web"),
+        service("api"),
+        retry_route,
+        entry(web, "web", web_app),
+    ];
     for (w, addr) in apis {
         docs.push(entry(w, "api", *addr));
     }

@@ -126,6 +126,15 @@ fn verified_identities(metrics: &str) -> Vec<String> {
     ids
 }
 
+/// The sum of every sample of metric `name` in Prometheus text.
+pub fn sum(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Prints the report.
 pub fn print(r: &Results, client_metrics: Option<&str>) {
     let mut lat = r.latencies.clone();
