@@ -69,7 +69,7 @@ pub async fn api(replica: &'static str, fail_every: u64) -> anyhow::Result<Api> 
     let f = failed.clone();
     let task = tokio::spawn(serve(listener, move |req: Request<_>| {
         let n = seen.fetch_add(1, Ordering::Relaxed) + 1;
-        let fail = fail_every > 0 && n % fail_every == 0;
+        let fail = fail_every > 0 && n.is_multiple_of(fail_every);
         if fail {
             f.fetch_add(1, Ordering::Relaxed);
         }
