@@ -173,6 +173,7 @@ http {{ access_log off; keepalive_requests 1000000;
                        f"127.0.0.1:{id_port}", "--admin-addr", f"127.0.0.1:{free_port()}"], log_dir=work)
     spawn("controller", [os.path.join(BIN, "mesh-controller"), "--source", f"dir:{manifests}",
                          "--grpc-addr", f"127.0.0.1:{ctl_port}", "--admin-addr",
+                         f"127.0.0.1:{free_port()}", "--webhook-addr",
                          f"127.0.0.1:{free_port()}"], log_dir=work)
     wait_port(id_port, "identity")
     wait_port(ctl_port, "controller")

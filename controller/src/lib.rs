@@ -11,3 +11,4 @@ pub mod index;
 pub mod inject;
 pub mod resources;
 pub mod source;
+pub mod webhook;

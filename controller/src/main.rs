@@ -3,13 +3,17 @@
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use mesh_controller::index::{IndexConfig, IndexWriter};
+use mesh_controller::inject::InjectConfig;
 use mesh_controller::source::{self, SourceSpec};
+use mesh_controller::webhook::{self, NamespaceAnnotations, StaticNamespaces};
 use mesh_controller::{admin, grpc};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -36,6 +40,23 @@ struct Args {
     /// SPIFFE trust domain of workload identities.
     #[arg(long, default_value = "cluster.local")]
     trust_domain: String,
+    /// Address of the HTTPS admission webhook (`POST /inject`).
+    #[arg(long, default_value = "0.0.0.0:9443")]
+    webhook_addr: SocketAddr,
+    /// PEM certificate chain of the webhook; without it (and `--webhook-key`) a
+    /// self-signed certificate for `mesh-controller.mesh-system.svc` is generated.
+    #[arg(long, requires = "webhook_key")]
+    webhook_cert: Option<PathBuf>,
+    /// PEM private key of the webhook certificate.
+    #[arg(long, requires = "webhook_cert")]
+    webhook_key: Option<PathBuf>,
+    /// Image of the injected `mesh-proxy` and `mesh-init` containers.
+    #[arg(long)]
+    proxy_image: Option<String>,
+    /// YAML map `{namespace: {annotation: value}}` giving the namespaces' annotations to
+    /// the webhook (local mode; looking namespaces up in Kubernetes comes later).
+    #[arg(long)]
+    namespace_annotations: Option<PathBuf>,
     /// Log filter (tracing EnvFilter syntax, e.g. `info,mesh_controller=debug`).
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log_level: String,
@@ -69,6 +90,30 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .init();
 
     let spec: SourceSpec = args.source.parse()?;
+    let mut inject = InjectConfig {
+        trust_domain: args.trust_domain.clone(),
+        ..InjectConfig::default()
+    };
+    if let Some(image) = args.proxy_image {
+        inject.proxy_image = image.clone();
+        inject.init_image = image;
+    }
+    // Local mode: namespace annotations from a file. A lookup against the Kubernetes API
+    // (a watched Namespace cache) replaces this when the Kubernetes source lands.
+    let namespaces: Arc<dyn NamespaceAnnotations> = match &args.namespace_annotations {
+        Some(path) => Arc::new(StaticNamespaces::from_file(path)?),
+        None => Arc::new(StaticNamespaces::default()),
+    };
+    let tls = match (&args.webhook_cert, &args.webhook_key) {
+        (Some(cert), Some(key)) => webhook::load_tls(cert, key)?,
+        _ => {
+            tracing::warn!(
+                name = webhook::WEBHOOK_DNS_NAME,
+                "no --webhook-cert/--webhook-key: serving the webhook with a self-signed certificate"
+            );
+            webhook::self_signed_tls()?.0
+        }
+    };
     let writer = IndexWriter::new(IndexConfig {
         cluster_domain: args.cluster_domain,
         trust_domain: args.trust_domain,
@@ -85,6 +130,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let admin_listener = TcpListener::bind(args.admin_addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.admin_addr))?;
+    let webhook_listener = TcpListener::bind(args.webhook_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.webhook_addr))?;
+    let webhook_addr = webhook_listener
+        .local_addr()
+        .context("webhook listener address")?;
     let grpc_addr = grpc_listener
         .local_addr()
         .context("gRPC listener address")?;
@@ -100,8 +151,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let mut grpc = tokio::spawn(grpc::serve(grpc_listener, reader, stopped()));
     let admin = tokio::spawn(admin::serve(admin_listener, stopped()));
+    let webhook = tokio::spawn(webhook::serve(
+        webhook_listener,
+        tls,
+        namespaces,
+        inject,
+        stopped(),
+    ));
     tracing::info!(
         grpc = %grpc_addr,
+        webhook = %webhook_addr,
         admin = %admin_addr,
         "listening"
     );
@@ -127,6 +186,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     admin.await.context("admin server panicked")?;
+    webhook.await.context("webhook server panicked")?;
     Ok(())
 }
 

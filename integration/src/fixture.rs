@@ -91,7 +91,9 @@ impl Mesh {
             .arg("--grpc-addr")
             .arg(self.controller_addr.to_string())
             .arg("--admin-addr")
-            .arg(self.controller_admin.to_string());
+            .arg(self.controller_admin.to_string())
+            .arg("--webhook-addr")
+            .arg(free_addr().to_string());
         let log = self.root.path().join(format!(
             "controller-{}.log",
             Instant::now().elapsed().as_nanos()

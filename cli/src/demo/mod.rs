@@ -120,6 +120,8 @@ async fn demo(args: &Args, procs: &mut Procs) -> anyhow::Result<()> {
             controller_addr.to_string(),
             "--admin-addr".into(),
             free_addr()?.to_string(),
+            "--webhook-addr".into(),
+            free_addr()?.to_string(),
         ],
         &[],
         &logs,
