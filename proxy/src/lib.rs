@@ -10,6 +10,7 @@ pub mod app;
 pub mod body;
 pub mod config;
 pub mod connect;
+pub mod detect;
 pub mod discovery;
 pub mod errors;
 pub mod identity;
