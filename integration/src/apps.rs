@@ -45,6 +45,24 @@ pub struct EchoApp {
     task: tokio::task::JoinHandle<()>,
 }
 
+impl Behaviour {
+    /// Answers every request after `ms` milliseconds.
+    pub fn delayed(ms: u64) -> Self {
+        Behaviour {
+            delay: std::time::Duration::from_millis(ms),
+            ..Default::default()
+        }
+    }
+
+    /// Fails `percent` % of requests with 503.
+    pub fn failing(percent: u32) -> Self {
+        Behaviour {
+            fail_percent: percent,
+            ..Default::default()
+        }
+    }
+}
+
 impl EchoApp {
     /// Changes how the app behaves from now on.
     pub fn set(&self, b: Behaviour) {

@@ -47,10 +47,7 @@ async fn retries_hide_a_flaky_backend_and_their_absence_does_not() {
         "svc.yaml",
         &service("api", "demo", &[("http", 80, "http", "")]),
     );
-    let flaky = Behaviour {
-        fail_percent: 30,
-        ..Default::default()
-    };
+    let flaky = Behaviour::failing(30);
     let _api = mesh.replica("api", "api-1", flaky).await;
     mesh.wait_for_endpoints("api.demo.svc.cluster.local:80", 1)
         .await;
@@ -93,16 +90,7 @@ async fn retries_stay_within_the_budget_when_everything_fails() {
         "svc.yaml",
         &service("api", "demo", &[("http", 80, "http", "")]),
     );
-    let api = mesh
-        .replica(
-            "api",
-            "api-1",
-            Behaviour {
-                fail_percent: 100,
-                ..Default::default()
-            },
-        )
-        .await;
+    let api = mesh.replica("api", "api-1", Behaviour::failing(100)).await;
     mesh.write("route.yaml", RETRY_ROUTE);
     // A 1 s window keeps the initial reserve (min/s × ttl) small.
     mesh.write(
@@ -151,14 +139,7 @@ async fn a_slow_endpoint_gets_little_traffic() {
     let a = mesh.replica("api", "api-1", Behaviour::default()).await;
     let b = mesh.replica("api", "api-2", Behaviour::default()).await;
     let slow = mesh
-        .replica(
-            "api",
-            "api-slow",
-            Behaviour {
-                delay: Duration::from_millis(200),
-                ..Default::default()
-            },
-        )
+        .replica("api", "api-slow", Behaviour::delayed(200))
         .await;
     mesh.wait_for_endpoints("api.demo.svc.cluster.local:80", 3)
         .await;
@@ -192,14 +173,7 @@ async fn a_failing_endpoint_is_ejected_and_readmitted_when_it_recovers() {
     let _a = mesh.replica("api", "api-1", Behaviour::default()).await;
     let _b = mesh.replica("api", "api-2", Behaviour::default()).await;
     let bad = mesh
-        .replica(
-            "api",
-            "api-bad",
-            Behaviour {
-                fail_percent: 100,
-                ..Default::default()
-            },
-        )
+        .replica("api", "api-bad", Behaviour::failing(100))
         .await;
     mesh.wait_for_endpoints("api.demo.svc.cluster.local:80", 3)
         .await;
@@ -255,16 +229,7 @@ async fn an_endpoint_at_its_request_limit_fails_fast() {
         "policy.yaml",
         &traffic_policy("  limits:\n    maxRequestsPerEndpoint: 2\n"),
     );
-    let _slow = mesh
-        .replica(
-            "api",
-            "api-1",
-            Behaviour {
-                delay: Duration::from_millis(1500),
-                ..Default::default()
-            },
-        )
-        .await;
+    let _slow = mesh.replica("api", "api-1", Behaviour::delayed(1500)).await;
     mesh.wait_for_endpoints("api.demo.svc.cluster.local:80", 1)
         .await;
     let web = mesh.proxy("demo", "web", "web-1").await;
@@ -304,14 +269,7 @@ async fn connection_limit_holds_for_an_unmeshed_endpoint() {
         &traffic_policy("  limits:\n    maxConnections: 1\n"),
     );
     // A plain app with no proxy of its own.
-    let slow = mesh_integration::apps::echo_with(
-        "plain-1",
-        Behaviour {
-            delay: Duration::from_millis(1500),
-            ..Default::default()
-        },
-    )
-    .await;
+    let slow = mesh_integration::apps::echo_with("plain-1", Behaviour::delayed(1500)).await;
     mesh.write(
         "plain-1.yaml",
         &format!(

@@ -132,16 +132,7 @@ async fn request_timeout_answers_504_in_time() {
         "svc.yaml",
         &service("api", "demo", &[("http", 80, "http", "")]),
     );
-    let _slow = mesh
-        .replica(
-            "api",
-            "api-1",
-            Behaviour {
-                delay: Duration::from_millis(300),
-                ..Default::default()
-            },
-        )
-        .await;
+    let _slow = mesh.replica("api", "api-1", Behaviour::delayed(300)).await;
     mesh.write(
         "route.yaml",
         r#"apiVersion: gateway.networking.k8s.io/v1

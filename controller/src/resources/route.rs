@@ -128,6 +128,24 @@ pub(crate) struct RawParent<'a> {
 }
 
 /// A `parentRef` → `Some` for a Service, `None` (debug-logged) for anything else.
+/// A route's Service parents, from its raw `parentRefs` (others are dropped).
+fn route_parents<'a>(
+    raws: impl Iterator<Item = RawParent<'a>>,
+    meta: &ObjectMeta,
+    what: &str,
+) -> Result<Vec<ParentRef>, Invalid> {
+    let mut parents = Vec::new();
+    for (i, raw) in raws.enumerate() {
+        parents.extend(parent_ref(
+            raw,
+            meta,
+            what,
+            &format!("spec.parentRefs[{i}]"),
+        )?);
+    }
+    Ok(parents)
+}
+
 fn parent_ref(
     raw: RawParent<'_>,
     meta: &ObjectMeta,

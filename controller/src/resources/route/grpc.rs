@@ -12,7 +12,7 @@ use mesh_proto::destination::{header_match, path_match, HeaderMatch, HttpMatch, 
 
 use super::http::name_value;
 use super::{
-    parent_ref, rule_backends, rule_fault, RawBackend, RawParent, Route, RouteKind, RouteRule,
+    route_parents, rule_backends, rule_fault, RawBackend, RawParent, Route, RouteKind, RouteRule,
 };
 use crate::resources::retry::{rule_retry, rule_timeouts, RouteAnnotations};
 use crate::resources::validate::{self, Invalid};
@@ -22,22 +22,14 @@ use crate::resources::ObjectMeta;
 pub fn grpc_route(metadata: ObjectMeta, spec: GrpcRouteSpec) -> Result<Route, Invalid> {
     let what = format!("GRPCRoute {}/{}", metadata.namespace, metadata.name);
     let ann = RouteAnnotations::parse(&metadata.annotations)?;
-    let mut parents = Vec::new();
-    for (i, p) in spec.parent_refs.iter().flatten().enumerate() {
-        let raw = RawParent {
-            group: p.group.as_deref(),
-            kind: p.kind.as_deref(),
-            name: &p.name,
-            namespace: p.namespace.as_deref(),
-            port: p.port,
-        };
-        parents.extend(parent_ref(
-            raw,
-            &metadata,
-            &what,
-            &format!("spec.parentRefs[{i}]"),
-        )?);
-    }
+    let raws = spec.parent_refs.iter().flatten().map(|p| RawParent {
+        group: p.group.as_deref(),
+        kind: p.kind.as_deref(),
+        name: &p.name,
+        namespace: p.namespace.as_deref(),
+        port: p.port,
+    });
+    let parents = route_parents(raws, &metadata, &what)?;
     let rules = spec
         .rules
         .iter()
