@@ -8,7 +8,7 @@ use crate::{
     identity::{self, IdentityClient},
     inbound::Inbound,
     metrics::Metrics,
-    outbound::{EndpointClient, EndpointSettings, Outbound},
+    outbound::{EndpointClient, EndpointSettings, Outbound, OutboundSettings},
     tls::{self, CertStore},
 };
 use anyhow::Context;
@@ -60,7 +60,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         resolver,
         metrics.clone(),
         &config.identity,
-        config.discovery_timeout,
+        OutboundSettings {
+            discovery_timeout: config.discovery_timeout,
+            detect_timeout: config.detect_timeout,
+            connect_timeout: config.connect_timeout,
+            opaque_ports: config.opaque_ports.clone(),
+        },
     ));
     let refresh: admin::Refresh = {
         let (outbound, metrics) = (outbound.clone(), metrics.clone());

@@ -68,6 +68,12 @@ pub struct Config {
     pub discovery_timeout: Duration,
     /// How long a peer may take to send its transport header.
     pub header_timeout: Duration,
+    /// How long a redirected connection may take to show its protocol
+    /// before it is treated as opaque TCP.
+    pub detect_timeout: Duration,
+    /// Ports whose traffic is opaque TCP: no protocol detection (on top of
+    /// the well-known server-speaks-first ports).
+    pub opaque_ports: Vec<crate::init::rules::PortRange>,
 }
 
 impl Config {
@@ -170,6 +176,17 @@ impl Config {
             })?
         };
 
+        let opaque_ports = match get("MESH_PROXY_OPAQUE_PORTS") {
+            None => Vec::new(),
+            Some(v) => crate::init::rules::parse_ports(&v).map_err(|reason| {
+                ConfigError::Invalid {
+                    name: "MESH_PROXY_OPAQUE_PORTS",
+                    value: v.clone(),
+                    reason: format!("{reason}; expected ports or ranges like 3306,9000-9010"),
+                }
+            })?,
+        };
+
         Ok(Config {
             outbound_addr: addr("MESH_PROXY_OUTBOUND_ADDR", "127.0.0.1:4140")?,
             inbound_addr: addr("MESH_PROXY_INBOUND_ADDR", "0.0.0.0:4143")?,
@@ -190,6 +207,8 @@ impl Config {
             connect_timeout: millis("MESH_PROXY_CONNECT_TIMEOUT_MS", 1_000)?,
             discovery_timeout: millis("MESH_PROXY_DISCOVERY_TIMEOUT_MS", 3_000)?,
             header_timeout: millis("MESH_PROXY_HEADER_TIMEOUT_MS", 10_000)?,
+            detect_timeout: millis("MESH_PROXY_DETECT_TIMEOUT_MS", 10_000)?,
+            opaque_ports,
         })
     }
 }
@@ -229,6 +248,20 @@ mod tests {
         assert_eq!(c.admin_addr.to_string(), "0.0.0.0:4191");
         assert_eq!(c.identity, "spiffe://cluster.local/ns/default/sa/default");
         assert_eq!(c.worker_threads, 1);
+        assert!(c.opaque_ports.is_empty());
+        assert_eq!(c.detect_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn opaque_ports_take_ranges() {
+        let mut m = base();
+        m.insert("MESH_PROXY_OPAQUE_PORTS", "3306, 9000-9010".into());
+        let c = parse(&m).expect("valid");
+        use crate::init::rules::PortRange;
+        assert_eq!(
+            c.opaque_ports,
+            vec![PortRange(3306, 3306), PortRange(9000, 9010)]
+        );
     }
 
     #[test]
@@ -258,6 +291,11 @@ mod tests {
         m.remove("MESH_PROXY_IDENTITY_TOKEN");
         let e = parse(&m).expect_err("missing").to_string();
         assert!(e.contains("MESH_PROXY_IDENTITY_TOKEN_FILE"), "{e}");
+
+        let mut m = base();
+        m.insert("MESH_PROXY_OPAQUE_PORTS", "3306,x".into());
+        let e = parse(&m).expect_err("invalid").to_string();
+        assert!(e.starts_with("MESH_PROXY_OPAQUE_PORTS:"), "{e}");
 
         let mut m = base();
         m.insert("MESH_PROXY_IDENTITY", "orders".into());

@@ -4,6 +4,7 @@
 //! treated as opaque, and well-known server-speaks-first ports skip
 //! detection entirely so their clients never wait.
 
+use crate::init::rules::PortRange;
 use std::time::Duration;
 use tokio::net::TcpStream;
 
@@ -62,8 +63,11 @@ pub fn classify(buf: &[u8]) -> Option<Protocol> {
 }
 
 /// True when `port` is configured (or known) to skip detection.
-pub fn skips_detection(port: u16, opaque_ports: &[u16]) -> bool {
-    SERVER_FIRST_PORTS.contains(&port) || opaque_ports.contains(&port)
+pub fn skips_detection(port: u16, opaque_ports: &[PortRange]) -> bool {
+    SERVER_FIRST_PORTS.contains(&port)
+        || opaque_ports
+            .iter()
+            .any(|PortRange(lo, hi)| (*lo..=*hi).contains(&port))
 }
 
 /// Peeks at `tcp` until the protocol is known or `timeout` passes (then it
@@ -125,8 +129,10 @@ mod tests {
     #[test]
     fn server_first_ports_skip_detection() {
         assert!(skips_detection(5432, &[]));
-        assert!(skips_detection(9000, &[9000]));
-        assert!(!skips_detection(8080, &[9000]));
+        let opaque = [PortRange(9000, 9000), PortRange(7000, 7010)];
+        assert!(skips_detection(9000, &opaque));
+        assert!(skips_detection(7005, &opaque));
+        assert!(!skips_detection(8080, &opaque));
     }
 
     async fn pair() -> (TcpStream, TcpStream) {

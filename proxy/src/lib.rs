@@ -17,6 +17,7 @@ pub mod identity;
 pub mod inbound;
 pub mod init;
 pub mod metrics;
+pub mod orig_dst;
 pub mod outbound;
 pub mod tls;
 pub mod transport_header;

@@ -42,9 +42,51 @@ pub fn protocol_hint(app_protocol: Option<&str>) -> ProtocolHint {
     }
 }
 
+/// True when the object's `config.mesh.dev/opaque-ports` annotation lists `port`
+/// (single ports and `lo-hi` ranges; malformed items are ignored here, the injector
+/// reports them).
+pub fn annotated_opaque(annotations: &BTreeMap<String, String>, port: u16) -> bool {
+    let Some(list) = annotations.get(crate::inject::OPAQUE_PORTS) else {
+        return false;
+    };
+    list.split(',').map(str::trim).any(|item| {
+        let (lo, hi) = item.split_once('-').unwrap_or((item, item));
+        match (lo.trim().parse::<u16>(), hi.trim().parse::<u16>()) {
+            (Ok(lo), Ok(hi)) => (lo..=hi).contains(&port),
+            _ => false,
+        }
+    })
+}
+
+/// The protocol hint of a Service port: opaque when its `appProtocol` says so or the
+/// Service's opaque-ports annotation lists it.
+pub fn service_port_hint(svc: &Service, port: &ServicePort) -> ProtocolHint {
+    if annotated_opaque(&svc.metadata.annotations, port.port) {
+        return ProtocolHint::Opaque;
+    }
+    protocol_hint(port.app_protocol.as_deref())
+}
+
+/// The protocol hint of a workload port: opaque when the workload's opaque-ports
+/// annotation lists it, else what the Service said.
+fn workload_port_hint(w: &WorkloadEntry, port: u16, service: ProtocolHint) -> ProtocolHint {
+    if annotated_opaque(&w.metadata.annotations, port) {
+        ProtocolHint::Opaque
+    } else {
+        service
+    }
+}
+
 // === impl Index ===
 
 impl Index {
+    /// The WorkloadEntry whose address and one of whose ports are `addr`.
+    pub fn workload_at(&self, addr: SocketAddr) -> Option<&WorkloadEntry> {
+        self.workloads.values().find(|w| {
+            w.spec.address == addr.ip() && w.spec.ports.values().any(|p| *p == addr.port())
+        })
+    }
+
     /// Resolves `target` to its endpoints: a Service port (by name or cluster IP) gives the
     /// workloads it selects; otherwise an `ip:port` matching a WorkloadEntry's address and
     /// one of its ports gives that workload alone.
@@ -53,12 +95,10 @@ impl Index {
             return self.resolve_service(svc, port);
         }
         if let Target::Addr(addr) = target {
-            let found = self.workloads.values().find(|w| {
-                w.spec.address == addr.ip() && w.spec.ports.values().any(|p| *p == addr.port())
-            });
-            if let Some(w) = found {
+            if let Some(w) = self.workload_at(*addr) {
                 let labels = HashMap::from([("namespace".into(), w.metadata.namespace.clone())]);
-                let ep = self.endpoint(w, *addr, ProtocolHint::Unknown);
+                let hint = workload_port_hint(w, addr.port(), ProtocolHint::Unknown);
+                let ep = self.endpoint(w, *addr, hint);
                 return Resolution::Endpoints(EndpointSet {
                     metric_labels: labels,
                     endpoints: BTreeMap::from([(ep.addr.clone(), ep)]),
@@ -71,7 +111,7 @@ impl Index {
     fn resolve_service(&self, svc: &Service, port: &ServicePort) -> Resolution {
         let ns = &svc.metadata.namespace;
         let selector = &svc.spec.selector;
-        let hint = protocol_hint(port.app_protocol.as_deref());
+        let hint = service_port_hint(svc, port);
         let mut endpoints = BTreeMap::new();
         if !selector.is_empty() {
             for w in self.workloads_in(ns) {
@@ -82,6 +122,7 @@ impl Index {
                 let Some(target_port) = resolve_target_port(port, w) else {
                     continue;
                 };
+                let hint = workload_port_hint(w, target_port, hint);
                 let ep = self.endpoint(w, SocketAddr::new(w.spec.address, target_port), hint);
                 endpoints.insert(ep.addr.clone(), ep);
             }

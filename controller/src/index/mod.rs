@@ -18,7 +18,9 @@ use crate::resources::{
     Resource, Route, RouteKind, Service, ServicePort, TrafficPolicy, WorkloadEntry,
 };
 
-pub use self::endpoints::{protocol_hint, EndpointSet, Resolution};
+pub use self::endpoints::{
+    annotated_opaque, protocol_hint, service_port_hint, EndpointSet, Resolution,
+};
 pub use self::policy::{compile_routes, route_precedence, Precedence};
 pub use self::target::{Target, TargetError};
 pub use crate::resources::traffic::{

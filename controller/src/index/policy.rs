@@ -9,7 +9,7 @@ use mesh_proto::destination::{
     path_match, Backend, Fault, HttpMatch, ProtocolHint, Route, ServicePolicy,
 };
 
-use super::{protocol_hint, Index, IndexedRoute, Origin, Target};
+use super::{service_port_hint, Index, IndexedRoute, Origin, Target};
 use crate::resources::traffic::{default_balancer, default_retry_budget};
 use crate::resources::RouteRule;
 
@@ -206,13 +206,20 @@ impl Index {
                 ),
                 _ => (String::new(), raw.to_string()),
             };
+            let opaque = match target {
+                Target::Addr(addr) => self.workload_at(*addr).is_some_and(|w| {
+                    super::endpoints::annotated_opaque(&w.metadata.annotations, addr.port())
+                }),
+                _ => false,
+            };
             return ServicePolicy {
                 service,
                 routes: Vec::new(),
                 default_route: Some(default_route(&own)),
-                opaque: false,
+                opaque,
                 balancer: Some(default_balancer()),
                 retry_budget: Some(default_retry_budget()),
+                authority: String::new(),
             };
         };
         let (ns, name) = (&svc.metadata.namespace, &svc.metadata.name);
@@ -220,13 +227,15 @@ impl Index {
             self.fault(ns, f).cloned()
         });
         let tp = self.traffic_policy(ns, name);
+        let authority = service_target(ns, name, port.port, domain);
         ServicePolicy {
             service: format!("{name}.{ns}"),
             routes,
-            default_route: Some(default_route(&service_target(ns, name, port.port, domain))),
-            opaque: protocol_hint(port.app_protocol.as_deref()) == ProtocolHint::Opaque,
+            default_route: Some(default_route(&authority)),
+            opaque: service_port_hint(svc, port) == ProtocolHint::Opaque,
             balancer: Some(tp.map_or_else(default_balancer, |tp| tp.balancer)),
             retry_budget: Some(tp.map_or_else(default_retry_budget, |tp| tp.retry_budget)),
+            authority,
         }
     }
 }

@@ -289,3 +289,69 @@ fn writer_notifies_readers_only_on_change() {
     drop(writer);
     assert!(reader.has_changed().is_err());
 }
+
+#[test]
+fn opaque_ports_annotation_marks_service_and_workload_ports() {
+    let mut idx = index();
+    assert!(idx.apply_file(
+        "/m/db.yaml",
+        yaml(
+            r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: db
+  namespace: prod
+  annotations: {config.mesh.dev/opaque-ports: "5000-5001, 6000"}
+spec:
+  selector: {app: db}
+  clusterIP: 10.96.0.20
+  ports: [{port: 5001, targetPort: 5432}, {port: 80, targetPort: 8080}]
+---
+apiVersion: policy.mesh.dev/v1alpha1
+kind: WorkloadEntry
+metadata:
+  name: db-1
+  namespace: prod
+  labels: {app: db}
+  annotations: {config.mesh.dev/opaque-ports: "8080"}
+spec: {address: 10.0.0.20, ports: {pg: 5432, http: 8080}}
+"#
+        )
+    ));
+    let policy = |t: &str| idx.service_policy(&idx.parse_target(t).unwrap(), t);
+    // The Service's annotation names its own ports (a range here).
+    let by_ip = policy("10.96.0.20:5001");
+    assert!(by_ip.opaque);
+    assert_eq!(by_ip.authority, "db.prod.svc.cluster.local:5001");
+    assert!(!policy("db.prod:80").opaque, "port 80 is not listed");
+    // A workload's annotation names its ports: direct calls and endpoint hints.
+    assert!(policy("10.0.0.20:8080").opaque);
+    assert!(!policy("10.0.0.20:5432").opaque);
+    assert_eq!(policy("10.0.0.20:8080").authority, "");
+    let hint = |t: &str| match resolve(&idx, t) {
+        Resolution::Endpoints(set) => set.endpoints.values().next().unwrap().protocol_hint(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(hint("db.prod:5001"), ProtocolHint::Opaque);
+    assert_eq!(hint("db.prod:80"), ProtocolHint::Opaque, "workload lists 8080");
+    assert_eq!(hint("10.0.0.20:5432"), ProtocolHint::Unknown);
+    // Malformed items are ignored, not fatal.
+    let ann = std::collections::BTreeMap::from([(
+        crate::inject::OPAQUE_PORTS.to_string(),
+        "x, 9-8, 7".to_string(),
+    )]);
+    assert!(annotated_opaque(&ann, 7));
+    assert!(!annotated_opaque(&ann, 8));
+}
+
+#[test]
+fn policy_by_cluster_ip_carries_the_service_authority() {
+    let idx = index();
+    let t = "10.96.0.10:80";
+    let p = idx.service_policy(&idx.parse_target(t).unwrap(), t);
+    assert_eq!(p.authority, "web.prod.svc.cluster.local:80");
+    let unknown = idx.service_policy(&idx.parse_target("10.9.9.9:80").unwrap(), "10.9.9.9:80");
+    assert_eq!(unknown.authority, "");
+    assert!(!unknown.opaque);
+}

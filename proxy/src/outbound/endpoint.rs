@@ -52,7 +52,17 @@ pub struct EndpointClient {
 }
 
 /// Counts a connection as open until dropped.
-struct ConnGuard(Arc<AtomicUsize>);
+pub struct ConnGuard(Arc<AtomicUsize>);
+
+/// A byte stream to an endpoint: mTLS to its proxy, or plain TCP.
+pub trait OpaqueIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> OpaqueIo for T {}
+
+/// An opaque TCP session to an endpoint, counted as open until dropped.
+pub struct OpaqueConn {
+    pub io: Box<dyn OpaqueIo>,
+    _open: ConnGuard,
+}
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
@@ -294,6 +304,29 @@ impl EndpointClient {
         })?;
         let rsp = sender.send_request(req).await.map_err(upstream)?;
         Ok(rsp.map(ProxyBody::from))
+    }
+
+    /// Opens an opaque TCP session: mTLS to the peer proxy with an `opaque`
+    /// transport header naming the endpoint's port, or plain TCP to an
+    /// unmeshed endpoint.
+    pub async fn open_opaque(
+        &self,
+        name: &str,
+        max_connections: usize,
+    ) -> Result<OpaqueConn, ProxyError> {
+        let open = self.connection_slot(max_connections)?;
+        let io: Box<dyn OpaqueIo> = match (&self.mtls, &self.plain) {
+            (Some(mtls), _) => Box::new(self.mtls(mtls, SessionProtocol::Opaque, name).await?),
+            (None, Some(_)) => Box::new(self.tcp().await?),
+            (None, None) => {
+                // Meshed but without a usable TLS config: fail closed.
+                return Err(ProxyError::Tls {
+                    addr: self.addr.to_string(),
+                    reason: "no TLS configuration for this endpoint".into(),
+                });
+            }
+        };
+        Ok(OpaqueConn { io, _open: open })
     }
 
     /// Sends an upgrade request on its own HTTP/1.1 connection and splices

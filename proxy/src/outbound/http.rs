@@ -45,18 +45,49 @@ struct ConnState {
     recorder: Option<Arc<Recorder>>,
 }
 
+/// The target of a redirected connection: its original destination,
+/// whatever the requests' `Host` says.
+struct FixedTarget {
+    name: Str,
+    watch: PolicyWatch<Policy>,
+    /// Used when a request carries no authority of its own.
+    authority: Option<Authority>,
+}
+
 /// Per-connection state shared by the connection's requests.
 #[derive(Clone)]
 pub struct Connection {
     outbound: Arc<Outbound>,
     state: Arc<Mutex<ConnState>>,
+    fixed: Option<Arc<FixedTarget>>,
 }
 
 impl Connection {
+    /// A connection in explicit mode: each request's authority is its target.
     pub fn new(outbound: Arc<Outbound>) -> Self {
         Connection {
             outbound,
             state: Arc::new(Mutex::new(ConnState::default())),
+            fixed: None,
+        }
+    }
+
+    /// A redirected connection: every request goes to `name` (metrics
+    /// label) with the policy in `watch`.
+    pub fn fixed(
+        outbound: Arc<Outbound>,
+        name: Str,
+        watch: PolicyWatch<Policy>,
+        authority: Option<Authority>,
+    ) -> Self {
+        Connection {
+            outbound,
+            state: Arc::new(Mutex::new(ConnState::default())),
+            fixed: Some(Arc::new(FixedTarget {
+                name,
+                watch,
+                authority,
+            })),
         }
     }
 
@@ -102,11 +133,17 @@ impl Connection {
     ) -> Result<Response<ProxyBody>, Infallible> {
         let grpc = is_grpc(&req);
         let ob = &self.outbound;
-        let Some(authority) = authority_of(&req) else {
+        let fixed = self.fixed.as_deref();
+        let Some(authority) =
+            authority_of(&req).or_else(|| fixed.and_then(|f| f.authority.clone()))
+        else {
             ob.metrics.error(Direction::outbound, "no authority");
             return Ok(ProxyError::NoAuthority.to_response(grpc));
         };
-        let (name, watch) = self.target(&authority);
+        let (name, watch) = match fixed {
+            Some(f) => (f.name.clone(), f.watch.clone()),
+            None => self.target(&authority),
+        };
         let policy = match watch.current(ob.discovery_timeout).await {
             Some(p) => p,
             None => Arc::new(Policy::fallback(&name.0, &ob.env)),

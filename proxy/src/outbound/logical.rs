@@ -57,6 +57,11 @@ pub struct Policy {
     /// Shared by the routes that retry (only their requests deposit);
     /// starts empty when a new snapshot arrives.
     pub budget: Arc<Budget>,
+    /// Traffic to the target is opaque TCP (never parsed).
+    pub opaque: bool,
+    /// The Service port's canonical name when the target is a Service
+    /// (also when it was looked up by cluster IP).
+    pub authority: Option<Str>,
 }
 
 impl Policy {
@@ -81,6 +86,8 @@ impl Policy {
             routes: Vec::new(),
             default_route: default_route(&ctx),
             budget: ctx.budget.clone(),
+            opaque: false,
+            authority: None,
         }
     }
 }
@@ -203,6 +210,8 @@ pub fn compile(target: &str, p: pb::ServicePolicy, env: &Env) -> Policy {
         routes,
         default_route,
         budget: ctx.budget.clone(),
+        opaque: p.opaque,
+        authority: (!p.authority.is_empty()).then(|| Str::from(p.authority.as_str())),
     }
 }
 

@@ -1,18 +1,36 @@
-//! The outbound side: the application's requests arrive on 4140 (explicit
-//! `HTTP_PROXY` mode for now), are resolved through discovery, balanced over
-//! the target's endpoints and sent over mTLS to the peer proxies.
+//! The outbound side: the application's connections arrive on 4140, either
+//! redirected by iptables (transparent mode: the original destination is
+//! the target) or made to the proxy itself (explicit `HTTP_PROXY` mode: the
+//! request's authority is the target); requests are resolved through
+//! discovery, balanced over the target's endpoints and sent over mTLS to
+//! the peer proxies.
 
 pub mod balance;
 mod endpoint;
 pub mod fault;
 mod http;
 pub mod logical;
+mod opaque;
 pub mod retry;
 pub mod route;
 pub mod split;
 pub mod timeout;
+mod transparent;
 
 pub use endpoint::{EndpointClient, EndpointSettings};
+
+/// Timeouts and port lists of the outbound side.
+#[derive(Clone, Debug)]
+pub struct OutboundSettings {
+    /// How long a new target waits for its first discovery answer.
+    pub discovery_timeout: Duration,
+    /// How long a redirected connection may take to show its protocol.
+    pub detect_timeout: Duration,
+    /// Connect timeout for destinations outside the mesh.
+    pub connect_timeout: Duration,
+    /// Ports carried as opaque TCP without detection.
+    pub opaque_ports: Vec<crate::init::rules::PortRange>,
+}
 
 use crate::{
     body::ProxyBody,
@@ -24,8 +42,8 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo},
     server::conn::auto,
 };
-use std::{sync::Arc, time::Duration};
-use tokio::net::TcpListener;
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+use tokio::net::{TcpListener, TcpStream};
 
 /// A plaintext HTTP client for unmeshed endpoints and unknown targets.
 pub type PlainClient = Client<HttpConnector, ProxyBody>;
@@ -38,6 +56,9 @@ pub struct Outbound {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) identity: crate::metrics::Str,
     pub(crate) discovery_timeout: Duration,
+    pub(crate) detect_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) opaque_ports: Vec<crate::init::rules::PortRange>,
 }
 
 impl Outbound {
@@ -46,8 +67,9 @@ impl Outbound {
         resolver: Resolver<EndpointClient>,
         metrics: Arc<Metrics>,
         identity: &str,
-        discovery_timeout: Duration,
+        settings: OutboundSettings,
     ) -> Self {
+        let discovery_timeout = settings.discovery_timeout;
         let resolver = Arc::new(resolver);
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -71,6 +93,9 @@ impl Outbound {
             metrics,
             identity: identity.into(),
             discovery_timeout,
+            detect_timeout: settings.detect_timeout,
+            connect_timeout: settings.connect_timeout,
+            opaque_ports: settings.opaque_ports,
         }
     }
 
@@ -113,16 +138,23 @@ impl Outbound {
             let _ = tcp.set_nodelay(true);
             let this = self.clone();
             tokio::spawn(async move {
-                let conn = http::Connection::new(this);
-                let svc = hyper::service::service_fn(move |req| conn.clone().handle(req));
-                let builder = auto::Builder::new(TokioExecutor::new());
-                if let Err(error) = builder
-                    .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
-                    .await
-                {
-                    tracing::debug!(%peer, %error, "outbound connection closed with an error");
+                match crate::orig_dst::original_dst(&tcp) {
+                    Some(dst) => transparent::serve(this, tcp, dst).await,
+                    None => serve_http(http::Connection::new(this), tcp, peer).await,
                 }
             });
         }
+    }
+}
+
+/// Serves HTTP/1 or HTTP/2 (with upgrades) on an application connection.
+async fn serve_http(conn: http::Connection, tcp: TcpStream, peer: SocketAddr) {
+    let svc = hyper::service::service_fn(move |req| conn.clone().handle(req));
+    let builder = auto::Builder::new(TokioExecutor::new());
+    if let Err(error) = builder
+        .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
+        .await
+    {
+        tracing::debug!(%peer, %error, "outbound connection closed with an error");
     }
 }
