@@ -23,13 +23,20 @@ const POD_PY: &str = include_str!("cluster/pod.py");
 const NODE_IP: &str = "198.18.0.1";
 const SERVICE_IP: &str = "198.19.0.10";
 const EXT_IP: &str = "198.18.0.9";
+/// IPv6 twins, from the benchmarking range 2001:2::/48 (RFC 5180).
+const NODE_IP6: &str = "2001:2::1";
+const SERVICE_IP6: &str = "2001:2:0:1::10";
 /// How long every app and server lives (bounds the test even if it hangs).
 const APP_SECS: &str = "120";
 /// The proxies' detection timeout, short so the control case stays cheap.
 const DETECT_MS: u64 = 3000;
 
-/// The pods: name (= service account), address.
-const PODS: &[(&str, &str)] = &[("a", "198.18.0.2"), ("b", "198.18.0.3"), ("c", "198.18.0.4")];
+/// The pods: name (= service account), IPv4 and IPv6 addresses.
+const PODS: &[(&str, &str, &str)] = &[
+    ("a", "198.18.0.2", "2001:2::2"),
+    ("b", "198.18.0.3", "2001:2::3"),
+    ("c", "198.18.0.4", "2001:2::4"),
+];
 
 fn manifests() -> String {
     format!(
@@ -66,6 +73,23 @@ apiVersion: policy.mesh.dev/v1alpha1
 kind: WorkloadEntry
 metadata: {{name: c, namespace: shop, labels: {{app: c}}}}
 spec: {{address: 198.18.0.4, serviceAccount: c, ports: {{http: 8080}}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: b6, namespace: shop}}
+spec:
+  selector: {{app: b6}}
+  clusterIP: "{SERVICE_IP6}"
+  ports: [{{name: http, port: 80, targetPort: 8080}}]
+---
+apiVersion: policy.mesh.dev/v1alpha1
+kind: WorkloadEntry
+metadata: {{name: b-v6, namespace: shop, labels: {{app: b6}}}}
+spec:
+  address: "2001:2::3"
+  serviceAccount: b
+  ports: {{http: 8080}}
+  proxyInboundAddress: "[2001:2::3]:4143"
 "#
     )
 }
@@ -141,12 +165,27 @@ fn pods_reach_services_through_their_proxies_over_mtls() {
     // The node: a bridge and nothing else; no default route.
     let node = Netns::new("node");
     node.exec_ok("ip", &["link", "add", "br0", "type", "bridge"]);
-    node.exec_ok("ip", &["addr", "add", &format!("{NODE_IP}/24"), "dev", "br0"]);
+    node.exec_ok(
+        "ip",
+        &["addr", "add", &format!("{NODE_IP}/24"), "dev", "br0"],
+    );
+    node.exec_ok(
+        "ip",
+        &[
+            "-6",
+            "addr",
+            "add",
+            &format!("{NODE_IP6}/64"),
+            "dev",
+            "br0",
+            "nodad",
+        ],
+    );
     node.exec_ok("ip", &["link", "set", "br0", "up"]);
     // Promiscuous, so the capture also sees frames bridged between pods.
     node.exec_ok("ip", &["link", "set", "br0", "promisc", "on"]);
 
-    let attach = |tag: &str, ip: &str| -> Netns {
+    let attach = |tag: &str, ip: &str, ip6: Option<&str>| -> Netns {
         let pod = Netns::new(tag);
         let host_end = format!("vh-{tag}");
         node.exec_ok(
@@ -161,12 +200,35 @@ fn pods_reach_services_through_their_proxies_over_mtls() {
         pod.exec_ok("ip", &["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
         pod.exec_ok("ip", &["link", "set", "eth0", "up"]);
         pod.exec_ok("ip", &["route", "add", "default", "via", NODE_IP]);
+        if let Some(ip6) = ip6 {
+            pod.exec_ok(
+                "ip",
+                &[
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{ip6}/64"),
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ],
+            );
+            pod.exec_ok("ip", &["-6", "route", "add", "default", "via", NODE_IP6]);
+        }
         pod
     };
-    let pods: Vec<Netns> = PODS.iter().map(|(name, ip)| attach(name, ip)).collect();
-    let ext = attach("ext", EXT_IP);
+    let pods: Vec<Netns> = PODS
+        .iter()
+        .map(|(name, ip, ip6)| attach(name, ip, Some(ip6)))
+        .collect();
+    let ext = attach("ext", EXT_IP, None);
     for pod in &pods {
-        pod.exec_ok(&proxy_bin, &["init"]);
+        let out = pod.exec(&proxy_bin, &["init", "--ipv6", "on"]);
+        assert!(out.status.success(), "init: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("IPv4 and IPv6"),
+            "{out:?}"
+        );
     }
 
     // Control plane in the node namespace.
@@ -217,7 +279,7 @@ fn pods_reach_services_through_their_proxies_over_mtls() {
     ));
 
     // Each pod: its apps (as root) and its proxy (as the proxy user).
-    for ((name, _), pod) in PODS.iter().zip(&pods) {
+    for ((name, _, _), pod) in PODS.iter().zip(&pods) {
         procs.push(spawn_in(
             pod,
             dir.path(),
@@ -279,11 +341,8 @@ fn pods_reach_services_through_their_proxies_over_mtls() {
     ));
     let logs = DumpLogs(procs.iter().map(|p| p.log.clone()).collect());
 
-    for ((name, _), pod) in PODS.iter().zip(&pods) {
-        let out = pod.exec_ok(
-            py,
-            &[&script, "ready", "http://127.0.0.1:4191/ready", "30"],
-        );
+    for ((name, _, _), pod) in PODS.iter().zip(&pods) {
+        let out = pod.exec_ok(py, &[&script, "ready", "http://127.0.0.1:4191/ready", "30"]);
         assert_eq!(out.trim(), "ready", "proxy of pod {name} never got ready");
     }
     for p in &mut procs {
@@ -313,7 +372,10 @@ fn pods_reach_services_through_their_proxies_over_mtls() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(capture.log_text().contains("capturing"), "capture not started");
+    assert!(
+        capture.log_text().contains("capturing"),
+        "capture not started"
+    );
 
     let a = &pods[0];
     let secret = format!("mesh-secret-{}", std::process::id());
@@ -323,8 +385,17 @@ fn pods_reach_services_through_their_proxies_over_mtls() {
     let v = client(a, py, &script, &["get", SERVICE_IP, "80", &secret, "15"]);
     let (out, _) = ok_out(&v, "GET service IP");
     assert_eq!(out.trim(), format!("b client={a_id}"));
+    // The same over IPv6 (ip6tables capture, IP6T_SO_ORIGINAL_DST).
+    let v = client(a, py, &script, &["get", SERVICE_IP6, "80", &secret, "10"]);
+    let (out, _) = ok_out(&v, "GET IPv6 service IP");
+    assert_eq!(out.trim(), format!("b client={a_id}"));
     // HTTP straight to pod C's address.
-    let v = client(a, py, &script, &["get", "198.18.0.4", "8080", &secret, "10"]);
+    let v = client(
+        a,
+        py,
+        &script,
+        &["get", "198.18.0.4", "8080", &secret, "10"],
+    );
     let (out, _) = ok_out(&v, "GET pod IP");
     assert_eq!(out.trim(), format!("c client={a_id}"));
 

@@ -124,3 +124,52 @@ fn init_without_iptables_privileges_or_binary_fails_clearly() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--proxy-uid"));
 }
+
+#[test]
+fn dry_run_prints_the_exact_rules_for_a_flag_set() {
+    // No root needed: nothing is installed.
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(bin("mesh-proxy"))
+            .args([
+                "init",
+                "--dry-run",
+                "--skip-inbound-ports",
+                "22",
+                "--skip-outbound-ports",
+                "443,9000-9010",
+                "--skip-outbound-subnets",
+                "10.0.0.0/8,fd00::/8",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let v4 = "\
+iptables -t nat -N MESH_INBOUND
+iptables -t nat -F MESH_INBOUND
+iptables -t nat -N MESH_OUTBOUND
+iptables -t nat -F MESH_OUTBOUND
+iptables -t nat -A MESH_INBOUND -p tcp -m multiport --dports 4191,22 -j RETURN
+iptables -t nat -A MESH_INBOUND -p tcp -j REDIRECT --to-ports 4143
+iptables -t nat -A MESH_OUTBOUND -m owner --uid-owner 2102 -j RETURN
+iptables -t nat -A MESH_OUTBOUND -o lo -j RETURN
+iptables -t nat -A MESH_OUTBOUND -d 127.0.0.0/8 -j RETURN
+iptables -t nat -A MESH_OUTBOUND -p tcp -m multiport --dports 443,9000:9010 -j RETURN
+iptables -t nat -A MESH_OUTBOUND -d 10.0.0.0/8 -j RETURN
+iptables -t nat -A MESH_OUTBOUND -p tcp -j REDIRECT --to-ports 4140
+iptables -t nat -A PREROUTING -p tcp -j MESH_INBOUND
+iptables -t nat -A OUTPUT -p tcp -j MESH_OUTBOUND
+";
+    assert_eq!(run(&["--ipv6", "off"]), v4);
+    let both = run(&["--ipv6", "on", "--iptables-mode", "legacy"]);
+    let v6 = v4
+        .replace("iptables ", "ip6tables-legacy ")
+        .replace("127.0.0.0/8", "::1/128")
+        .replace("10.0.0.0/8", "fd00::/8");
+    assert_eq!(
+        both,
+        format!("{}{v6}", v4.replace("iptables ", "iptables-legacy "))
+    );
+}

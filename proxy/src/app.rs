@@ -26,6 +26,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let admin_l = bind(config.admin_addr, "MESH_PROXY_ADMIN_ADDR").await?;
     let inbound_l = bind(config.inbound_addr, "MESH_PROXY_INBOUND_ADDR").await?;
     let outbound_l = bind(config.outbound_addr, "MESH_PROXY_OUTBOUND_ADDR").await?;
+    // Redirected IPv6 connections arrive on the IPv6 twin of each address.
+    let outbound_l6 = bind_v6_twin(config.outbound_addr);
+    let inbound_l6 = bind_v6_twin(config.inbound_addr);
 
     let (ready_tx, mut ready_rx) = tokio::sync::watch::channel(false);
 
@@ -97,6 +100,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         r = ready_rx.wait_for(|r| *r) => { r.context("identity task ended")?; }
         _ = shutdown() => return Ok(()),
     }
+    if let Some(l) = inbound_l6 {
+        tokio::spawn(inbound.clone().serve(l));
+    }
+    if let Some(l) = outbound_l6 {
+        tokio::spawn(outbound.clone().serve(l));
+    }
     tokio::spawn(inbound.serve(inbound_l));
     tokio::spawn(outbound.serve(outbound_l));
     tracing::info!("proxy ready");
@@ -109,6 +118,39 @@ async fn bind(addr: std::net::SocketAddr, var: &str) -> anyhow::Result<TcpListen
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("{var}: cannot listen on {addr}"))
+}
+
+/// For `127.0.0.1:p` a listener on `[::1]:p`, for `0.0.0.0:p` one on
+/// `[::]:p` (IPv6 only, so it does not clash with the IPv4 one); `None` for
+/// other addresses or when the host has no IPv6.
+fn bind_v6_twin(addr: std::net::SocketAddr) -> Option<TcpListener> {
+    use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+    let ip = match addr.ip() {
+        IpAddr::V4(v4) if v4.is_loopback() => Ipv6Addr::LOCALHOST,
+        IpAddr::V4(v4) if v4.is_unspecified() => Ipv6Addr::UNSPECIFIED,
+        _ => return None,
+    };
+    let twin = SocketAddr::new(IpAddr::V6(ip), addr.port());
+    let bind = || -> std::io::Result<TcpListener> {
+        let sock = socket2::Socket::new(
+            socket2::Domain::IPV6,
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        sock.set_only_v6(true)?;
+        sock.set_reuse_address(true)?;
+        sock.set_nonblocking(true)?;
+        sock.bind(&twin.into())?;
+        sock.listen(1024)?;
+        TcpListener::from_std(sock.into())
+    };
+    match bind() {
+        Ok(l) => Some(l),
+        Err(error) => {
+            tracing::debug!(%twin, %error, "no IPv6 listener");
+            None
+        }
+    }
 }
 
 async fn shutdown() {

@@ -178,13 +178,13 @@ impl Config {
 
         let opaque_ports = match get("MESH_PROXY_OPAQUE_PORTS") {
             None => Vec::new(),
-            Some(v) => crate::init::rules::parse_ports(&v).map_err(|reason| {
-                ConfigError::Invalid {
+            Some(v) => {
+                crate::init::rules::parse_ports(&v).map_err(|reason| ConfigError::Invalid {
                     name: "MESH_PROXY_OPAQUE_PORTS",
                     value: v.clone(),
                     reason: format!("{reason}; expected ports or ranges like 3306,9000-9010"),
-                }
-            })?,
+                })?
+            }
         };
 
         Ok(Config {

@@ -334,7 +334,11 @@ spec: {address: 10.0.0.20, ports: {pg: 5432, http: 8080}}
         other => panic!("{other:?}"),
     };
     assert_eq!(hint("db.prod:5001"), ProtocolHint::Opaque);
-    assert_eq!(hint("db.prod:80"), ProtocolHint::Opaque, "workload lists 8080");
+    assert_eq!(
+        hint("db.prod:80"),
+        ProtocolHint::Opaque,
+        "workload lists 8080"
+    );
     assert_eq!(hint("10.0.0.20:5432"), ProtocolHint::Unknown);
     // Malformed items are ignored, not fatal.
     let ann = std::collections::BTreeMap::from([(

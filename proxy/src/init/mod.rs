@@ -6,7 +6,7 @@
 pub mod rules;
 
 use rules::{
-    chain_rules, jumps, parse_ports, parse_subnets, Capture, INBOUND_CHAIN, OUTBOUND_CHAIN,
+    chain_rules, jumps, parse_ports, parse_subnets, Capture, Family, INBOUND_CHAIN, OUTBOUND_CHAIN,
 };
 use std::process::{Command, ExitCode};
 
@@ -20,13 +20,26 @@ pub enum Mode {
 }
 
 impl Mode {
-    fn binary(self) -> &'static str {
-        match self {
-            Mode::Auto => "iptables",
-            Mode::Nft => "iptables-nft",
-            Mode::Legacy => "iptables-legacy",
+    fn binary(self, family: Family) -> &'static str {
+        match (self, family) {
+            (Mode::Auto, Family::V4) => "iptables",
+            (Mode::Nft, Family::V4) => "iptables-nft",
+            (Mode::Legacy, Family::V4) => "iptables-legacy",
+            (Mode::Auto, Family::V6) => "ip6tables",
+            (Mode::Nft, Family::V6) => "ip6tables-nft",
+            (Mode::Legacy, Family::V6) => "ip6tables-legacy",
         }
     }
+}
+
+/// Whether IPv6 traffic is captured too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ipv6 {
+    /// When ip6tables works here (a kernel without IPv6 nat is skipped).
+    Auto,
+    /// Always; failing is an error.
+    On,
+    Off,
 }
 
 /// Parsed `mesh-proxy init` arguments.
@@ -35,19 +48,26 @@ pub struct Args {
     pub capture: Capture,
     pub dry_run: bool,
     pub mode: Mode,
+    pub ipv6: Ipv6,
 }
 
 const USAGE: &str =
     "usage: mesh-proxy init [--inbound-port 4143] [--outbound-port 4140] [--proxy-uid 2102] \
 [--skip-inbound-ports P,..] [--skip-outbound-ports P,..] [--skip-outbound-subnets CIDR,..] \
-[--iptables-mode auto|nft|legacy] [--dry-run]";
+[--iptables-mode auto|nft|legacy] [--ipv6 auto|on|off] [--dry-run]";
 
 /// Parses flags, falling back to `MESH_INIT_<FLAG>` variables via `env`.
 pub fn parse(argv: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Args, String> {
     let mut c = Capture::default();
     let mut dry_run = env("MESH_INIT_DRY_RUN").is_some_and(|v| v == "true" || v == "1");
     let mut mode = Mode::Auto;
-    let set = |flag: &str, value: &str, c: &mut Capture, mode: &mut Mode| -> Result<(), String> {
+    let mut ipv6 = Ipv6::Auto;
+    let set = |flag: &str,
+               value: &str,
+               c: &mut Capture,
+               mode: &mut Mode,
+               ipv6: &mut Ipv6|
+     -> Result<(), String> {
         let port = |v: &str| {
             v.parse::<u16>()
                 .ok()
@@ -88,6 +108,16 @@ pub fn parse(argv: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Ar
                     }
                 }
             }
+            "--ipv6" => {
+                *ipv6 = match value {
+                    "auto" => Ipv6::Auto,
+                    "on" | "true" => Ipv6::On,
+                    "off" | "false" => Ipv6::Off,
+                    other => {
+                        return Err(format!("{flag}: expected auto, on or off, got {other:?}"))
+                    }
+                }
+            }
             other => return Err(format!("unknown flag {other}\n{USAGE}")),
         }
         Ok(())
@@ -100,6 +130,7 @@ pub fn parse(argv: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Ar
         "--skip-outbound-ports",
         "--skip-outbound-subnets",
         "--iptables-mode",
+        "--ipv6",
     ] {
         let var = format!(
             "MESH_INIT_{}",
@@ -108,7 +139,7 @@ pub fn parse(argv: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Ar
                 .to_uppercase()
         );
         if let Some(v) = env(&var) {
-            set(flag, &v, &mut c, &mut mode).map_err(|e| format!("{var}: {e}"))?;
+            set(flag, &v, &mut c, &mut mode, &mut ipv6).map_err(|e| format!("{var}: {e}"))?;
         }
     }
     let mut it = argv.iter();
@@ -127,17 +158,19 @@ pub fn parse(argv: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Ar
                 (a.clone(), v.clone())
             }
         };
-        set(&flag, &value, &mut c, &mut mode)?;
+        set(&flag, &value, &mut c, &mut mode, &mut ipv6)?;
     }
     Ok(Args {
         capture: c,
         dry_run,
         mode,
+        ipv6,
     })
 }
 
-/// Every iptables invocation, in order (arguments after the binary).
-pub fn plan(c: &Capture) -> Vec<Vec<String>> {
+/// Every iptables invocation for `family`, in order (arguments after the
+/// binary).
+pub fn plan(c: &Capture, family: Family) -> Vec<Vec<String>> {
     let nat = |rest: Vec<String>| {
         let mut v = vec!["-t".to_string(), "nat".to_string()];
         v.extend(rest);
@@ -148,7 +181,7 @@ pub fn plan(c: &Capture) -> Vec<Vec<String>> {
         steps.push(nat(vec!["-N".into(), chain.into()]));
         steps.push(nat(vec!["-F".into(), chain.into()]));
     }
-    steps.extend(chain_rules(c).into_iter().map(nat));
+    steps.extend(chain_rules(c, family).into_iter().map(nat));
     for (builtin, rule) in jumps() {
         let mut v = vec!["-A".to_string(), builtin.to_string()];
         v.extend(rule);
@@ -178,10 +211,31 @@ fn fail(bin: &str, args: &[String], out: &std::process::Output) -> String {
     format!("{bin} {} failed: {stderr}", args.join(" "))
 }
 
-/// Applies the rules; safe to run again.
-pub fn apply(c: &Capture, mode: Mode) -> Result<(), String> {
-    let bin = mode.binary();
-    for step in plan(c) {
+/// True when `family`'s nat table can be driven here (binary present,
+/// kernel support loaded).
+fn family_works(mode: Mode, family: Family) -> bool {
+    let args = ["-t".to_string(), "nat".to_string(), "-S".to_string()];
+    iptables(mode.binary(family), &args).is_ok_and(|o| o.status.success())
+}
+
+/// The families to install rules for.
+fn families(args: &Args) -> Vec<Family> {
+    let v6 = match args.ipv6 {
+        Ipv6::On => true,
+        Ipv6::Off => false,
+        Ipv6::Auto => args.dry_run || family_works(args.mode, Family::V6),
+    };
+    if v6 {
+        vec![Family::V4, Family::V6]
+    } else {
+        vec![Family::V4]
+    }
+}
+
+/// Applies the rules of `family`; safe to run again.
+pub fn apply(c: &Capture, mode: Mode, family: Family) -> Result<(), String> {
+    let bin = mode.binary(family);
+    for step in plan(c, family) {
         let verb = step.get(2).map(String::as_str);
         if verb == Some("-N") {
             // An existing chain is fine: it is flushed next.
@@ -221,25 +275,33 @@ pub fn main(argv: &[String]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let families = families(&args);
     if args.dry_run {
-        for step in plan(&args.capture) {
-            println!("{} {}", args.mode.binary(), step.join(" "));
+        for family in families {
+            for step in plan(&args.capture, family) {
+                println!("{} {}", args.mode.binary(family), step.join(" "));
+            }
         }
         return ExitCode::SUCCESS;
     }
-    match apply(&args.capture, args.mode) {
-        Ok(()) => {
-            eprintln!(
-                "mesh-proxy init: capture installed (inbound → {}, outbound → {}, uid {} exempt)",
-                args.capture.inbound_port, args.capture.outbound_port, args.capture.proxy_uid
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
+    for family in &families {
+        if let Err(e) = apply(&args.capture, args.mode, *family) {
             eprintln!("mesh-proxy init: {e}");
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
         }
     }
+    eprintln!(
+        "mesh-proxy init: capture installed for {} (inbound → {}, outbound → {}, uid {} exempt)",
+        if families.len() == 2 {
+            "IPv4 and IPv6"
+        } else {
+            "IPv4"
+        },
+        args.capture.inbound_port,
+        args.capture.outbound_port,
+        args.capture.proxy_uid
+    );
+    ExitCode::SUCCESS
 }
 
 #[cfg(test)]
@@ -270,6 +332,11 @@ mod tests {
         );
         assert!(a.dry_run);
         assert_eq!(a.mode, Mode::Auto);
+        assert_eq!(a.ipv6, Ipv6::Auto);
+        let a = parse(&args(&["--ipv6", "off"]), |_| None).unwrap();
+        assert_eq!(a.ipv6, Ipv6::Off);
+        assert!(parse(&args(&["--ipv6", "maybe"]), |_| None).is_err());
+        assert_eq!(Mode::Legacy.binary(Family::V6), "ip6tables-legacy");
     }
 
     #[test]
@@ -297,7 +364,7 @@ mod tests {
 
     #[test]
     fn plan_creates_flushes_fills_and_jumps() {
-        let p: Vec<String> = plan(&Capture::default())
+        let p: Vec<String> = plan(&Capture::default(), Family::V4)
             .iter()
             .map(|s| s.join(" "))
             .collect();

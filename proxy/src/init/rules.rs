@@ -81,8 +81,31 @@ fn port_groups(ports: &[PortRange]) -> Vec<String> {
     groups
 }
 
-/// The rules of our two chains, in order (the chains are flushed first).
-pub fn chain_rules(c: &Capture) -> Vec<Rule> {
+/// The address family a rule set is for (`iptables` or `ip6tables`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    /// The loopback network, never redirected.
+    fn loopback(self) -> &'static str {
+        match self {
+            Family::V4 => "127.0.0.0/8",
+            Family::V6 => "::1/128",
+        }
+    }
+
+    /// True when CIDR `net` belongs to this family.
+    fn holds(self, net: &str) -> bool {
+        net.contains(':') == (self == Family::V6)
+    }
+}
+
+/// The rules of our two chains for `family`, in order (the chains are
+/// flushed first). Skipped subnets of the other family are left out.
+pub fn chain_rules(c: &Capture, family: Family) -> Vec<Rule> {
     let mut rules = Vec::new();
     for group in port_groups(&c.skip_inbound_ports) {
         rules.push(rule(&[
@@ -126,7 +149,7 @@ pub fn chain_rules(c: &Capture) -> Vec<Rule> {
         "-A",
         OUTBOUND_CHAIN,
         "-d",
-        "127.0.0.0/8",
+        family.loopback(),
         "-j",
         "RETURN",
     ]));
@@ -144,7 +167,7 @@ pub fn chain_rules(c: &Capture) -> Vec<Rule> {
             "RETURN",
         ]));
     }
-    for net in &c.skip_outbound_subnets {
+    for net in c.skip_outbound_subnets.iter().filter(|n| family.holds(n)) {
         rules.push(rule(&["-A", OUTBOUND_CHAIN, "-d", net, "-j", "RETURN"]));
     }
     let outbound = c.outbound_port.to_string();
@@ -219,11 +242,11 @@ mod tests {
         let c = Capture {
             skip_inbound_ports: parse_ports("4191,22").unwrap(),
             skip_outbound_ports: parse_ports("443,9000-9010").unwrap(),
-            skip_outbound_subnets: parse_subnets("10.0.0.0/8").unwrap(),
+            skip_outbound_subnets: parse_subnets("10.0.0.0/8,fd00::/8").unwrap(),
             ..Default::default()
         };
         assert_eq!(
-            text(&chain_rules(&c)),
+            text(&chain_rules(&c, Family::V4)),
             vec![
                 "-A MESH_INBOUND -p tcp -m multiport --dports 4191,22 -j RETURN",
                 "-A MESH_INBOUND -p tcp -j REDIRECT --to-ports 4143",
@@ -235,11 +258,18 @@ mod tests {
                 "-A MESH_OUTBOUND -p tcp -j REDIRECT --to-ports 4140",
             ]
         );
+        let v6 = text(&chain_rules(&c, Family::V6));
+        assert!(v6.contains(&"-A MESH_OUTBOUND -d ::1/128 -j RETURN".to_string()));
+        assert!(v6.contains(&"-A MESH_OUTBOUND -d fd00::/8 -j RETURN".to_string()));
+        assert!(!v6
+            .iter()
+            .any(|r| r.contains("10.0.0.0/8") || r.contains("127.0.0.0")));
+        assert_eq!(v6.len(), 8);
     }
 
     #[test]
     fn the_proxy_user_is_exempt_before_any_redirect() {
-        let rules = text(&chain_rules(&Capture::default()));
+        let rules = text(&chain_rules(&Capture::default(), Family::V4));
         let exempt = rules
             .iter()
             .position(|r| r.contains("--uid-owner 2102 -j RETURN"))
