@@ -3,6 +3,7 @@
 //! last endpoint set and reconnects with backoff, so traffic never depends on
 //! the control plane being up.
 
+mod cache;
 pub mod policy;
 mod reconnect;
 mod watch;
@@ -10,11 +11,10 @@ mod watch;
 use crate::metrics::{ControlLabels, Metrics};
 use mesh_proto::destination::destination_client::DestinationClient;
 use std::{
-    collections::HashMap,
     net::SocketAddr,
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Arc, Mutex,
+        Arc,
     },
     time::Duration,
 };
@@ -74,13 +74,21 @@ impl<T> EndpointSet<T> {
 /// A watched target.
 pub struct Destination<T> {
     rx: tokio::sync::watch::Receiver<Option<Arc<EndpointSet<T>>>>,
+    users: Arc<()>,
 }
 
 impl<T> Clone for Destination<T> {
     fn clone(&self) -> Self {
         Destination {
             rx: self.rx.clone(),
+            users: self.users.clone(),
         }
+    }
+}
+
+impl<T> cache::Handle for Destination<T> {
+    fn users(&self) -> &Arc<()> {
+        &self.users
     }
 }
 
@@ -102,13 +110,21 @@ impl<T> Destination<T> {
 /// A watched policy; `None` until the first snapshot arrives.
 pub struct PolicyWatch<P> {
     rx: tokio::sync::watch::Receiver<Option<Arc<P>>>,
+    users: Arc<()>,
 }
 
 impl<P> Clone for PolicyWatch<P> {
     fn clone(&self) -> Self {
         PolicyWatch {
             rx: self.rx.clone(),
+            users: self.users.clone(),
         }
+    }
+}
+
+impl<P> cache::Handle for PolicyWatch<P> {
+    fn users(&self) -> &Arc<()> {
+        &self.users
     }
 }
 
@@ -133,7 +149,7 @@ pub struct PolicyResolver<P> {
     context: String,
     compile: policy::Compile<P>,
     metrics: Arc<Metrics>,
-    cache: Mutex<HashMap<String, PolicyWatch<P>>>,
+    cache: cache::WatchCache<PolicyWatch<P>>,
 }
 
 impl<P: Send + Sync + 'static> PolicyResolver<P> {
@@ -150,31 +166,27 @@ impl<P: Send + Sync + 'static> PolicyResolver<P> {
             context: resolver.context.clone(),
             compile,
             metrics: resolver.metrics.clone(),
-            cache: Mutex::new(HashMap::new()),
+            cache: cache::WatchCache::new(cache::DEFAULT_IDLE),
         }
     }
 
     /// Returns the policy watch for `target`, starting it on first use.
     pub fn resolve(&self, target: &str) -> PolicyWatch<P> {
-        let mut cache = match self.cache.lock() {
-            Ok(c) => c,
-            Err(p) => p.into_inner(),
-        };
-        if let Some(w) = cache.get(target) {
-            return w.clone();
-        }
-        let (tx, rx) = tokio::sync::watch::channel(None);
-        tokio::spawn(policy::run(
-            self.client.clone(),
-            target.to_string(),
-            self.context.clone(),
-            self.compile.clone(),
-            tx,
-            self.metrics.clone(),
-        ));
-        let w = PolicyWatch { rx };
-        cache.insert(target.to_string(), w.clone());
-        w
+        self.cache.get_or_start(target, || {
+            let (tx, rx) = tokio::sync::watch::channel(None);
+            tokio::spawn(policy::run(
+                self.client.clone(),
+                target.to_string(),
+                self.context.clone(),
+                self.compile.clone(),
+                tx,
+                self.metrics.clone(),
+            ));
+            PolicyWatch {
+                rx,
+                users: Arc::new(()),
+            }
+        })
     }
 }
 
@@ -184,7 +196,7 @@ pub struct Resolver<T> {
     context: String,
     new_endpoint: NewEndpoint<T>,
     metrics: Arc<Metrics>,
-    cache: Mutex<HashMap<String, Destination<T>>>,
+    cache: cache::WatchCache<Destination<T>>,
 }
 
 impl<T: Send + Sync + 'static> Resolver<T> {
@@ -209,43 +221,35 @@ impl<T: Send + Sync + 'static> Resolver<T> {
             context,
             new_endpoint,
             metrics,
-            cache: Mutex::new(HashMap::new()),
+            cache: cache::WatchCache::new(cache::DEFAULT_IDLE),
         })
     }
 
     /// Calls `f` with each watched target and its current endpoints.
     pub fn for_each(&self, mut f: impl FnMut(&str, &EndpointSet<T>)) {
-        let cache = match self.cache.lock() {
-            Ok(c) => c,
-            Err(p) => p.into_inner(),
-        };
-        for (target, d) in cache.iter() {
+        self.cache.for_each(|target, d| {
             if let Some(set) = d.rx.borrow().as_ref() {
                 f(target, set);
             }
-        }
+        });
     }
 
     /// Returns the watch for `target`, starting it on first use.
     pub fn resolve(&self, target: &str) -> Destination<T> {
-        let mut cache = match self.cache.lock() {
-            Ok(c) => c,
-            Err(p) => p.into_inner(),
-        };
-        if let Some(d) = cache.get(target) {
-            return d.clone();
-        }
-        let (tx, rx) = tokio::sync::watch::channel(None);
-        tokio::spawn(watch::run(
-            self.client.clone(),
-            target.to_string(),
-            self.context.clone(),
-            self.new_endpoint.clone(),
-            tx,
-            self.metrics.clone(),
-        ));
-        let d = Destination { rx };
-        cache.insert(target.to_string(), d.clone());
-        d
+        self.cache.get_or_start(target, || {
+            let (tx, rx) = tokio::sync::watch::channel(None);
+            tokio::spawn(watch::run(
+                self.client.clone(),
+                target.to_string(),
+                self.context.clone(),
+                self.new_endpoint.clone(),
+                tx,
+                self.metrics.clone(),
+            ));
+            Destination {
+                rx,
+                users: Arc::new(()),
+            }
+        })
     }
 }
