@@ -25,7 +25,7 @@ use crate::inject::InjectConfig;
 pub const WEBHOOK_DNS_NAME: &str = "mesh-controller.mesh-system.svc";
 /// Largest request body accepted (the API server caps objects well below this).
 pub const MAX_BODY: usize = 4 * 1024 * 1024;
-/// Time a client has to complete the TLS handshake.
+/// Time a client has for the TLS handshake, and again for its headers and body.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the webhook's TLS configuration could not be built.
@@ -140,7 +140,10 @@ pub async fn serve(
                         let service = hyper::service::service_fn(move |req| {
                             handle(req, state.clone())
                         });
+                        // A client that stalls mid-headers is dropped, not kept.
                         if let Err(e) = hyper::server::conn::http1::Builder::new()
+                            .timer(hyper_util::rt::TokioTimer::new())
+                            .header_read_timeout(HANDSHAKE_TIMEOUT)
                             .serve_connection(TokioIo::new(tls), service)
                             .await
                         {
@@ -175,7 +178,11 @@ async fn handle(
     if declared.is_some_and(|len| len > MAX_BODY as u64) {
         return Ok(too_large());
     }
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+    let collect = Limited::new(req.into_body(), MAX_BODY).collect();
+    let Ok(collected) = tokio::time::timeout(HANDSHAKE_TIMEOUT, collect).await else {
+        return Ok(plain(StatusCode::REQUEST_TIMEOUT, "body not received in time\n"));
+    };
+    let body = match collected {
         Ok(body) => body.to_bytes(),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Ok(too_large()),
         Err(e) => {
