@@ -1,4 +1,4 @@
-//! The mesh controller: sources (a directory of manifests, later Kubernetes) feed one
+//! The mesh controller: sources (a directory of manifests, or Kubernetes) feed one
 //! index of resources, and gRPC servers stream endpoints and policies computed from it to
 //! the proxies (DESIGN §1, §4, §5).
 
@@ -6,9 +6,11 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod crds;
 pub mod grpc;
 pub mod index;
 pub mod inject;
+pub mod kubernetes;
 pub mod resources;
 pub mod source;
 pub mod webhook;

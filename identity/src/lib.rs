@@ -9,6 +9,7 @@ pub mod admin;
 pub mod ca;
 pub mod duration;
 pub mod files;
+pub mod kubernetes;
 pub mod server;
 pub mod spiffe;
 pub mod token;
