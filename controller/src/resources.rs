@@ -17,7 +17,7 @@ use std::net::{IpAddr, SocketAddr};
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
-pub use self::parse::{parse_documents, IgnoredObject, ParseError, ParsedFile};
+pub use self::parse::{parse_documents, parse_object, IgnoredObject, ParseError, ParsedFile};
 pub use self::route::{BackendRef, ParentRef, Route, RouteKind, RouteRule};
 pub use self::traffic::{HttpFault, TrafficPolicy};
 
@@ -39,6 +39,8 @@ pub enum Resource {
     TrafficPolicy(TrafficPolicy),
     /// A `policy.mesh.dev/v1alpha1` `HTTPFault`.
     HttpFault(HttpFault),
+    /// A `discovery.k8s.io/v1` `EndpointSlice` (Kubernetes source only).
+    EndpointSlice(EndpointSlice),
 }
 
 impl Resource {
@@ -50,6 +52,7 @@ impl Resource {
             Resource::Route(r) => &r.metadata,
             Resource::TrafficPolicy(r) => &r.metadata,
             Resource::HttpFault(r) => &r.metadata,
+            Resource::EndpointSlice(r) => &r.metadata,
         }
     }
 
@@ -61,6 +64,7 @@ impl Resource {
             Resource::Route(r) => r.kind.kind(),
             Resource::TrafficPolicy(_) => "TrafficPolicy",
             Resource::HttpFault(_) => "HTTPFault",
+            Resource::EndpointSlice(_) => "EndpointSlice",
         }
     }
 }
@@ -208,6 +212,50 @@ pub struct WorkloadEntrySpec {
     /// The proxy's inbound listener; `<address>:4143` when absent.
     #[serde(default)]
     pub proxy_inbound_address: Option<SocketAddr>,
+    /// Set when the entry stands for a Kubernetes pod (Kubernetes source): such entries
+    /// are reached through EndpointSlices or by pod IP, never by Service selectors.
+    #[serde(skip)]
+    pub pod: Option<PodInfo>,
+}
+
+/// What a pod-derived [`WorkloadEntry`] adds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodInfo {
+    /// The pod's name (entries of a dual-stack pod share it).
+    pub name: String,
+    /// The owning workload's kind for metrics, lower case (`deployment`, `statefulset`,
+    /// `daemonset`, `job`, `replicaset`), when the pod has an owner.
+    pub owner_kind: Option<String>,
+    /// The owning workload's name.
+    pub owner_name: Option<String>,
+}
+
+// === EndpointSlice ===
+
+/// The parts of a Kubernetes `EndpointSlice` the index needs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EndpointSlice {
+    /// The slice's name and namespace.
+    pub metadata: ObjectMeta,
+    /// The Service the slice belongs to (label `kubernetes.io/service-name`).
+    pub service: String,
+    /// The slice's ports: (name, port); the name matches the Service port's name.
+    pub ports: Vec<(String, u16)>,
+    /// The endpoints.
+    pub endpoints: Vec<SliceEndpoint>,
+}
+
+/// One endpoint of an [`EndpointSlice`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct SliceEndpoint {
+    /// Its addresses (one per family).
+    pub addresses: Vec<IpAddr>,
+    /// `conditions.ready` (absent counts as ready).
+    pub ready: bool,
+    /// `conditions.terminating`.
+    pub terminating: bool,
+    /// The pod behind the endpoint (`targetRef` of kind Pod).
+    pub pod: Option<String>,
 }
 
 fn default_true() -> bool {

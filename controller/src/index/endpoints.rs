@@ -3,12 +3,12 @@
 //! the [`Index`].
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use mesh_proto::destination::{ProtocolHint, TlsTarget, WeightedAddr};
 
 use super::{Index, Target};
-use crate::resources::{Service, ServicePort, TargetPort, WorkloadEntry};
+use crate::resources::{EndpointSlice, Service, ServicePort, TargetPort, WorkloadEntry};
 
 /// The default endpoint weight (the proto treats 0 the same way).
 pub const DEFAULT_WEIGHT: u32 = 10_000;
@@ -80,10 +80,25 @@ fn workload_port_hint(w: &WorkloadEntry, port: u16, service: ProtocolHint) -> Pr
 // === impl Index ===
 
 impl Index {
-    /// The WorkloadEntry whose address and one of whose ports are `addr`.
+    /// The workload at `addr`: a WorkloadEntry with that address and port, or a pod with
+    /// that IP (any port: pods need not declare the ports they listen on).
     pub fn workload_at(&self, addr: SocketAddr) -> Option<&WorkloadEntry> {
         self.workloads.values().find(|w| {
-            w.spec.address == addr.ip() && w.spec.ports.values().any(|p| *p == addr.port())
+            w.spec.address == addr.ip()
+                && (w.spec.pod.is_some() || w.spec.ports.values().any(|p| *p == addr.port()))
+        })
+    }
+
+    /// The pod-derived entry of pod `namespace/pod` with an address of `ip`'s family.
+    fn pod_entry<'a>(
+        &'a self,
+        namespace: &'a str,
+        pod: &str,
+        ip: IpAddr,
+    ) -> Option<&'a WorkloadEntry> {
+        self.workloads_in(namespace).find(|w| {
+            w.spec.pod.as_ref().is_some_and(|p| p.name == pod)
+                && w.spec.address.is_ipv4() == ip.is_ipv4()
         })
     }
 
@@ -113,8 +128,17 @@ impl Index {
         let selector = &svc.spec.selector;
         let hint = service_port_hint(svc, port);
         let mut endpoints = BTreeMap::new();
-        if !selector.is_empty() {
-            for w in self.workloads_in(ns) {
+        let slices = self
+            .slices
+            .get(&(ns.clone(), svc.metadata.name.clone()))
+            .filter(|s| !s.is_empty());
+        if let Some(slices) = slices {
+            // Kubernetes: the EndpointSlice controller already chose the endpoints.
+            for slice in slices {
+                self.slice_endpoints(slice, port, hint, &mut endpoints);
+            }
+        } else if !selector.is_empty() {
+            for w in self.workloads_in(ns).filter(|w| w.spec.pod.is_none()) {
                 let labels = w.selection_labels();
                 if !selector.iter().all(|(k, v)| labels.get(k) == Some(v)) {
                     continue;
@@ -140,16 +164,56 @@ impl Index {
         })
     }
 
+    /// Adds the ready endpoints of `slice` for Service port `port` to `out`. The slice
+    /// port is the one named like the Service port; its number is already resolved (named
+    /// target ports included). Not-ready and terminating endpoints are left out.
+    fn slice_endpoints(
+        &self,
+        slice: &EndpointSlice,
+        port: &ServicePort,
+        hint: ProtocolHint,
+        out: &mut BTreeMap<String, WeightedAddr>,
+    ) {
+        let name = port.name.as_deref().unwrap_or_default();
+        let Some(&(_, number)) = slice.ports.iter().find(|(n, _)| n == name) else {
+            return;
+        };
+        let ns = &slice.metadata.namespace;
+        for ep in slice.endpoints.iter().filter(|e| e.ready && !e.terminating) {
+            for ip in &ep.addresses {
+                let addr = SocketAddr::new(*ip, number);
+                let pod = ep.pod.as_deref().and_then(|p| self.pod_entry(ns, p, *ip));
+                let weighted = match pod {
+                    Some(w) => self.endpoint(w, addr, workload_port_hint(w, number, hint)),
+                    None => unmeshed(ns, addr, hint),
+                };
+                out.insert(weighted.addr.clone(), weighted);
+            }
+        }
+    }
+
     /// The endpoint of workload `w` at `addr`.
     fn endpoint(&self, w: &WorkloadEntry, addr: SocketAddr, hint: ProtocolHint) -> WeightedAddr {
         let ns = &w.metadata.namespace;
         let sa = w.service_account();
-        let metric_labels = HashMap::from([
+        let (pod, workload) = match &w.spec.pod {
+            Some(p) => (
+                p.name.clone(),
+                p.owner_name.clone().unwrap_or(p.name.clone()),
+            ),
+            None => (w.metadata.name.clone(), w.metadata.name.clone()),
+        };
+        let mut metric_labels = HashMap::from([
             ("namespace".to_string(), ns.clone()),
-            ("pod".to_string(), w.metadata.name.clone()),
-            ("workload".to_string(), w.metadata.name.clone()),
+            ("pod".to_string(), pod),
+            ("workload".to_string(), workload),
             ("serviceaccount".to_string(), sa.to_string()),
         ]);
+        if let Some(info) = &w.spec.pod {
+            if let (Some(kind), Some(name)) = (&info.owner_kind, &info.owner_name) {
+                metric_labels.insert(kind.clone(), name.clone());
+            }
+        }
         let tls = w.spec.meshed.then(|| TlsTarget {
             identity: format!("spiffe://{}/ns/{ns}/sa/{sa}", self.config.trust_domain),
             proxy_addr: w.proxy_inbound_address().to_string(),
@@ -161,6 +225,17 @@ impl Index {
             tls,
             protocol_hint: hint.into(),
         }
+    }
+}
+
+/// An endpoint with no pod behind it that the index knows: plaintext, no identity.
+fn unmeshed(ns: &str, addr: SocketAddr, hint: ProtocolHint) -> WeightedAddr {
+    WeightedAddr {
+        addr: addr.to_string(),
+        weight: DEFAULT_WEIGHT,
+        metric_labels: HashMap::from([("namespace".to_string(), ns.to_string())]),
+        tls: None,
+        protocol_hint: hint.into(),
     }
 }
 

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use mesh_proto::destination::Fault;
 
 use crate::resources::{
-    Resource, Route, RouteKind, Service, ServicePort, TrafficPolicy, WorkloadEntry,
+    EndpointSlice, Resource, Route, RouteKind, Service, ServicePort, TrafficPolicy, WorkloadEntry,
 };
 
 pub use self::endpoints::{
@@ -83,6 +83,8 @@ pub struct Index {
     traffic_policies: BTreeMap<Key, TrafficPolicy>,
     /// HTTPFaults by key, derived from `files`.
     faults: BTreeMap<Key, Fault>,
+    /// EndpointSlices by their Service's key, derived from `files`.
+    slices: BTreeMap<Key, Vec<EndpointSlice>>,
 }
 
 // === impl Index ===
@@ -98,6 +100,7 @@ impl Index {
             routes: BTreeMap::new(),
             traffic_policies: BTreeMap::new(),
             faults: BTreeMap::new(),
+            slices: BTreeMap::new(),
         }
     }
 

@@ -18,6 +18,7 @@ impl Index {
         self.routes.clear();
         self.traffic_policies.clear();
         self.faults.clear();
+        self.slices.clear();
         // TrafficPolicies by their own key first (duplicates by name), then by Service.
         let mut policies: BTreeMap<(String, String), (Origin, TrafficPolicy)> = BTreeMap::new();
         for (file, resources) in &self.files {
@@ -46,6 +47,13 @@ impl Index {
                         policies.insert((ns, name), (origin, tp.clone())).is_some()
                     }
                     Resource::HttpFault(f) => self.faults.insert((ns, name), f.fault).is_some(),
+                    Resource::EndpointSlice(slice) => {
+                        self.slices
+                            .entry((ns, slice.service.clone()))
+                            .or_default()
+                            .push(slice.clone());
+                        false
+                    }
                 };
                 if dup {
                     tracing::warn!(

@@ -1,3 +1,4 @@
 //! Running against the Kubernetes API: the permissions the controller needs.
 
+pub mod convert;
 pub mod rbac;

@@ -66,6 +66,13 @@ pub struct ParsedFile {
     pub ignored: Vec<IgnoredObject>,
 }
 
+/// Parses one object (e.g. from the Kubernetes API, `apiVersion` and `kind` set).
+pub fn parse_object(value: serde_yaml::Value) -> Result<ParsedFile, ParseError> {
+    let mut out = ParsedFile::default();
+    parse_value(1, "", value, &mut out)?;
+    Ok(out)
+}
+
 /// Parses a file of `---`-separated YAML documents. `kind: List` objects are flattened.
 pub fn parse_documents(text: &str) -> Result<ParsedFile, ParseError> {
     let mut out = ParsedFile::default();

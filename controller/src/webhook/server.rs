@@ -180,7 +180,10 @@ async fn handle(
     }
     let collect = Limited::new(req.into_body(), MAX_BODY).collect();
     let Ok(collected) = tokio::time::timeout(HANDSHAKE_TIMEOUT, collect).await else {
-        return Ok(plain(StatusCode::REQUEST_TIMEOUT, "body not received in time\n"));
+        return Ok(plain(
+            StatusCode::REQUEST_TIMEOUT,
+            "body not received in time\n",
+        ));
     };
     let body = match collected {
         Ok(body) => body.to_bytes(),
