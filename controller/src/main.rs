@@ -25,7 +25,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 #[derive(Debug, Parser)]
 #[command(name = "mesh-controller", version)]
 struct Args {
-    /// Where resources come from: `dir:PATH` (a directory of YAML manifests, watched).
+    /// Where resources come from: `dir:PATH` (a directory of YAML manifests, watched) or
+    /// `kubernetes` (the API server of the in-cluster config or kubeconfig).
     #[arg(long)]
     source: String,
     /// Address of the destination/policy gRPC server.
@@ -54,7 +55,7 @@ struct Args {
     #[arg(long)]
     proxy_image: Option<String>,
     /// YAML map `{namespace: {annotation: value}}` giving the namespaces' annotations to
-    /// the webhook (local mode; looking namespaces up in Kubernetes comes later).
+    /// the webhook (local mode; with `--source kubernetes` they come from the API).
     #[arg(long)]
     namespace_annotations: Option<PathBuf>,
     /// Log filter (tracing EnvFilter syntax, e.g. `info,mesh_controller=debug`).
@@ -98,11 +99,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         inject.proxy_image = image.clone();
         inject.init_image = image;
     }
-    // Local mode: namespace annotations from a file. A lookup against the Kubernetes API
-    // (a watched Namespace cache) replaces this when the Kubernetes source lands.
-    let namespaces: Arc<dyn NamespaceAnnotations> = match &args.namespace_annotations {
-        Some(path) => Arc::new(StaticNamespaces::from_file(path)?),
-        None => Arc::new(StaticNamespaces::default()),
+    // Namespace annotations from a file if given; otherwise from the source (Kubernetes
+    // watches Namespaces; a directory has none).
+    let from_file: Option<Arc<dyn NamespaceAnnotations>> = match &args.namespace_annotations {
+        Some(path) => Some(Arc::new(StaticNamespaces::from_file(path)?)),
+        None => None,
     };
     let tls = match (&args.webhook_cert, &args.webhook_key) {
         (Some(cert), Some(key)) => webhook::load_tls(cert, key)?,
@@ -123,6 +124,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let running = source::start(spec, writer)
         .await
         .context("cannot start the source")?;
+    let namespaces = from_file
+        .or_else(|| running.namespaces())
+        .unwrap_or_else(|| Arc::new(StaticNamespaces::default()));
 
     let grpc_listener = TcpListener::bind(args.grpc_addr)
         .await

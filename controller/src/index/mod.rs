@@ -121,6 +121,30 @@ impl Index {
         true
     }
 
+    /// Replaces the objects of several files and removes others, with one rebuild (a
+    /// source's initial list, or a relist after its watch expired). Returns whether
+    /// anything changed.
+    pub fn apply_batch(
+        &mut self,
+        files: impl IntoIterator<Item = (PathBuf, Vec<Resource>)>,
+        removed: impl IntoIterator<Item = PathBuf>,
+    ) -> bool {
+        let mut changed = false;
+        for file in removed {
+            changed |= self.files.remove(&file).is_some();
+        }
+        for (file, resources) in files {
+            if self.files.get(&file) != Some(&resources) {
+                self.files.insert(file, resources);
+                changed = true;
+            }
+        }
+        if changed {
+            self.rebuild();
+        }
+        changed
+    }
+
     /// Removes every object that came from `file`. Returns whether anything changed.
     pub fn remove_file(&mut self, file: &Path) -> bool {
         if self.files.remove(file).is_none() {

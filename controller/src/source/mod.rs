@@ -1,6 +1,6 @@
 //! Sources feed the index: each watches one place where resources live and applies what it
-//! finds through the [`IndexWriter`]. Only the local directory source exists so far; the
-//! Kubernetes source will sit beside it and make the same `apply_file`/`remove_file` calls.
+//! finds through the [`IndexWriter`]: a local directory of manifests, or the Kubernetes
+//! API (`crate::kubernetes::source`), both making the same `apply_file`/`remove_file` calls.
 
 pub mod dir;
 
@@ -16,14 +16,19 @@ pub use self::dir::{DirOptions, DirWatch};
 pub enum SourceSpec {
     /// `dir:PATH`: a directory of YAML manifests, watched for changes.
     Dir(PathBuf),
+    /// `kubernetes`: the cluster the in-cluster config or kubeconfig points at.
+    Kubernetes,
 }
 
 /// Why a source could not be configured or started.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     /// `--source` names a source this build does not support.
-    #[error("unsupported source {0:?} (supported: dir:PATH)")]
+    #[error("unsupported source {0:?} (supported: dir:PATH, kubernetes)")]
     Unsupported(String),
+    /// No Kubernetes client configuration (in-cluster or kubeconfig) was found.
+    #[error("cannot configure the Kubernetes client: {0}")]
+    Kubernetes(String),
     /// The source directory could not be read.
     #[error("cannot read directory {}: {error}", path.display())]
     ReadDir {
@@ -46,6 +51,9 @@ impl FromStr for SourceSpec {
     type Err = SourceError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "kubernetes" {
+            return Ok(SourceSpec::Kubernetes);
+        }
         match s.strip_prefix("dir:") {
             Some(path) if !path.is_empty() => Ok(SourceSpec::Dir(PathBuf::from(path))),
             _ => Err(SourceError::Unsupported(s.to_string())),
@@ -58,6 +66,18 @@ impl FromStr for SourceSpec {
 pub enum RunningSource {
     /// A watched directory.
     Dir(DirWatch),
+    /// Watchers on the Kubernetes API.
+    Kubernetes(crate::kubernetes::source::KubeSource),
+}
+
+impl RunningSource {
+    /// The namespaces' annotations, when the source watches Namespaces (Kubernetes).
+    pub fn namespaces(&self) -> Option<std::sync::Arc<dyn crate::webhook::NamespaceAnnotations>> {
+        match self {
+            RunningSource::Dir(_) => None,
+            RunningSource::Kubernetes(k) => Some(k.namespaces()),
+        }
+    }
 }
 
 /// Starts the source: the first full load is in the index when this returns.
@@ -66,6 +86,18 @@ pub async fn start(spec: SourceSpec, writer: IndexWriter) -> Result<RunningSourc
         SourceSpec::Dir(path) => {
             let watch = DirWatch::start(path, writer, DirOptions::default()).await?;
             Ok(RunningSource::Dir(watch))
+        }
+        SourceSpec::Kubernetes => {
+            let client = kube::Client::try_default()
+                .await
+                .map_err(|e| SourceError::Kubernetes(e.to_string()))?;
+            let source = crate::kubernetes::source::KubeSource::start(
+                client,
+                writer,
+                std::time::Duration::from_secs(30),
+            )
+            .await;
+            Ok(RunningSource::Kubernetes(source))
         }
     }
 }
@@ -80,7 +112,11 @@ mod tests {
             "dir:/etc/mesh".parse::<SourceSpec>().ok(),
             Some(SourceSpec::Dir("/etc/mesh".into()))
         );
-        for bad in ["dir:", "kubernetes", "/etc/mesh", "file:/x"] {
+        assert_eq!(
+            "kubernetes".parse::<SourceSpec>().ok(),
+            Some(SourceSpec::Kubernetes)
+        );
+        for bad in ["dir:", "kube", "/etc/mesh", "file:/x"] {
             let err = bad.parse::<SourceSpec>().unwrap_err().to_string();
             assert!(
                 err.contains("unsupported source") && err.contains("dir:PATH"),

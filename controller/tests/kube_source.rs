@@ -1,0 +1,242 @@
+//! The Kubernetes source against a fake API server speaking list/watch JSON: watch events
+//! and a `410 Gone` relist reach a live `Destination.Get` stream, and every API call the
+//! source makes is one the RBAC rules grant (and every rule is used).
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use mesh_controller::index::{IndexConfig, IndexWriter};
+use mesh_controller::kubernetes::rbac::CONTROLLER_RULES;
+use mesh_controller::kubernetes::source::KubeSource;
+use mesh_proto::destination::destination_client::DestinationClient;
+use mesh_proto::destination::{update, GetDestination, Update};
+use serde_json::{json, Value};
+use support::kube_api::KubeApi;
+
+const SERVICES: &str = "/api/v1/services";
+const PODS: &str = "/api/v1/pods";
+const NAMESPACES: &str = "/api/v1/namespaces";
+const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
+const PATHS: &[&str] = &[
+    SERVICES,
+    PODS,
+    NAMESPACES,
+    SLICES,
+    "/apis/gateway.networking.k8s.io/v1/httproutes",
+    "/apis/gateway.networking.k8s.io/v1/grpcroutes",
+    "/apis/policy.mesh.dev/v1alpha1/trafficpolicies",
+    "/apis/policy.mesh.dev/v1alpha1/httpfaults",
+    "/apis/policy.mesh.dev/v1alpha1/workloadentries",
+];
+
+fn service() -> Value {
+    json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "shop", "uid": "s1"},
+        "spec": {"selector": {"app": "web"}, "clusterIP": "10.96.0.20",
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
+}
+
+fn pod(name: &str, ip: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "shop", "uid": name, "labels": {"app": "web"}},
+        "spec": {"serviceAccountName": "web",
+            "containers": [{"name": "app"}, {"name": "mesh-proxy"}]},
+        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}})
+}
+
+fn slice(pods: &[(&str, &str)]) -> Value {
+    let endpoints: Vec<Value> = pods
+        .iter()
+        .map(|(name, ip)| {
+            json!({"addresses": [ip], "conditions": {"ready": true},
+            "targetRef": {"kind": "Pod", "name": name, "namespace": "shop"}})
+        })
+        .collect();
+    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "web-abc", "namespace": "shop", "uid": "e1",
+            "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": endpoints})
+}
+
+async fn next(stream: &mut tonic::Streaming<Update>) -> update::Update {
+    let msg = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("an update within 10 s")
+        .expect("stream ok")
+        .expect("stream open");
+    msg.update.expect("update set")
+}
+
+fn added(u: &update::Update) -> Vec<(String, String)> {
+    match u {
+        update::Update::Add(set) => set
+            .endpoints
+            .iter()
+            .map(|e| {
+                let id = e
+                    .tls
+                    .as_ref()
+                    .map(|t| t.identity.clone())
+                    .unwrap_or_default();
+                (e.addr.clone(), id)
+            })
+            .collect(),
+        other => panic!("expected add, got {other:?}"),
+    }
+}
+
+fn removed(u: &update::Update) -> Vec<String> {
+    match u {
+        update::Update::Remove(set) => set.addrs.clone(),
+        other => panic!("expected remove, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn watch_events_and_a_relist_reach_a_live_destination_stream() {
+    let api = KubeApi::start(PATHS).await;
+    api.apply(SERVICES, service());
+    api.apply(PODS, pod("web-1", "10.0.0.1"));
+    api.apply(SLICES, slice(&[("web-1", "10.0.0.1")]));
+    api.apply(
+        NAMESPACES,
+        json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "shop", "annotations": {"mesh.dev/inject": "enabled"}}}),
+    );
+
+    let config = kube::Config::new(format!("http://{}", api.addr).parse().unwrap());
+    let client = kube::Client::try_from(config).unwrap();
+    let writer = IndexWriter::new(IndexConfig::default());
+    let reader = writer.subscribe();
+    let source = KubeSource::start(client, writer, Duration::from_secs(10)).await;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(mesh_controller::grpc::serve(
+        listener,
+        reader,
+        std::future::pending(),
+    ));
+    let mut client = DestinationClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let get = |target: &str| GetDestination {
+        target: target.into(),
+        context: "test".into(),
+    };
+    let mut stream = client
+        .get(get("web.shop.svc.cluster.local:80"))
+        .await
+        .unwrap()
+        .into_inner();
+    let id = "spiffe://cluster.local/ns/shop/sa/web".to_string();
+    assert_eq!(
+        added(&next(&mut stream).await),
+        [("10.0.0.1:8080".to_string(), id.clone())]
+    );
+
+    // ADDED pod, MODIFIED slice: a second endpoint appears.
+    api.apply(PODS, pod("web-2", "10.0.0.2"));
+    api.apply(
+        SLICES,
+        slice(&[("web-1", "10.0.0.1"), ("web-2", "10.0.0.2")]),
+    );
+    assert_eq!(
+        added(&next(&mut stream).await),
+        [("10.0.0.2:8080".to_string(), id.clone())]
+    );
+    // MODIFIED slice without web-1, DELETED pod: it goes.
+    api.apply(SLICES, slice(&[("web-2", "10.0.0.2")]));
+    assert_eq!(removed(&next(&mut stream).await), ["10.0.0.1:8080"]);
+    api.delete(PODS, "shop", "web-1");
+
+    // Changes the watch misses, then 410 Gone: the relist makes the index exact.
+    api.apply_silently(PODS, pod("web-3", "10.0.0.3"));
+    api.apply_silently(SLICES, slice(&[("web-3", "10.0.0.3")]));
+    api.delete_silently(PODS, "shop", "web-2");
+    api.expire();
+    // Kinds relist independently, so intermediate states may show (web-2 briefly
+    // without its pod); the stream must converge on exactly web-3.
+    let mut state: BTreeMap<String, String> =
+        BTreeMap::from([("10.0.0.2:8080".to_string(), id.clone())]);
+    let want = BTreeMap::from([("10.0.0.3:8080".to_string(), id.clone())]);
+    while state != want {
+        match next(&mut stream).await {
+            u @ update::Update::Add(_) => state.extend(added(&u)),
+            u @ update::Update::Remove(_) => {
+                for a in removed(&u) {
+                    state.remove(&a);
+                }
+            }
+            update::Update::NoEndpoints(_) => state.clear(),
+        }
+    }
+    // Lookups by cluster IP and by pod IP answer from the same index.
+    let mut by_ip = client.get(get("10.96.0.20:80")).await.unwrap().into_inner();
+    assert_eq!(
+        added(&next(&mut by_ip).await),
+        [("10.0.0.3:8080".to_string(), id.clone())]
+    );
+    let mut by_pod = client.get(get("10.0.0.3:9999")).await.unwrap().into_inner();
+    assert_eq!(
+        added(&next(&mut by_pod).await),
+        [("10.0.0.3:9999".to_string(), id.clone())]
+    );
+
+    // DELETED Service: the target is gone.
+    api.delete(SERVICES, "shop", "web");
+    loop {
+        match next(&mut stream).await {
+            update::Update::NoEndpoints(ne) => {
+                assert!(!ne.exists);
+                break;
+            }
+            update::Update::Remove(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    // The webhook's namespace lookup reads the watched Namespaces.
+    let namespaces = source.namespaces();
+    assert_eq!(
+        namespaces.annotations("shop").unwrap()["mesh.dev/inject"],
+        "enabled"
+    );
+    assert!(namespaces.annotations("nowhere").is_none());
+
+    // Every call is granted by the RBAC rules, and every rule is used.
+    let mut used = BTreeSet::new();
+    for call in api.calls() {
+        assert_eq!(call.method, "GET", "{call:?}");
+        let (group, resource) = match call.path.split('/').collect::<Vec<_>>()[..] {
+            ["", "api", "v1", resource] => ("", resource),
+            ["", "apis", group, _version, resource] => (group, resource),
+            _ => panic!("unexpected path {}", call.path),
+        };
+        let verb = if call.watch { "watch" } else { "list" };
+        let granted = CONTROLLER_RULES.iter().any(|r| {
+            r.group == group && r.resources.contains(&resource) && r.verbs.contains(&verb)
+        });
+        assert!(
+            granted,
+            "{verb} {group}/{resource} is not in CONTROLLER_RULES"
+        );
+        used.insert((group.to_string(), resource.to_string(), verb));
+    }
+    for rule in CONTROLLER_RULES {
+        for resource in rule.resources {
+            for verb in rule.verbs {
+                assert!(
+                    used.contains(&(rule.group.to_string(), resource.to_string(), *verb)),
+                    "RBAC grants {verb} {}/{resource} but the source never calls it",
+                    rule.group
+                );
+            }
+        }
+    }
+    drop(source);
+}

@@ -1,0 +1,3 @@
+//! Test support shared by the controller's integration tests.
+
+pub mod kube_api;
