@@ -135,6 +135,7 @@ impl Config {
         };
 
         let namespace = get("MESH_PROXY_NAMESPACE").unwrap_or_else(|| "default".into());
+        let td = get("MESH_PROXY_TRUST_DOMAIN").unwrap_or_else(|| "cluster.local".into());
         let identity = match get("MESH_PROXY_IDENTITY") {
             Some(id) => {
                 if !id.starts_with("spiffe://") {
@@ -147,7 +148,6 @@ impl Config {
                 id
             }
             None => {
-                let td = get("MESH_PROXY_TRUST_DOMAIN").unwrap_or_else(|| "cluster.local".into());
                 let sa = get("MESH_PROXY_SERVICE_ACCOUNT").unwrap_or_else(|| "default".into());
                 format!("spiffe://{td}/ns/{namespace}/sa/{sa}")
             }
@@ -197,7 +197,9 @@ impl Config {
             identity_addr: get("MESH_PROXY_IDENTITY_ADDR")
                 .unwrap_or_else(|| "mesh-identity.mesh-system.svc.cluster.local:8080".into()),
             identity_server_name: get("MESH_PROXY_IDENTITY_SERVER_NAME")
-                .unwrap_or_else(|| "identity.mesh-system.svc.cluster.local".into()),
+                // The identity service's certificate names the Service in the trust
+                // domain (which doubles as the cluster domain).
+                .unwrap_or_else(|| format!("identity.mesh-system.svc.{td}")),
             trust_anchors_pem,
             identity,
             token,

@@ -103,7 +103,10 @@ mod tests {
     /// A handle holding a receiver, like the real ones (dropping the last
     /// one is what ends a watch task).
     #[derive(Clone)]
-    struct H(Arc<()>, #[allow(dead_code)] tokio::sync::watch::Receiver<()>);
+    struct H(
+        Arc<()>,
+        #[allow(dead_code)] tokio::sync::watch::Receiver<()>,
+    );
 
     impl Handle for H {
         fn users(&self) -> &Arc<()> {
