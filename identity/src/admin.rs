@@ -1,7 +1,8 @@
 //! The admin endpoint (`:9991`): a tiny HTTP/1.1 responder for liveness and
-//! readiness probes. `GET /live` and `GET /ready` answer `200 ok`, anything
-//! else `404`; one request per connection.
+//! readiness probes and Prometheus. `GET /live` and `GET /ready` answer `200 ok`,
+//! `GET /metrics` the text exposition, anything else `404`; one request per connection.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -11,13 +12,21 @@ use tracing::debug;
 const MAX_HEAD: usize = 8 * 1024;
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Accepts probe connections on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener) {
+/// Renders the metrics text at scrape time.
+pub type RenderMetrics = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Content type of the Prometheus/OpenMetrics text prometheus-client writes.
+const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Accepts admin connections on `listener` until the task is dropped; `/metrics`
+/// answers what `metrics` renders.
+pub async fn serve(listener: TcpListener, metrics: RenderMetrics) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                let metrics = Arc::clone(&metrics);
                 tokio::spawn(async move {
-                    if let Err(e) = handle(stream).await {
+                    if let Err(e) = handle(stream, &metrics).await {
                         debug!(%peer, error = %e, "admin connection failed");
                     }
                 });
@@ -30,16 +39,18 @@ pub async fn serve(listener: TcpListener) {
     }
 }
 
-/// Maps a request line to `(status line, body)`.
-fn respond(request_line: &str) -> (&'static str, &'static str) {
+/// Maps a request line to `(status line, content type, body)`.
+fn respond(request_line: &str, metrics: &RenderMetrics) -> (&'static str, &'static str, String) {
     let mut parts = request_line.split_whitespace();
-    match (parts.next(), parts.next()) {
-        (Some("GET"), Some("/live" | "/ready")) => ("200 OK", "ok\n"),
-        _ => ("404 Not Found", "not found\n"),
+    let path = parts.nth(1).map(|p| p.split('?').next().unwrap_or(p));
+    match (request_line.split_whitespace().next(), path) {
+        (Some("GET"), Some("/live" | "/ready")) => ("200 OK", "text/plain", "ok\n".into()),
+        (Some("GET"), Some("/metrics")) => ("200 OK", METRICS_CONTENT_TYPE, metrics()),
+        _ => ("404 Not Found", "text/plain", "not found\n".into()),
     }
 }
 
-async fn handle(mut stream: TcpStream) -> std::io::Result<()> {
+async fn handle(mut stream: TcpStream, metrics: &RenderMetrics) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(512);
     let mut chunk = [0u8; 512];
     // Read the request head (until the blank line), bounded in size and time.
@@ -59,9 +70,9 @@ async fn handle(mut stream: TcpStream) -> std::io::Result<()> {
         Err(_) => return Ok(()),
     }
     let head = String::from_utf8_lossy(&buf);
-    let (status, body) = respond(head.lines().next().unwrap_or_default());
+    let (status, content_type, body) = respond(head.lines().next().unwrap_or_default(), metrics);
     let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(response.as_bytes()).await?;
@@ -83,16 +94,24 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn probes_answer_and_others_404() {
+    async fn probes_and_metrics_answer_and_others_404() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(serve(listener));
+        let render: RenderMetrics = Arc::new(|| "m_total 1\n# EOF\n".to_string());
+        let task = tokio::spawn(serve(listener, render));
         for path in ["/live", "/ready"] {
             let resp = get(addr, path).await;
             assert!(resp.starts_with("HTTP/1.1 200 OK\r\n"), "{resp}");
             assert!(resp.ends_with("\r\n\r\nok\n"), "{resp}");
         }
         let resp = get(addr, "/metrics").await;
+        assert!(resp.starts_with("HTTP/1.1 200 OK\r\n"), "{resp}");
+        assert!(
+            resp.contains("Content-Type: application/openmetrics-text"),
+            "{resp}"
+        );
+        assert!(resp.ends_with("\r\n\r\nm_total 1\n# EOF\n"), "{resp}");
+        let resp = get(addr, "/other").await;
         assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
         task.abort();
     }

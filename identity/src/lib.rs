@@ -1,6 +1,8 @@
 //! The mesh certificate authority (DESIGN §1, §5): authenticates workloads by
 //! token, signs their SPIFFE certificates from CSRs, and serves `Certify` over
-//! TLS. The binary in `main.rs` only parses flags and calls [`server::serve`].
+//! TLS. Two sources: local (files and `mesh token` tokens) and [`kubernetes`]
+//! (TokenReview, an issuer Secret, a published trust bundle). The binary in
+//! `main.rs` only parses flags, starts a source and calls [`server::serve`].
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -10,6 +12,7 @@ pub mod ca;
 pub mod duration;
 pub mod files;
 pub mod kubernetes;
+pub mod metrics;
 pub mod server;
 pub mod spiffe;
 pub mod token;

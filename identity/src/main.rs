@@ -1,6 +1,7 @@
-//! `mesh-identity`: the mesh certificate authority process. Parses flags,
-//! loads the issuer and token key, binds the listeners and runs
-//! [`mesh_identity::server::serve`] until SIGTERM or Ctrl-C.
+//! `mesh-identity`: the mesh certificate authority process. Parses flags, starts
+//! the identity source (local: issuer and token key from files; kubernetes:
+//! TokenReview, the issuer Secret and the trust bundle), binds the listeners and
+//! runs [`mesh_identity::server::serve`] until SIGTERM or Ctrl-C.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -9,9 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use mesh_identity::files::{IssuerPaths, TOKEN_KEY};
-use mesh_identity::server::{self, IdentityService, ServeConfig};
+use mesh_identity::kubernetes::{self, KubeMode, KubeSettings};
+use mesh_identity::metrics::Metrics;
+use mesh_identity::server::{self, IdentityService, ServeConfig, ServiceConfig};
 use mesh_identity::token::TokenKey;
 use mesh_identity::{duration, spiffe};
 use tokio::net::TcpListener;
@@ -24,7 +27,8 @@ struct Args {
     /// Identity directory written by `mesh identity init`.
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
-    /// Trust anchors PEM (default: DIR/trust-anchors.pem).
+    /// Trust anchors PEM (default: DIR/trust-anchors.pem; required with
+    /// `--source kubernetes`, where they are also the published trust bundle).
     #[arg(long, value_name = "PATH")]
     trust_anchors: Option<PathBuf>,
     /// Issuer certificate PEM (default: DIR/issuer.crt).
@@ -39,7 +43,7 @@ struct Args {
     /// Address of the Certify gRPC (TLS) server.
     #[arg(long, default_value = "0.0.0.0:8080")]
     addr: SocketAddr,
-    /// Address of the admin server (/live, /ready).
+    /// Address of the admin server (/live, /ready, /metrics).
     #[arg(long, default_value = "0.0.0.0:9991")]
     admin_addr: SocketAddr,
     /// Trust domain of the SPIFFE IDs issued (also the cluster domain).
@@ -48,9 +52,26 @@ struct Args {
     /// Lifetime of issued leaf certificates, e.g. 20s, 90m, 24h, 1d.
     #[arg(long, default_value = "24h", value_parser = parse_lifetime)]
     cert_lifetime: Duration,
-    /// How workloads are authenticated: `local` (tokens from `mesh token`).
-    #[arg(long, default_value = "local")]
-    source: String,
+    /// Where identities and the issuer come from: `local` (tokens from `mesh token`,
+    /// issuer files) or `kubernetes` (TokenReview, the issuer Secret).
+    #[arg(long, value_enum, default_value = "local")]
+    source: Source,
+    /// Control-plane namespace holding the issuer Secret (kubernetes source).
+    #[arg(long, env = "POD_NAMESPACE", default_value = kubernetes::DEFAULT_NAMESPACE)]
+    namespace: String,
+    /// Secret holding the issuer's `tls.crt` and `tls.key`, watched and reloaded on
+    /// change (kubernetes source).
+    #[arg(long, value_name = "NAME", default_value = kubernetes::DEFAULT_ISSUER_SECRET)]
+    issuer_secret: String,
+}
+
+/// Where identities and the issuer come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Source {
+    /// Issuer and token key from files; tokens minted by `mesh token`.
+    Local,
+    /// Service-account tokens checked by TokenReview; issuer from a Secret.
+    Kubernetes,
 }
 
 fn parse_lifetime(s: &str) -> Result<Duration, duration::ParseDurationError> {
@@ -97,14 +118,8 @@ async fn shutdown_signal() {
     }
 }
 
-async fn run(args: Args) -> Result<()> {
-    if args.source != "local" {
-        bail!(
-            "--source {}: unsupported identity source (only `local` is available)",
-            args.source
-        );
-    }
-    spiffe::check_segment("trust domain", &args.trust_domain).context("--trust-domain")?;
+/// The local source: issuer and token key from files.
+fn local_service(args: &Args) -> Result<IdentityService> {
     let paths = IssuerPaths {
         trust_anchors: path_for(
             &args.trust_anchors,
@@ -128,21 +143,81 @@ async fn run(args: Args) -> Result<()> {
     let token_key_path = path_for(&args.token_key, &args.dir, TOKEN_KEY, "token-key")?;
     let issuer = paths.load().context("loading the issuer")?;
     let token_key = TokenKey::load(&token_key_path).context("loading the token key")?;
-
-    let listener = bind(args.addr, "addr").await?;
-    let admin_listener = bind(args.admin_addr, "admin-addr").await?;
-    let service = IdentityService::new(
+    Ok(IdentityService::new(
         Arc::new(issuer),
         token_key,
         &args.trust_domain,
         args.cert_lifetime,
+    ))
+}
+
+/// The kubernetes source: TokenReview, the issuer Secret, the published trust bundle.
+/// The returned [`KubeMode`] owns the watches; keep it alive while serving.
+async fn kubernetes_service(args: &Args) -> Result<(IdentityService, KubeMode)> {
+    for (set, flag) in [
+        (args.dir.is_some(), "dir"),
+        (args.issuer_cert.is_some(), "issuer-cert"),
+        (args.issuer_key.is_some(), "issuer-key"),
+        (args.token_key.is_some(), "token-key"),
+    ] {
+        if set {
+            bail!("--{flag} is not used with --source kubernetes (the issuer comes from Secret --issuer-secret)");
+        }
+    }
+    let Some(anchors_path) = &args.trust_anchors else {
+        bail!("--trust-anchors is required with --source kubernetes");
+    };
+    let anchors = std::fs::read_to_string(anchors_path)
+        .with_context(|| format!("--trust-anchors {}: cannot read it", anchors_path.display()))?;
+    let count = mesh_identity::ca::parse_trust_anchors(&anchors)
+        .with_context(|| format!("--trust-anchors {}", anchors_path.display()))?;
+    // kube's error repeats its causes in its own message: print that message once.
+    let client = kube::Client::try_default().await.map_err(|e| {
+        anyhow::anyhow!("connecting to the Kubernetes API (in-cluster config or kubeconfig): {e}")
+    })?;
+    let metrics = Arc::new(Metrics::new());
+    info!(
+        namespace = %args.namespace,
+        secret = %args.issuer_secret,
+        anchors = count,
+        "waiting for the issuer Secret"
     );
+    let settings = KubeSettings {
+        namespace: args.namespace.clone(),
+        issuer_secret: args.issuer_secret.clone(),
+        trust_anchors_pem: anchors,
+        startup_timeout: kubernetes::DEFAULT_STARTUP_TIMEOUT,
+    };
+    let kube_mode = kubernetes::start(client, settings, metrics.clone()).await?;
+    let service = IdentityService::with_config(ServiceConfig {
+        issuer: kube_mode.issuer.clone(),
+        authenticator: kube_mode.authenticator.clone(),
+        trust_domain: args.trust_domain.clone(),
+        lifetime: args.cert_lifetime,
+        metrics,
+    });
+    Ok((service, kube_mode))
+}
+
+async fn run(args: Args) -> Result<()> {
+    spiffe::check_segment("trust domain", &args.trust_domain).context("--trust-domain")?;
+    let (service, kube_mode) = match args.source {
+        Source::Local => (local_service(&args)?, None),
+        Source::Kubernetes => {
+            let (service, kube_mode) = kubernetes_service(&args).await?;
+            (service, Some(kube_mode))
+        }
+    };
+
+    let listener = bind(args.addr, "addr").await?;
+    let admin_listener = bind(args.admin_addr, "admin-addr").await?;
     let config = ServeConfig {
         listener,
         admin_listener: Some(admin_listener),
         service,
     };
     server::serve(config, shutdown_signal()).await?;
+    drop(kube_mode);
     Ok(())
 }
 

@@ -3,10 +3,12 @@
 //! ECDSA P-256 SPIFFE leaves (DESIGN §2, §5).
 
 mod issuer;
+mod shared;
 #[cfg(test)]
 mod tests;
 
 pub use issuer::{Issuer, SignedLeaf};
+pub use shared::SharedIssuer;
 
 use std::time::{Duration, SystemTime};
 
@@ -206,4 +208,9 @@ fn parse_certs_pem(what: &'static str, pem: &str) -> Result<Vec<CertificateDer<'
         });
     }
     Ok(certs)
+}
+
+/// Checks that `pem` holds at least one certificate; returns how many.
+pub fn parse_trust_anchors(pem: &str) -> Result<usize, CaError> {
+    Ok(parse_certs_pem("trust anchors", pem)?.len())
 }

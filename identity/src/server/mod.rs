@@ -1,64 +1,88 @@
-//! The `Certify` gRPC service (DESIGN §4): checks the caller's token, that it
-//! names exactly the requested SPIFFE ID, and signs the CSR with the issuer.
-//! [`serve`] runs it over TLS next to the admin endpoint.
+//! The `Certify` gRPC service (DESIGN §4): authenticates the caller's token, checks
+//! that it names exactly the requested SPIFFE ID, and signs the CSR with the current
+//! issuer. [`serve`] runs it over TLS next to the admin endpoint.
 
+mod auth;
 mod serve;
 #[cfg(test)]
 mod tests;
+mod tls;
 
-pub use serve::{serve, ServeConfig, ServeError};
+pub use auth::{AuthError, Authenticator, LocalTokens, ServiceAccount};
+pub use serve::{serve, serving_dns_names, ServeConfig, ServeError};
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use mesh_proto::identity::identity_server::Identity;
 use mesh_proto::identity::{CertifyRequest, CertifyResponse};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
-use crate::ca::{Issuer, SignError};
+use crate::ca::{Issuer, SharedIssuer, SignError};
+use crate::metrics::Metrics;
 use crate::spiffe;
-use crate::token::{self, TokenKey};
+use crate::token::TokenKey;
 
-/// Counts of `Certify` outcomes since start.
-#[derive(Debug, Default)]
-struct Counters {
-    issued: AtomicU64,
-    errors: AtomicU64,
+/// What an [`IdentityService`] is made of.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// The issuer signing leaves; a reloader may swap it while the service runs.
+    pub issuer: SharedIssuer,
+    /// How callers' tokens are checked.
+    pub authenticator: Arc<dyn Authenticator>,
+    /// The trust domain whose identities are certified (e.g. `cluster.local`).
+    pub trust_domain: String,
+    /// Lifetime of issued leaves (capped by the issuer's own expiry).
+    pub lifetime: Duration,
+    /// Where outcomes are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The identity service: one per process, cheap to clone (shared state).
 #[derive(Debug, Clone)]
 pub struct IdentityService {
-    issuer: Arc<Issuer>,
-    token_key: Arc<TokenKey>,
+    issuer: SharedIssuer,
+    authenticator: Arc<dyn Authenticator>,
     trust_domain: Arc<str>,
     lifetime: Duration,
-    counters: Arc<Counters>,
+    metrics: Arc<Metrics>,
 }
 
+// === impl IdentityService ===
+
 impl IdentityService {
-    /// A service issuing leaves of `lifetime` for identities of `trust_domain`,
-    /// authenticating callers with tokens signed by `token_key`.
+    /// Local mode: a service issuing leaves of `lifetime` for identities of
+    /// `trust_domain`, authenticating callers with tokens signed by `token_key`.
     pub fn new(
         issuer: Arc<Issuer>,
         token_key: TokenKey,
         trust_domain: &str,
         lifetime: Duration,
     ) -> Self {
-        Self {
-            issuer,
-            token_key: Arc::new(token_key),
-            trust_domain: trust_domain.into(),
+        Self::with_config(ServiceConfig {
+            issuer: SharedIssuer::new(issuer),
+            authenticator: Arc::new(LocalTokens::new(token_key)),
+            trust_domain: trust_domain.to_string(),
             lifetime,
-            counters: Arc::default(),
+            metrics: Arc::default(),
+        })
+    }
+
+    /// A service from its parts (any authenticator, a reloadable issuer).
+    pub fn with_config(config: ServiceConfig) -> Self {
+        Self {
+            issuer: config.issuer,
+            authenticator: config.authenticator,
+            trust_domain: config.trust_domain.into(),
+            lifetime: config.lifetime,
+            metrics: config.metrics,
         }
     }
 
-    /// The issuer that signs leaves.
-    pub fn issuer(&self) -> &Arc<Issuer> {
-        &self.issuer
+    /// The issuer signing leaves now.
+    pub fn issuer(&self) -> Arc<Issuer> {
+        self.issuer.current()
     }
 
     /// The trust domain whose identities this service certifies.
@@ -66,27 +90,32 @@ impl IdentityService {
         &self.trust_domain
     }
 
+    /// The service's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The Prometheus text of [`Self::metrics`], with the current issuer's expiry.
+    pub fn render_metrics(&self) -> String {
+        self.metrics.render(self.issuer().not_after())
+    }
+
     /// How many certificates have been issued.
     pub fn issued_total(&self) -> u64 {
-        self.counters.issued.load(Ordering::Relaxed)
+        self.metrics.issued_total()
     }
 
     /// How many `Certify` calls failed (any reason).
     pub fn errors_total(&self) -> u64 {
-        self.counters.errors.load(Ordering::Relaxed)
+        self.metrics.errors_total()
     }
 
     /// The checks of `Certify`, in order; see the proto for the error codes.
-    fn certify_inner(&self, req: &CertifyRequest) -> Result<CertifyResponse, Status> {
+    async fn certify_inner(&self, req: &CertifyRequest) -> Result<CertifyResponse, Status> {
         if req.token.is_empty() {
-            return Err(Status::unauthenticated(
-                "token missing: a token is required",
-            ));
+            return Err(AuthError::Missing.into());
         }
-        let token = std::str::from_utf8(&req.token)
-            .map_err(|_| Status::unauthenticated("token rejected: token is not UTF-8"))?;
-        let claims = token::verify(&self.token_key, token, SystemTime::now())
-            .map_err(|e| Status::unauthenticated(format!("token rejected: {e}")))?;
+        let account = self.authenticator.authenticate(&req.token).await?;
 
         let requested = spiffe::parse(&req.identity)
             .map_err(|e| Status::invalid_argument(format!("identity: {e}")))?;
@@ -96,14 +125,8 @@ impl IdentityService {
                 req.identity, self.trust_domain
             )));
         }
-        if requested.namespace != claims.namespace
-            || requested.service_account != claims.service_account
-        {
-            let token_id = spiffe::spiffe_id(
-                &self.trust_domain,
-                &claims.namespace,
-                &claims.service_account,
-            );
+        if requested.namespace != account.namespace || requested.service_account != account.name {
+            let token_id = spiffe::spiffe_id(&self.trust_domain, &account.namespace, &account.name);
             return Err(Status::permission_denied(format!(
                 "token is for {token_id} but the request asks for {}",
                 req.identity
@@ -111,7 +134,7 @@ impl IdentityService {
         }
 
         let leaf = self
-            .issuer
+            .issuer()
             .sign_csr(
                 &req.certificate_signing_request,
                 &req.identity,
@@ -146,13 +169,13 @@ impl Identity for IdentityService {
         request: Request<CertifyRequest>,
     ) -> Result<Response<CertifyResponse>, Status> {
         let req = request.into_inner();
-        match self.certify_inner(&req) {
+        match self.certify_inner(&req).await {
             Ok(resp) => {
-                self.counters.issued.fetch_add(1, Ordering::Relaxed);
+                self.metrics.certificate_issued();
                 Ok(Response::new(resp))
             }
             Err(status) => {
-                self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                self.metrics.certify_error(status.code());
                 warn!(
                     identity = %req.identity,
                     code = ?status.code(),

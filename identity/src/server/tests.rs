@@ -12,6 +12,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::*;
 use crate::ca::{generate_issuer, generate_trust_anchor};
+use crate::token;
 
 const TD: &str = "cluster.local";
 
@@ -151,6 +152,16 @@ async fn certify_over_tls_issues_a_verifiable_leaf() {
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    // ...with the metrics.
+    let mut s = tokio::net::TcpStream::connect(r.admin_addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(
+        out.lines()
+            .any(|l| l == "mesh_identity_certificates_issued_total 1"),
+        "{out}"
+    );
 
     if let Some(stop) = r.stop.take() {
         stop.send(()).unwrap();

@@ -1,0 +1,478 @@
+//! A fake Kubernetes API server on a loopback port, speaking the JSON the real one does
+//! for the collections a test declares (copied from the controller's test support and
+//! extended). Lists carry a resourceVersion; watches stream `ADDED`/`MODIFIED`/`DELETED`
+//! lines; namespaced paths (`/api/v1/namespaces/<ns>/<resource>[/<name>]`), field
+//! selectors on `metadata.name`/`metadata.namespace` and equality label selectors filter
+//! both. `POST` creates (409 if the object exists) unless the test installed a reactor
+//! for the collection (e.g. TokenReviews); `PATCH` applies a JSON merge patch. Every
+//! request is recorded with its body.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+/// One recorded request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Call {
+    /// `GET`, `POST`, `PATCH`…
+    pub method: String,
+    /// The path, without the query.
+    pub path: String,
+    /// Whether it was a watch.
+    pub watch: bool,
+    /// The raw query string.
+    pub query: String,
+    /// The JSON body, if any.
+    pub body: Option<Value>,
+}
+
+/// Answers a `POST` to a collection: `(status code, JSON body)`.
+pub type Reactor = Arc<dyn Fn(&Value) -> (u16, Value) + Send + Sync>;
+
+/// What a list or watch asks for.
+#[derive(Clone, Debug, Default)]
+struct Filter {
+    namespace: Option<String>,
+    fields: Vec<(String, String)>,
+    labels: Vec<(String, String)>,
+}
+
+impl Filter {
+    fn matches(&self, obj: &Value) -> bool {
+        let m = &obj["metadata"];
+        let ns = m["namespace"].as_str().unwrap_or_default();
+        if self.namespace.as_deref().is_some_and(|want| want != ns) {
+            return false;
+        }
+        let fields_ok = self.fields.iter().all(|(k, v)| match k.as_str() {
+            "metadata.name" => m["name"].as_str() == Some(v),
+            "metadata.namespace" => ns == v,
+            other => panic!("unsupported field selector {other}"),
+        });
+        let labels_ok = self
+            .labels
+            .iter()
+            .all(|(k, v)| m["labels"][k].as_str() == Some(v));
+        fields_ok && labels_ok
+    }
+}
+
+struct Watcher {
+    filter: Filter,
+    tx: mpsc::UnboundedSender<Bytes>,
+}
+
+#[derive(Default)]
+struct Collection {
+    /// Objects by `namespace/name`.
+    objects: BTreeMap<String, Value>,
+    /// Open watch streams.
+    watchers: Vec<Watcher>,
+    /// Answers POSTs instead of creating objects.
+    reactor: Option<Reactor>,
+}
+
+#[derive(Default)]
+struct State {
+    version: u64,
+    collections: BTreeMap<String, Collection>,
+    calls: Vec<Call>,
+}
+
+/// The fake API server.
+#[derive(Clone)]
+pub struct KubeApi {
+    state: Arc<Mutex<State>>,
+    pub addr: SocketAddr,
+}
+
+/// A request path taken apart: the collection it addresses, its namespace and name.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Target {
+    /// API group (`""` for core).
+    pub group: String,
+    /// Resource (plural).
+    pub resource: String,
+    /// The collection's path, e.g. `/api/v1/configmaps`.
+    pub collection: String,
+    /// Namespace of a namespaced path.
+    pub namespace: Option<String>,
+    /// Name of a single object.
+    pub name: Option<String>,
+}
+
+/// Parses `/api/v1/...` and `/apis/<group>/<version>/...` paths.
+pub fn parse_path(path: &str) -> Option<Target> {
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let (group, prefix, rest) = match segs.as_slice() {
+        ["api", "v1", rest @ ..] => ("", "/api/v1".to_string(), rest),
+        ["apis", g, v, rest @ ..] => (*g, format!("/apis/{g}/{v}"), rest),
+        _ => return None,
+    };
+    let (resource, namespace, name) = match rest {
+        [res] => (*res, None, None),
+        ["namespaces", ns, res] => (*res, Some(*ns), None),
+        ["namespaces", ns, res, name] => (*res, Some(*ns), Some(*name)),
+        [res, name] => (*res, None, Some(*name)),
+        _ => return None,
+    };
+    Some(Target {
+        group: group.to_string(),
+        resource: resource.to_string(),
+        collection: format!("{prefix}/{resource}"),
+        namespace: namespace.map(str::to_string),
+        name: name.map(str::to_string),
+    })
+}
+
+fn obj_key(obj: &Value) -> String {
+    let m = &obj["metadata"];
+    format!(
+        "{}/{}",
+        m["namespace"].as_str().unwrap_or_default(),
+        m["name"].as_str().unwrap_or_default()
+    )
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap();
+                out.push(u8::from_str_radix(hex, 16).unwrap());
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+fn selector(s: &str) -> Vec<(String, String)> {
+    s.split(',')
+        .filter(|t| !t.is_empty())
+        .map(|term| {
+            let (k, v) = term
+                .split_once("==")
+                .or_else(|| term.split_once('='))
+                .unwrap_or_else(|| panic!("unsupported selector term {term}"));
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
+
+/// JSON merge patch (RFC 7386).
+fn merge(target: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(p) => {
+            if !target.is_object() {
+                *target = json!({});
+            }
+            let t = target.as_object_mut().unwrap();
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        other => *target = other.clone(),
+    }
+}
+
+fn status(code: u16, reason: &str, message: String) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "reason": reason, "code": code, "message": message})
+}
+
+fn respond(code: u16, body: &Value) -> Response<BoxBody<Bytes, Infallible>> {
+    Response::builder()
+        .status(code)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())).boxed())
+        .unwrap()
+}
+
+impl KubeApi {
+    /// Serves the given collection paths (e.g. `/api/v1/services`), all empty.
+    pub async fn start(paths: &[&str]) -> KubeApi {
+        let mut state = State::default();
+        for p in paths {
+            state
+                .collections
+                .insert(p.to_string(), Collection::default());
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let api = KubeApi {
+            state: Arc::new(Mutex::new(state)),
+            addr: listener.local_addr().unwrap(),
+        };
+        let server = api.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let s = server.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let s = s.clone();
+                        async move { Ok::<_, Infallible>(s.handle(req).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        api
+    }
+
+    /// A client of this server.
+    pub fn client(&self) -> kube::Client {
+        let config = kube::Config::new(format!("http://{}", self.addr).parse().unwrap());
+        kube::Client::try_from(config).unwrap()
+    }
+
+    /// Answers POSTs to `path` with `reactor` instead of creating objects.
+    pub fn on_post(
+        &self,
+        path: &str,
+        reactor: impl Fn(&Value) -> (u16, Value) + Send + Sync + 'static,
+    ) {
+        let mut state = self.state.lock().unwrap();
+        let c = state.collections.get_mut(path).expect("declared path");
+        c.reactor = Some(Arc::new(reactor));
+    }
+
+    /// The requests seen so far.
+    pub fn calls(&self) -> Vec<Call> {
+        self.state.lock().unwrap().calls.clone()
+    }
+
+    /// The objects of a collection.
+    pub fn objects(&self, path: &str) -> Vec<Value> {
+        let state = self.state.lock().unwrap();
+        state.collections[path].objects.values().cloned().collect()
+    }
+
+    /// One object of a collection.
+    pub fn get(&self, path: &str, namespace: &str, name: &str) -> Option<Value> {
+        let state = self.state.lock().unwrap();
+        state.collections[path]
+            .objects
+            .get(&format!("{namespace}/{name}"))
+            .cloned()
+    }
+
+    fn stamp(state: &mut State, obj: &mut Value) {
+        state.version += 1;
+        obj["metadata"]["resourceVersion"] = json!(state.version.to_string());
+        if obj["metadata"]["uid"].is_null() {
+            obj["metadata"]["uid"] = json!(format!("uid-{}", state.version));
+        }
+    }
+
+    /// Creates or replaces an object, sending `ADDED`/`MODIFIED` to watchers.
+    pub fn apply(&self, path: &str, mut obj: Value) {
+        let mut state = self.state.lock().unwrap();
+        Self::stamp(&mut state, &mut obj);
+        let c = state.collections.get_mut(path).expect("declared path");
+        let kind = if c.objects.insert(obj_key(&obj), obj.clone()).is_some() {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        broadcast(c, kind, &obj);
+    }
+
+    /// Deletes an object, sending `DELETED` to watchers.
+    pub fn delete(&self, path: &str, namespace: &str, name: &str) {
+        let mut state = self.state.lock().unwrap();
+        let c = state.collections.get_mut(path).expect("declared path");
+        if let Some(obj) = c.objects.remove(&format!("{namespace}/{name}")) {
+            broadcast(c, "DELETED", &obj);
+        }
+    }
+
+    /// Ends every open watch with `410 Gone`.
+    pub fn expire(&self) {
+        let mut state = self.state.lock().unwrap();
+        let gone = json!({"type": "ERROR", "object": status(410, "Expired", "too old resource version".into())});
+        for c in state.collections.values_mut() {
+            for w in c.watchers.drain(..) {
+                let _ = w.tx.send(Bytes::from(format!("{gone}\n")));
+            }
+        }
+    }
+
+    async fn handle(
+        &self,
+        req: Request<hyper::body::Incoming>,
+    ) -> Response<BoxBody<Bytes, Infallible>> {
+        let method = req.method().to_string();
+        let path = req.uri().path().to_string();
+        let query = req.uri().query().unwrap_or_default().to_string();
+        let params: Vec<(String, String)> = query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), percent_decode(v)))
+            .collect();
+        let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let watch = matches!(param("watch").as_deref(), Some("true" | "1"));
+        let bytes = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let body: Option<Value> =
+            (!bytes.is_empty()).then(|| serde_json::from_slice(&bytes).unwrap());
+
+        let mut state = self.state.lock().unwrap();
+        state.calls.push(Call {
+            method: method.clone(),
+            path: path.clone(),
+            watch,
+            query: query.clone(),
+            body: body.clone(),
+        });
+        let target = parse_path(&path);
+        let not_found = status(
+            404,
+            "NotFound",
+            format!("the server could not find the requested resource ({path})"),
+        );
+        let Some(target) = target else {
+            return respond(404, &not_found);
+        };
+        if !state.collections.contains_key(&target.collection) {
+            return respond(404, &not_found);
+        }
+        let key = |name: &str| format!("{}/{name}", target.namespace.clone().unwrap_or_default());
+        match (method.as_str(), &target.name) {
+            ("GET", None) => {
+                let filter = Filter {
+                    namespace: target.namespace.clone(),
+                    fields: param("fieldSelector")
+                        .map(|s| selector(&s))
+                        .unwrap_or_default(),
+                    labels: param("labelSelector")
+                        .map(|s| selector(&s))
+                        .unwrap_or_default(),
+                };
+                let version = state.version;
+                let c = state.collections.get_mut(&target.collection).unwrap();
+                if watch {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    c.watchers.push(Watcher { filter, tx });
+                    let stream = futures::stream::unfold(rx, |mut rx| async move {
+                        let chunk = rx.recv().await?;
+                        Some((Ok::<_, Infallible>(Frame::data(chunk)), rx))
+                    });
+                    return Response::builder()
+                        .header("content-type", "application/json")
+                        .body(BodyExt::boxed(StreamBody::new(stream)))
+                        .unwrap();
+                }
+                let items: Vec<Value> = c
+                    .objects
+                    .values()
+                    .filter(|o| filter.matches(o))
+                    .cloned()
+                    .collect();
+                let list = json!({"apiVersion": "v1", "kind": "List",
+                    "metadata": {"resourceVersion": version.to_string()}, "items": items});
+                respond(200, &list)
+            }
+            ("GET", Some(name)) => {
+                match state.collections[&target.collection]
+                    .objects
+                    .get(&key(name))
+                {
+                    Some(obj) => respond(200, obj),
+                    None => respond(404, &not_found),
+                }
+            }
+            ("POST", None) => {
+                let mut obj = body.unwrap_or_default();
+                let reactor = state.collections[&target.collection].reactor.clone();
+                if let Some(reactor) = reactor {
+                    drop(state);
+                    let (code, answer) = reactor(&obj);
+                    return respond(code, &answer);
+                }
+                if let Some(ns) = &target.namespace {
+                    obj["metadata"]["namespace"] = json!(ns);
+                }
+                let name = obj["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                if state.collections[&target.collection]
+                    .objects
+                    .contains_key(&key(&name))
+                {
+                    let conflict = status(
+                        409,
+                        "AlreadyExists",
+                        format!("{} \"{name}\" already exists", target.resource),
+                    );
+                    return respond(409, &conflict);
+                }
+                Self::stamp(&mut state, &mut obj);
+                let c = state.collections.get_mut(&target.collection).unwrap();
+                c.objects.insert(obj_key(&obj), obj.clone());
+                broadcast(c, "ADDED", &obj);
+                respond(201, &obj)
+            }
+            ("PATCH", Some(name)) => {
+                let Some(mut obj) = state.collections[&target.collection]
+                    .objects
+                    .get(&key(name))
+                    .cloned()
+                else {
+                    return respond(404, &not_found);
+                };
+                merge(&mut obj, &body.unwrap_or_default());
+                Self::stamp(&mut state, &mut obj);
+                let c = state.collections.get_mut(&target.collection).unwrap();
+                c.objects.insert(obj_key(&obj), obj.clone());
+                broadcast(c, "MODIFIED", &obj);
+                respond(200, &obj)
+            }
+            _ => respond(
+                405,
+                &status(405, "MethodNotAllowed", format!("{method} {path}")),
+            ),
+        }
+    }
+}
+
+fn broadcast(c: &mut Collection, kind: &str, obj: &Value) {
+    let line = Bytes::from(format!("{}\n", json!({"type": kind, "object": obj})));
+    c.watchers
+        .retain(|w| !w.filter.matches(obj) || w.tx.send(line.clone()).is_ok());
+}

@@ -1,0 +1,3 @@
+//! Test support for the identity service's integration tests.
+
+pub mod kube_api;
