@@ -8,7 +8,7 @@ mod token;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mesh_cli::inject;
+use mesh_cli::{inject, install};
 
 /// The mesh command line.
 #[derive(Debug, Parser)]
@@ -21,6 +21,8 @@ struct Cli {
 /// The subcommands; add one variant and one module per new subcommand.
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Render the Kubernetes control plane as YAML for `kubectl apply -f -`.
+    Install(install::Args),
     /// Manage the mesh's certificate authority files.
     Identity(identity::Args),
     /// Mint a local-mode workload token (printed on stdout).
@@ -36,6 +38,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Install(args) => install::run(args),
         Command::Identity(args) => identity::run(args),
         Command::Token(args) => token::run(args),
         Command::Demo(args) => demo::run(args),
@@ -80,6 +83,8 @@ mod tests {
         assert!(Cli::try_parse_from(["mesh", "token", "--namespace", "default"]).is_err());
         let cli = Cli::try_parse_from(["mesh", "inject", "-", "--proxy-image", "p:1"]).unwrap();
         assert!(matches!(cli.command, Command::Inject(ref a) if a.config().init_image == "p:1"));
+        let cli = Cli::try_parse_from(["mesh", "install", "--ha", "--crds"]).unwrap();
+        assert!(matches!(cli.command, Command::Install(ref a) if a.ha && a.crds));
         let cli = Cli::try_parse_from(["mesh", "uninject", "a.yaml", "b.yaml"]).unwrap();
         assert!(matches!(cli.command, Command::Uninject(ref a) if a.files.len() == 2));
         assert!(Cli::try_parse_from([

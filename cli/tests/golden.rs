@@ -2,11 +2,11 @@
 //! injected and compared with `<case>.injected.yaml` (stdout) and `<case>.stderr`.
 //! `UPDATE_GOLDEN=1 cargo test -p mesh-cli --test golden` rewrites the expected files.
 
-use std::path::PathBuf;
+mod common;
 
+use common::{assert_golden, documents, golden_dir};
 use mesh_cli::inject::{inject_text, uninject_text};
 use mesh_controller::inject::InjectConfig;
-use serde::Deserialize;
 
 const CASES: &[&str] = &["web", "skips"];
 
@@ -19,34 +19,8 @@ fn config() -> InjectConfig {
     }
 }
 
-fn golden_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
-}
-
 fn input(case: &str) -> String {
     std::fs::read_to_string(golden_dir().join(format!("{case}.yaml"))).expect("read input")
-}
-
-/// Compares `actual` with the golden file, or rewrites it when `UPDATE_GOLDEN=1`.
-fn assert_golden(file: &str, actual: &str) {
-    let path = golden_dir().join(file);
-    if std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1") {
-        std::fs::write(&path, actual).expect("write golden");
-        return;
-    }
-    let expected = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 creates it)", path.display()));
-    assert_eq!(
-        actual, expected,
-        "{file} differs from the golden file (UPDATE_GOLDEN=1 to accept)"
-    );
-}
-
-fn documents(text: &str) -> Vec<serde_yaml::Value> {
-    serde_yaml::Deserializer::from_str(text)
-        .map(|d| serde_yaml::Value::deserialize(d).expect("yaml"))
-        .filter(|v| !v.is_null())
-        .collect()
 }
 
 #[test]
