@@ -8,7 +8,7 @@ mod token;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mesh_cli::{inject, install};
+use mesh_cli::{check, inject, install};
 
 /// The mesh command line.
 #[derive(Debug, Parser)]
@@ -23,6 +23,8 @@ struct Cli {
 enum Command {
     /// Render the Kubernetes control plane as YAML for `kubectl apply -f -`.
     Install(install::Args),
+    /// Check the mesh installation (exits non-zero when a check fails).
+    Check(check::Args),
     /// Manage the mesh's certificate authority files.
     Identity(identity::Args),
     /// Mint a local-mode workload token (printed on stdout).
@@ -39,6 +41,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Install(args) => install::run(args),
+        Command::Check(args) => match check::run(args) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::FAILURE,
+            Err(e) => Err(e),
+        },
         Command::Identity(args) => identity::run(args),
         Command::Token(args) => token::run(args),
         Command::Demo(args) => demo::run(args),

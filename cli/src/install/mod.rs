@@ -27,6 +27,9 @@ pub const NAMESPACE: &str = "mesh-system";
 /// `gateway-api` crate's types are generated from; routes use its experimental channel).
 pub const GATEWAY_API_VERSION: &str = "v1.5.1";
 
+/// The command that installs the Gateway API CRDs of [`GATEWAY_API_VERSION`].
+pub const GATEWAY_API_INSTALL: &str = "kubectl apply -f https://github.com/kubernetes-sigs/gateway-api/releases/download/v1.5.1/experimental-install.yaml";
+
 /// `mesh install` arguments.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -197,7 +200,7 @@ fn stream(docs: &[serde_yaml::Value]) -> anyhow::Result<String> {
     let mut out = format!(
         "# The mesh control plane, rendered by `mesh install` for `kubectl apply -f -`.\n\
          # The Gateway API CRDs are not included; install them separately:\n\
-         #   kubectl apply -f https://github.com/kubernetes-sigs/gateway-api/releases/download/{GATEWAY_API_VERSION}/experimental-install.yaml\n"
+         #   {GATEWAY_API_INSTALL}\n"
     );
     for doc in docs {
         out.push_str("---\n");
@@ -219,6 +222,11 @@ mod tests {
 
     fn parse(argv: &[&str]) -> Result<Args, clap::Error> {
         Cli::try_parse_from(std::iter::once("install").chain(argv.iter().copied())).map(|c| c.args)
+    }
+
+    #[test]
+    fn the_gateway_install_command_names_the_version() {
+        assert!(GATEWAY_API_INSTALL.contains(&format!("/download/{GATEWAY_API_VERSION}/")));
     }
 
     #[test]

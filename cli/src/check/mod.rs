@@ -1,0 +1,122 @@
+//! `mesh check`: grouped health checks of a mesh installation, printed as `√`/`‼`/`×`
+//! lines with a hint under each failure (or as JSON), exiting non-zero when any check
+//! fails. The Kubernetes checks live in [`kubernetes`]; each check is a small function
+//! returning a [`Check`], so groups are easy to extend.
+
+pub mod kubernetes;
+mod render;
+
+use serde::Serialize;
+
+pub use render::{render_json, render_text};
+
+/// The outcome of one check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Passed (`√`).
+    Success,
+    /// Works, but something should be looked at (`‼`); does not fail the run.
+    Warning,
+    /// Failed (`×`); the run exits non-zero.
+    Error,
+}
+
+/// One check's result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Check {
+    /// The group it belongs to, e.g. `kubernetes-api`.
+    #[serde(skip)]
+    pub group: &'static str,
+    /// What was checked, phrased as what should hold.
+    pub description: String,
+    /// The outcome.
+    pub result: Status,
+    /// What was found, for warnings and errors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// What to do about it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+impl Check {
+    /// A passed check; `detail` (e.g. a version) is shown in brackets.
+    pub fn ok(group: &'static str, description: impl Into<String>) -> Self {
+        Check {
+            group,
+            description: description.into(),
+            result: Status::Success,
+            error: None,
+            hint: None,
+        }
+    }
+
+    /// A failed check with what was found and a hint.
+    pub fn fail(
+        group: &'static str,
+        description: impl Into<String>,
+        error: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Self {
+        Check {
+            group,
+            description: description.into(),
+            result: Status::Error,
+            error: Some(error.into()),
+            hint: Some(hint.into()),
+        }
+    }
+
+    /// A warning with what was found and a hint.
+    pub fn warn(
+        group: &'static str,
+        description: impl Into<String>,
+        error: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Self {
+        Check {
+            result: Status::Warning,
+            ..Check::fail(group, description, error, hint)
+        }
+    }
+}
+
+/// `mesh check` flags.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Namespace of the control plane.
+    #[arg(long, default_value = "mesh-system")]
+    pub namespace: String,
+    /// Output format.
+    #[arg(short = 'o', long, default_value = "table", value_parser = ["table", "json"])]
+    pub output: String,
+}
+
+/// Runs the checks against the cluster of the current kubeconfig; prints the report and
+/// returns whether every check passed.
+pub fn run(args: Args) -> anyhow::Result<bool> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let settings = kubernetes::Settings {
+        namespace: args.namespace,
+    };
+    let checks = rt.block_on(async {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = kube::Client::try_default().await.map_err(|e| e.to_string());
+        kubernetes::checks(client, &settings).await
+    });
+    let text = if args.output == "json" {
+        render_json(&checks) + "\n"
+    } else {
+        render_text(&checks)
+    };
+    print!("{text}");
+    Ok(passed(&checks))
+}
+
+/// True when no check failed.
+pub fn passed(checks: &[Check]) -> bool {
+    checks.iter().all(|c| c.result != Status::Error)
+}

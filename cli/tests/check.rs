@@ -1,0 +1,222 @@
+//! `mesh check` against a fake Kubernetes API (static JSON answers on a loopback port,
+//! reached through a real kubeconfig): all green on a healthy install, a specific `×`
+//! with a hint for each broken thing, JSON output, and the exit codes.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+/// A route: path, a substring the query must contain (or ""), status and body.
+type Route = (String, &'static str, u16, Value);
+
+fn crd(name: &str, version: &str) -> Value {
+    let (plural, group) = name.split_once('.').unwrap();
+    json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": name},
+        "spec": {"group": group, "scope": "Namespaced",
+            "names": {"kind": "X", "plural": plural},
+            "versions": [{"name": version, "served": true, "storage": true}]}})
+}
+
+fn pods(ready: &[(&str, bool)]) -> Value {
+    let items: Vec<Value> = ready
+        .iter()
+        .map(|(name, r)| json!({"metadata": {"name": name},
+            "status": {"conditions": [{"type": "Ready", "status": if *r { "True" } else { "False" }}]}}))
+        .collect();
+    json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items})
+}
+
+fn routes(gateway: bool, identity_ready: bool) -> Vec<Route> {
+    let crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/";
+    let mut r: Vec<Route> = vec![
+        (
+            "/version".into(),
+            "",
+            200,
+            json!({"major": "1", "minor": "31", "gitVersion": "v1.31.2", "gitCommit": "x",
+                "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.22",
+                "compiler": "gc", "platform": "linux/amd64"}),
+        ),
+        (
+            "/api/v1/namespaces/mesh-system".into(),
+            "",
+            200,
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "mesh-system"}}),
+        ),
+        (
+            "/api/v1/namespaces/mesh-system/pods".into(),
+            "mesh-controller",
+            200,
+            pods(&[("mesh-controller-1", true)]),
+        ),
+        (
+            "/api/v1/namespaces/mesh-system/pods".into(),
+            "mesh-identity",
+            200,
+            pods(&[("mesh-identity-1", identity_ready)]),
+        ),
+    ];
+    for name in [
+        "httpfaults.policy.mesh.dev",
+        "trafficpolicies.policy.mesh.dev",
+        "workloadentries.policy.mesh.dev",
+    ] {
+        r.push((format!("{crds}{name}"), "", 200, crd(name, "v1alpha1")));
+    }
+    if gateway {
+        for name in [
+            "httproutes.gateway.networking.k8s.io",
+            "grpcroutes.gateway.networking.k8s.io",
+        ] {
+            r.push((format!("{crds}{name}"), "", 200, crd(name, "v1")));
+        }
+    }
+    r
+}
+
+/// Serves `routes` (404 Status for anything else) on a loopback port.
+fn fake_api(routes: Vec<Route>) -> SocketAddr {
+    let routes = Arc::new(routes);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let routes = routes.clone();
+            std::thread::spawn(move || {
+                use std::io::{BufRead, BufReader, Write};
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let target = line.split(' ').nth(1).unwrap_or("/").to_string();
+                    loop {
+                        let mut h = String::new();
+                        if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                            break;
+                        }
+                    }
+                    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+                    let found = routes
+                        .iter()
+                        .find(|(p, q, _, _)| p == path && query.contains(q));
+                    let (status, body) = match found {
+                        Some((_, _, s, b)) => (*s, b.to_string()),
+                        None => (
+                            404,
+                            json!({"kind": "Status", "apiVersion": "v1",
+                            "metadata": {}, "status": "Failure", "reason": "NotFound",
+                            "code": 404, "message": "not found"})
+                            .to_string(),
+                        ),
+                    };
+                    let rsp = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if stream.write_all(rsp.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn kubeconfig(dir: &std::path::Path, server: &str) -> std::path::PathBuf {
+    let path = dir.join("kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: \"{server}\"}}\nusers:\n- name: u\n  user: {{}}\ncontexts:\n- name: c\n  context: {{cluster: fake, user: u}}\ncurrent-context: c\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn mesh_check(server: &str, args: &[&str]) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mesh"))
+        .arg("check")
+        .args(args)
+        .env("KUBECONFIG", kubeconfig(dir.path(), server))
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+    )
+}
+
+#[test]
+fn a_healthy_install_is_all_green() {
+    let addr = fake_api(routes(true, true));
+    let (code, out) = mesh_check(&format!("http://{addr}"), &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains('×') && !out.contains('‼'), "{out}");
+    assert!(
+        out.contains("√ is running a supported Kubernetes version (v1.31.2)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("√ mesh-identity pods are ready (1 ready)"),
+        "{out}"
+    );
+    assert!(out.ends_with("Status check results are √\n"), "{out}");
+}
+
+#[test]
+fn missing_gateway_crds_and_an_unready_pod_fail_with_hints() {
+    let addr = fake_api(routes(false, false));
+    let (code, out) = mesh_check(&format!("http://{addr}"), &[]);
+    assert_eq!(code, 1, "{out}");
+    common::assert_golden("check-broken.txt", &out);
+    let (code, json) = mesh_check(&format!("http://{addr}"), &["-o", "json"]);
+    assert_eq!(code, 1);
+    let v: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["success"], false);
+    let crds = v["categories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["categoryName"] == "crds")
+        .unwrap();
+    let failed: Vec<&str> = crds["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["result"] == "error")
+        .map(|c| c["description"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        failed,
+        [
+            "Gateway API CRD httproutes.gateway.networking.k8s.io is installed (v1)",
+            "Gateway API CRD grpcroutes.gateway.networking.k8s.io is installed (v1)"
+        ]
+    );
+}
+
+#[test]
+fn an_unreachable_api_stops_at_the_first_group() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let (code, out) = mesh_check(&format!("http://{addr}"), &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("× can reach the Kubernetes API"), "{out}");
+    assert!(
+        out.contains("hint: check that `kubectl version` works"),
+        "{out}"
+    );
+    assert!(!out.contains("crds\n"), "later groups are skipped:\n{out}");
+}
