@@ -37,6 +37,18 @@ pub fn can_run(test: &str, tools: &[&str]) -> bool {
     true
 }
 
+/// The tools the root-only capture tests run.
+pub const CAPTURE_TOOLS: &[&str] = &["ip", "iptables", "iptables-save", "python3", "setpriv"];
+
+/// A Python the unprivileged proxy user can run too (not one under /root).
+pub fn python() -> &'static str {
+    if std::path::Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    }
+}
+
 /// A network namespace owned by the test.
 pub struct Netns {
     pub name: String,

@@ -8,7 +8,7 @@
 
 use mesh_identity::{files, token};
 use mesh_integration::{
-    netns::{can_run, Netns},
+    netns::{can_run, python, Netns, CAPTURE_TOOLS},
     process::{bin, Proc},
 };
 use serde_json::Value;
@@ -136,17 +136,10 @@ fn ok_out(v: &Value, what: &str) -> (String, f64) {
 
 #[test]
 fn pods_reach_services_through_their_proxies_over_mtls() {
-    if !can_run(
-        "capture_cluster",
-        &["ip", "iptables", "iptables-save", "python3", "setpriv"],
-    ) {
+    if !can_run("capture_cluster", CAPTURE_TOOLS) {
         return;
     }
-    let py = if Path::new("/usr/bin/python3").exists() {
-        "/usr/bin/python3"
-    } else {
-        "python3"
-    };
+    let py = python();
 
     // Files the proxy user (2102) must read live in a world-readable dir.
     let dir = tempfile::Builder::new()

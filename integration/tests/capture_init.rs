@@ -3,7 +3,7 @@
 //! port, and the proxy's own connections (uid 2102) are not.
 
 use mesh_integration::{
-    netns::{can_run, Netns},
+    netns::{can_run, python, Netns, CAPTURE_TOOLS},
     process::bin,
 };
 
@@ -14,21 +14,9 @@ const LISTENER: &str = "import socket,sys,time\ns=socket.socket();s.setsockopt(s
 /// Connects to `addr:port` with a 1 s timeout; prints what it read or the error.
 const CLIENT: &str = "import socket,sys\ntry:\n  c=socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=1);print(c.recv(5).decode())\nexcept OSError as e: print('error',type(e).__name__)";
 
-/// A Python the unprivileged proxy user can run (not one under /root).
-fn python() -> &'static str {
-    if std::path::Path::new("/usr/bin/python3").exists() {
-        "/usr/bin/python3"
-    } else {
-        "python3"
-    }
-}
-
 #[test]
 fn init_rules_are_idempotent_and_spare_the_proxy_user() {
-    if !can_run(
-        "capture_init",
-        &["ip", "iptables", "iptables-save", "python3", "setpriv"],
-    ) {
+    if !can_run("capture_init", CAPTURE_TOOLS) {
         return;
     }
     let py = python();
