@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use mesh_identity::files::{IssuerPaths, TOKEN_KEY};
-use mesh_identity::kubernetes::{self, KubeMode, KubeSettings};
+use mesh_identity::kubernetes::{self, lease, KubeMode, KubeSettings, LeaseSettings};
 use mesh_identity::metrics::Metrics;
 use mesh_identity::server::{self, IdentityService, ServeConfig, ServiceConfig};
 use mesh_identity::token::TokenKey;
@@ -176,8 +176,10 @@ async fn kubernetes_service(args: &Args) -> Result<(IdentityService, KubeMode)> 
         anyhow::anyhow!("connecting to the Kubernetes API (in-cluster config or kubeconfig): {e}")
     })?;
     let metrics = Arc::new(Metrics::new());
+    let lease = LeaseSettings::new(lease::holder_identity()).context("leader election")?;
     info!(
         namespace = %args.namespace,
+        identity = lease.identity(),
         secret = %args.issuer_secret,
         anchors = count,
         "waiting for the issuer Secret"
@@ -187,6 +189,7 @@ async fn kubernetes_service(args: &Args) -> Result<(IdentityService, KubeMode)> 
         issuer_secret: args.issuer_secret.clone(),
         trust_anchors_pem: anchors,
         startup_timeout: kubernetes::DEFAULT_STARTUP_TIMEOUT,
+        lease,
     };
     let kube_mode = kubernetes::start(client, settings, metrics.clone()).await?;
     let service = IdentityService::with_config(ServiceConfig {

@@ -1,6 +1,7 @@
 //! The identity service's Prometheus metrics (`GET /metrics` on the admin port, names in
 //! `docs/metrics.md`): certificates issued, `Certify` errors by gRPC code, issuer
-//! reloads by result, and the current issuer's expiry (read at scrape time).
+//! reloads by result, the current issuer's expiry (read at scrape time), and whether
+//! this replica is the leader (Kubernetes source).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -80,6 +81,7 @@ pub struct Metrics {
     issued: Counter,
     certify_errors: Family<CodeLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
+    leader: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -106,6 +108,7 @@ impl Metrics {
         let issued = Counter::default();
         let certify_errors = Family::<CodeLabels, Counter>::default();
         let reloads = Family::<ResultLabels, Counter>::default();
+        let leader = Gauge::default();
         registry.register(
             "issuer_expiry_timestamp_seconds",
             "When the current issuer certificate expires (Unix seconds)",
@@ -126,6 +129,11 @@ impl Metrics {
             "Issuer loads from its source (the first included), by result",
             reloads.clone(),
         );
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease (the only one writing), else 0",
+            leader.clone(),
+        );
         // Every series exists from the start, so the first error or rejection is an
         // increase Prometheus can see (a series born at 1 has none).
         for code in CODES {
@@ -144,6 +152,7 @@ impl Metrics {
             issued,
             certify_errors,
             reloads,
+            leader,
         }
     }
 
@@ -168,6 +177,11 @@ impl Metrics {
                 result: result.label(),
             })
             .inc();
+    }
+
+    /// Records whether this replica leads (holds the Lease).
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
     }
 
     /// Certificates signed so far.
@@ -233,6 +247,7 @@ mod tests {
             "mesh_identity_certify_errors_total{code=\"PERMISSION_DENIED\"} 1",
             "mesh_identity_issuer_reloads_total{result=\"ok\"} 1",
             "mesh_identity_issuer_reloads_total{result=\"rejected\"} 1",
+            "mesh_identity_leader 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }
@@ -247,5 +262,11 @@ mod tests {
         assert_eq!(m.errors_total(), 3);
         assert_eq!(m.issued_total(), 1);
         assert_eq!(m.reloads_total(ReloadResult::Rejected), 1);
+        m.set_leader(true);
+        let text = m.render(UNIX_EPOCH);
+        assert!(
+            text.lines().any(|l| l == "mesh_identity_leader 1"),
+            "{text}"
+        );
     }
 }

@@ -1,8 +1,9 @@
 //! `--source kubernetes` against a fake API server at the HTTP layer: TokenReview
 //! decides who gets a certificate (real `Certify` calls over TLS), the issuer Secret is
 //! reloaded without a restart (and a bad one refused with an Event), the trust bundle
-//! is published into every namespace and repaired when stale, and every API call is
-//! one the RBAC rules grant (every rule used).
+//! is published into every namespace and repaired when stale, only by the replica that
+//! holds the leader Lease, and every API call is one the RBAC rules grant (every rule
+//! used).
 
 mod support;
 
@@ -13,9 +14,12 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
 use mesh_identity::ca::{generate_issuer, generate_trust_anchor};
 use mesh_identity::kubernetes::{
-    self, KubeMode, KubeSettings, TokenReviewer, CLUSTER_RULES, NAMESPACE_RULES,
+    self, lease, KubeMode, KubeSettings, LeaseSettings, TokenReviewer, CLUSTER_RULES,
+    NAMESPACE_RULES,
 };
 use mesh_identity::metrics::Metrics;
 use mesh_identity::server::{
@@ -40,7 +44,17 @@ const SECRETS: &str = "/api/v1/secrets";
 const EVENTS: &str = "/api/v1/events";
 const NAMESPACES: &str = "/api/v1/namespaces";
 const CONFIG_MAPS: &str = "/api/v1/configmaps";
-const PATHS: &[&str] = &[TOKEN_REVIEWS, SECRETS, EVENTS, NAMESPACES, CONFIG_MAPS];
+const LEASES: &str = "/apis/coordination.k8s.io/v1/leases";
+const PATHS: &[&str] = &[
+    TOKEN_REVIEWS,
+    SECRETS,
+    EVENTS,
+    NAMESPACES,
+    CONFIG_MAPS,
+    LEASES,
+];
+/// The holder identity of the replica under test.
+const ME: &str = "mesh-identity-0";
 
 // === fixtures ===
 
@@ -64,6 +78,27 @@ fn issuer_secret((cert, key): &(String, String)) -> Value {
     json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
         "metadata": {"name": SECRET, "namespace": CONTROL_NS},
         "data": {"tls.crt": STANDARD.encode(cert), "tls.key": STANDARD.encode(key)}})
+}
+
+/// The leader Lease held by `holder`, renewed at `renewed` for `seconds`.
+fn lease_held_by(holder: &str, renewed: Timestamp, seconds: i32) -> Value {
+    json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "mesh-identity", "namespace": CONTROL_NS},
+        "spec": {"holderIdentity": holder, "leaseDurationSeconds": seconds,
+            "renewTime": MicroTime(renewed), "acquireTime": MicroTime(renewed),
+            "leaseTransitions": 0}})
+}
+
+/// Settings for the replica under test: short Lease timings (1 s, renewed every 200 ms).
+fn settings(anchor: &Anchor, startup_timeout: Duration) -> KubeSettings {
+    let ms = Duration::from_millis;
+    KubeSettings {
+        namespace: CONTROL_NS.to_string(),
+        issuer_secret: SECRET.to_string(),
+        trust_anchors_pem: anchor.cert.clone(),
+        startup_timeout,
+        lease: LeaseSettings::with_timings(ME, ms(1000), ms(200), ms(100)).unwrap(),
+    }
 }
 
 fn namespace(name: &str) -> Value {
@@ -115,18 +150,13 @@ struct Running {
     client: IdentityClient<Channel>,
     addr: SocketAddr,
     admin: SocketAddr,
-    _kube: KubeMode,
+    kube: KubeMode,
 }
 
 async fn start(api: &KubeApi, anchor: &Anchor) -> Running {
     mesh_identity::install_crypto_provider();
     let metrics = Arc::new(Metrics::new());
-    let settings = KubeSettings {
-        namespace: CONTROL_NS.to_string(),
-        issuer_secret: SECRET.to_string(),
-        trust_anchors_pem: anchor.cert.clone(),
-        startup_timeout: Duration::from_secs(10),
-    };
+    let settings = settings(anchor, Duration::from_secs(10));
     let kube = kubernetes::start(api.client(), settings, metrics.clone())
         .await
         .unwrap();
@@ -152,7 +182,7 @@ async fn start(api: &KubeApi, anchor: &Anchor) -> Running {
         client: connect(addr, &anchor.cert).await,
         addr,
         admin,
-        _kube: kube,
+        kube,
     }
 }
 
@@ -479,12 +509,7 @@ async fn an_issuer_that_does_not_chain_to_the_anchors_is_refused() {
 async fn startup_fails_clearly_without_a_valid_issuer() {
     let anchor = anchor();
     let api = KubeApi::start(PATHS).await;
-    let settings = KubeSettings {
-        namespace: CONTROL_NS.to_string(),
-        issuer_secret: SECRET.to_string(),
-        trust_anchors_pem: anchor.cert.clone(),
-        startup_timeout: Duration::from_millis(1500),
-    };
+    let settings = settings(&anchor, Duration::from_millis(1500));
     let metrics = Arc::new(Metrics::new());
     let err = kubernetes::start(api.client(), settings.clone(), metrics.clone())
         .await
@@ -520,7 +545,9 @@ async fn the_trust_bundle_is_published_to_every_namespace_and_kept_current() {
             "metadata": {"name": "mesh-trust-roots", "namespace": "legacy"},
             "data": {"ca-bundle.pem": "hand-made"}}),
     );
-    let _r = start(&api, &anchor).await;
+    let r = start(&api, &anchor).await;
+    // A lone replica leads from the start.
+    assert!(lease::is_leader(&r.kube.leader));
     let bundle = anchor.cert.trim().to_string() + "\n";
     eventually("the unmanaged copy is adopted", || {
         roots(&api, "legacy").unwrap()["data"]["ca-bundle.pem"] == bundle.as_str()
@@ -583,6 +610,78 @@ async fn the_trust_bundle_is_published_to_every_namespace_and_kept_current() {
 }
 
 #[tokio::test]
+async fn a_replica_that_does_not_lead_writes_nothing_until_it_takes_over() {
+    let anchor = anchor();
+    let (api, _) = cluster(&anchor).await;
+    // Another replica holds a live lease (for an hour).
+    api.apply(
+        LEASES,
+        lease_held_by("mesh-identity-1", Timestamp::now(), 3600),
+    );
+    let mut r = start(&api, &anchor).await;
+    assert!(!lease::is_leader(&r.kube.leader));
+
+    // It serves, and it watches the Secret: a refused issuer is counted...
+    let web = spiffe_id(TD, "shop", "web");
+    certify(&mut r.client, "web-token", &web).await.unwrap();
+    api.apply(SECRETS, issuer_secret(&issuer(&self::anchor())));
+    let rejected = "mesh_identity_issuer_reloads_total{result=\"rejected\"} 1";
+    for _ in 0..500 {
+        if has_line(&metrics(r.admin).await, rejected) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let text = metrics(r.admin).await;
+    assert!(has_line(&text, rejected), "{text}");
+    assert!(has_line(&text, "mesh_identity_leader 0"), "{text}");
+    // ...and it watches namespaces and ConfigMaps, several election rounds long...
+    eventually("the trust bundle watches run", || {
+        let calls = api.calls();
+        [NAMESPACES, CONFIG_MAPS]
+            .iter()
+            .all(|p| calls.iter().any(|c| c.path == *p && c.watch))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // ...but it writes nothing: no ConfigMap, no Event, no Lease.
+    let writes = |api: &KubeApi| -> Vec<String> {
+        api.calls()
+            .iter()
+            .filter(|c| c.method != "GET" && c.path != TOKEN_REVIEWS)
+            .map(|c| format!("{} {}", c.method, c.path))
+            .collect()
+    };
+    assert_eq!(writes(&api), Vec::<String>::new());
+    assert!(api.objects(EVENTS).is_empty());
+    assert!(roots(&api, "shop").is_none());
+    assert!(
+        api.calls()
+            .iter()
+            .filter(|c| c.method == "GET" && c.path.ends_with("/leases/mesh-identity"))
+            .count()
+            >= 2,
+        "it keeps trying"
+    );
+
+    // The other replica stopped renewing long ago: this one takes over, and publishes
+    // the bundle at once.
+    let long_ago = Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(60);
+    api.apply(LEASES, lease_held_by("mesh-identity-1", long_ago, 15));
+    eventually("it leads", || lease::is_leader(&r.kube.leader)).await;
+    let held = api.get(LEASES, CONTROL_NS, "mesh-identity").unwrap();
+    assert_eq!(held["spec"]["holderIdentity"], ME);
+    assert_eq!(held["spec"]["leaseTransitions"], 1);
+    for ns in ["default", "shop", CONTROL_NS] {
+        eventually(&format!("the bundle is in {ns}"), || {
+            roots(&api, ns).is_some()
+        })
+        .await;
+    }
+    assert!(has_line(&metrics(r.admin).await, "mesh_identity_leader 1"));
+}
+
+#[tokio::test]
 async fn every_api_call_is_granted_and_every_rule_is_used() {
     let anchor = anchor();
     let (api, _) = cluster(&anchor).await;
@@ -610,6 +709,13 @@ async fn every_api_call_is_granted_and_every_rule_is_used() {
         roots(&api, "shop").unwrap()["data"]["ca-bundle.pem"] == bundle.as_str()
     })
     .await;
+    // The Lease read (get leases), created (create leases) and renewed (update leases).
+    eventually("the lease is renewed", || {
+        api.calls()
+            .iter()
+            .any(|c| c.method == "PUT" && c.path.contains("/leases/"))
+    })
+    .await;
 
     let mut used = BTreeSet::new();
     for call in api.calls() {
@@ -620,6 +726,7 @@ async fn every_api_call_is_granted_and_every_rule_is_used() {
             ("GET", Some(_), _) => "get",
             ("POST", None, _) => "create",
             ("PATCH", Some(_), _) => "patch",
+            ("PUT", Some(_), _) => "update",
             (m, _, _) => panic!("unexpected {m} {}", call.path),
         };
         let grants = |rules: &[kubernetes::ApiRule]| {

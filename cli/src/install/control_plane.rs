@@ -50,7 +50,15 @@ pub struct Component {
     ports: Vec<Port>,
     resources: Resources,
     volumes: Vec<(Volume, VolumeMount)>,
+    /// Environment variables set from the pod's own fields (downward API):
+    /// `(name, field path)`.
+    pod_fields: &'static [(&'static str, &'static str)],
 }
+
+/// The pod's own namespace (`mesh-identity --namespace` defaults to it).
+const POD_NAMESPACE: (&str, &str) = ("POD_NAMESPACE", "metadata.namespace");
+/// The pod's name: `mesh-identity`'s holder identity in leader election.
+const POD_NAME: (&str, &str) = ("POD_NAME", "metadata.name");
 
 /// The components, identity first (the controller's injected proxies depend on it).
 pub fn components(settings: &Settings) -> [Component; 2] {
@@ -84,6 +92,7 @@ pub fn components(settings: &Settings) -> [Component; 2] {
             memory_limit: "128Mi",
         },
         volumes: vec![identity::volume()],
+        pod_fields: &[POD_NAMESPACE, POD_NAME],
     };
     let mut controller_args = strings(&[
         "--source",
@@ -122,6 +131,7 @@ pub fn components(settings: &Settings) -> [Component; 2] {
             memory_limit: "256Mi",
         },
         volumes: vec![webhook::volume()],
+        pod_fields: &[POD_NAMESPACE],
     };
     [identity, controller]
 }
@@ -271,18 +281,12 @@ impl Component {
             name: self.name.to_string(),
             image: Some(self.image.clone()),
             args: Some(self.args.clone()),
-            // The pod's own namespace (`mesh-identity --namespace` defaults to it).
-            env: Some(vec![EnvVar {
-                name: "POD_NAMESPACE".to_string(),
-                value: None,
-                value_from: Some(EnvVarSource {
-                    field_ref: Some(ObjectFieldSelector {
-                        api_version: None,
-                        field_path: "metadata.namespace".to_string(),
-                    }),
-                    ..EnvVarSource::default()
-                }),
-            }]),
+            env: Some(
+                self.pod_fields
+                    .iter()
+                    .map(|&(n, f)| pod_field(n, f))
+                    .collect(),
+            ),
             ports: Some(ports),
             liveness_probe: Some(admin_probe("/live", 10)),
             readiness_probe: Some(admin_probe("/ready", 2)),
@@ -304,6 +308,21 @@ impl Component {
             volume_mounts: (!mounts.is_empty()).then_some(mounts),
             ..Container::default()
         }
+    }
+}
+
+/// Environment variable `name` set to the pod's field `field_path` (downward API).
+fn pod_field(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                api_version: None,
+                field_path: field_path.to_string(),
+            }),
+            ..EnvVarSource::default()
+        }),
     }
 }
 

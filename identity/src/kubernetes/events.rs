@@ -1,5 +1,6 @@
 //! Kubernetes Events (core/v1) about the objects the identity service reads, so that
-//! `kubectl describe secret` shows why an issuer was refused. Posting is best effort:
+//! `kubectl describe secret` shows why an issuer was refused. Only the leader posts
+//! (every replica sees the same Secret; see [`super::lease`]). Posting is best effort:
 //! a failure is logged, never fatal.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -9,7 +10,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::PostParams;
 use kube::{Api, Client};
+use tokio::sync::watch;
 use tracing::{debug, warn};
+
+use super::lease;
 
 /// The component named as the Events' source.
 const COMPONENT: &str = "mesh-identity";
@@ -42,6 +46,7 @@ pub struct EventRecorder {
     api: Api<Event>,
     namespace: String,
     instance: Option<String>,
+    leader: watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for EventRecorder {
@@ -55,17 +60,20 @@ impl std::fmt::Debug for EventRecorder {
 // === impl EventRecorder ===
 
 impl EventRecorder {
-    /// Posts to `POST /api/v1/namespaces/<namespace>/events`.
-    pub fn new(client: Client, namespace: &str) -> Self {
+    /// Posts to `POST /api/v1/namespaces/<namespace>/events` while `leader` reads
+    /// true.
+    pub fn new(client: Client, namespace: &str, leader: watch::Receiver<bool>) -> Self {
         Self {
             api: Api::namespaced(client, namespace),
             namespace: namespace.to_string(),
             // The pod name (Kubernetes sets HOSTNAME to it).
             instance: std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()),
+            leader,
         }
     }
 
-    /// Records `reason` about `object` (best effort, bounded by a timeout).
+    /// Records `reason` about `object` if this replica leads (best effort, bounded by
+    /// a timeout).
     pub async fn publish(
         &self,
         object: ObjectReference,
@@ -73,6 +81,10 @@ impl EventRecorder {
         reason: &str,
         message: &str,
     ) {
+        if !lease::is_leader(&self.leader) {
+            debug!(reason, "not the leader: the event is left to it");
+            return;
+        }
         let event = self.event(object, kind, reason, message);
         let params = PostParams::default();
         let post = self.api.create(&params, &event);

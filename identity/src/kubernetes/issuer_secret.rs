@@ -73,16 +73,17 @@ enum State {
     Serving(SharedIssuer),
 }
 
-/// Starts watching the Secret and waits (at most `timeout`) for its first valid issuer.
-/// Returns the handle the service signs with and the watch task (abort it to stop).
+/// Starts watching the Secret and waits (at most `timeout`) for its first valid issuer;
+/// reloads and refusals are recorded with `events`. Returns the handle the service
+/// signs with and the watch task (abort it to stop).
 pub async fn start(
     client: Client,
     source: IssuerSource,
+    events: EventRecorder,
     metrics: Arc<Metrics>,
     timeout: Duration,
 ) -> Result<(SharedIssuer, JoinHandle<()>), KubeError> {
     let (tx, mut rx) = watch::channel(State::Waiting(None));
-    let events = EventRecorder::new(client.clone(), &source.namespace);
     let api: Api<Secret> = Api::namespaced(client, &source.namespace);
     let task = tokio::spawn(
         Watch {

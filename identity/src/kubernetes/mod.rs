@@ -1,15 +1,18 @@
 //! `--source kubernetes` (DESIGN §5): workloads prove their service account with a
 //! projected token checked by TokenReview ([`token_review`]), the issuer comes from a
 //! Secret and is reloaded when it changes ([`issuer_secret`]), and the trust anchors are
-//! published as a ConfigMap in every namespace ([`trust_bundle`]). [`rbac`] lists the
-//! permissions all of this needs.
+//! published as a ConfigMap in every namespace ([`trust_bundle`]). Of several replicas
+//! only the leader elected over a Lease ([`lease`]) writes the ConfigMaps and Events.
+//! [`rbac`] lists the permissions all of this needs.
 
 pub mod events;
 pub mod issuer_secret;
+pub mod lease;
 pub mod rbac;
 pub mod token_review;
 pub mod trust_bundle;
 
+pub use lease::LeaseSettings;
 pub use rbac::{ApiRule, CLUSTER_RULES, NAMESPACE_RULES};
 pub use token_review::TokenReviewer;
 
@@ -18,6 +21,7 @@ use std::time::Duration;
 
 use kube::Client;
 use thiserror::Error;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::ca::SharedIssuer;
@@ -70,7 +74,7 @@ pub enum KubeError {
 /// What Kubernetes mode needs besides the client.
 #[derive(Clone, Debug)]
 pub struct KubeSettings {
-    /// The control-plane namespace (the issuer Secret and Events live there).
+    /// The control-plane namespace (the issuer Secret, the Lease and Events live there).
     pub namespace: String,
     /// The issuer Secret's name.
     pub issuer_secret: String,
@@ -78,6 +82,8 @@ pub struct KubeSettings {
     pub trust_anchors_pem: String,
     /// How long to wait for the first valid issuer.
     pub startup_timeout: Duration,
+    /// Leader election: who this replica is, and the Lease timings.
+    pub lease: LeaseSettings,
 }
 
 /// Kubernetes mode, running: the issuer handle and authenticator the service uses, and
@@ -88,6 +94,9 @@ pub struct KubeMode {
     pub issuer: SharedIssuer,
     /// TokenReview authentication.
     pub authenticator: Arc<dyn Authenticator>,
+    /// True while this replica is the leader (the only one writing); see
+    /// [`lease::is_leader`].
+    pub leader: watch::Receiver<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -99,26 +108,52 @@ impl Drop for KubeMode {
     }
 }
 
-/// Starts Kubernetes mode: waits for the first valid issuer from the Secret, then
-/// keeps watching it, and starts publishing the trust bundle.
+/// Starts Kubernetes mode: starts the leader election, waits for the first valid issuer
+/// from the Secret, then keeps watching it, and starts the trust-bundle publisher.
+/// Before returning it also waits (within the startup timeout) for the first election
+/// round, so that a lone replica writes from the start; serving does not depend on it.
 pub async fn start(
     client: Client,
     settings: KubeSettings,
     metrics: Arc<Metrics>,
 ) -> Result<KubeMode, KubeError> {
     let bundle = settings.trust_anchors_pem.trim().to_string() + "\n";
+    let (leader, elect) = lease::start(
+        client.clone(),
+        &settings.namespace,
+        settings.lease,
+        metrics.clone(),
+    );
+    let events = events::EventRecorder::new(client.clone(), &settings.namespace, leader.clone());
     let source = issuer_secret::IssuerSource {
         namespace: settings.namespace,
         name: settings.issuer_secret,
         anchors_pem: bundle.clone(),
     };
-    let (issuer, watch) =
-        issuer_secret::start(client.clone(), source, metrics, settings.startup_timeout).await?;
-    let publish = tokio::spawn(trust_bundle::run(client.clone(), bundle));
+    let started = issuer_secret::start(
+        client.clone(),
+        source,
+        events,
+        metrics,
+        settings.startup_timeout,
+    )
+    .await;
+    let (issuer, watch) = match started {
+        Ok(started) => started,
+        Err(e) => {
+            elect.abort();
+            return Err(e);
+        }
+    };
+    let mut first_round = leader.clone();
+    // Either way (leader or not, or no answer in time), the replica serves.
+    let _ = tokio::time::timeout(settings.startup_timeout, first_round.changed()).await;
+    let publish = tokio::spawn(trust_bundle::run(client.clone(), bundle, leader.clone()));
     Ok(KubeMode {
         issuer,
         authenticator: Arc::new(TokenReviewer::new(client)),
-        tasks: vec![watch, publish],
+        leader,
+        tasks: vec![elect, watch, publish],
     })
 }
 

@@ -33,8 +33,9 @@ pub const CLUSTER_RULES: &[ApiRule] = &[
     },
 ];
 
-/// In the control-plane namespace only (a Role): the issuer Secret (watched), and
-/// Events about issuer reloads.
+/// In the control-plane namespace only (a Role): the issuer Secret (watched), Events
+/// about issuer reloads, and the leader-election Lease (read, created, renewed with a
+/// conditional PUT).
 pub const NAMESPACE_RULES: &[ApiRule] = &[
     ApiRule {
         group: "",
@@ -45,5 +46,10 @@ pub const NAMESPACE_RULES: &[ApiRule] = &[
         group: "",
         resources: &["events"],
         verbs: &["create"],
+    },
+    ApiRule {
+        group: "coordination.k8s.io",
+        resources: &["leases"],
+        verbs: &["get", "create", "update"],
     },
 ];

@@ -3,9 +3,12 @@
 //! extended). Lists carry a resourceVersion; watches stream `ADDED`/`MODIFIED`/`DELETED`
 //! lines; namespaced paths (`/api/v1/namespaces/<ns>/<resource>[/<name>]`), field
 //! selectors on `metadata.name`/`metadata.namespace` and equality label selectors filter
-//! both. `POST` creates (409 if the object exists) unless the test installed a reactor
-//! for the collection (e.g. TokenReviews); `PATCH` applies a JSON merge patch. Every
-//! request is recorded with its body.
+//! both; `GET` of a named object returns it (404 if absent). `POST` creates (409 if the
+//! object exists) unless the test installed a reactor for the collection (e.g.
+//! TokenReviews); `PATCH` applies a JSON merge patch; `PUT` replaces an object (404 if
+//! absent), refusing with 409 Conflict a body whose `metadata.resourceVersion` is not the
+//! stored one (optimistic concurrency, as leader election uses it). Every request is
+//! recorded with its body.
 
 #![allow(dead_code)]
 
@@ -25,7 +28,7 @@ use tokio::sync::mpsc;
 /// One recorded request.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Call {
-    /// `GET`, `POST`, `PATCH`…
+    /// `GET`, `POST`, `PATCH`, `PUT`…
     pub method: String,
     /// The path, without the query.
     pub path: String,
@@ -457,6 +460,43 @@ impl KubeApi {
                     return respond(404, &not_found);
                 };
                 merge(&mut obj, &body.unwrap_or_default());
+                Self::stamp(&mut state, &mut obj);
+                let c = state.collections.get_mut(&target.collection).unwrap();
+                c.objects.insert(obj_key(&obj), obj.clone());
+                broadcast(c, "MODIFIED", &obj);
+                respond(200, &obj)
+            }
+            ("PUT", Some(name)) => {
+                let Some(current) = state.collections[&target.collection]
+                    .objects
+                    .get(&key(name))
+                    .cloned()
+                else {
+                    return respond(404, &not_found);
+                };
+                let mut obj = body.unwrap_or_default();
+                if obj["metadata"]["name"].as_str() != Some(name.as_str()) {
+                    let message = format!("the name of the object does not match {name}");
+                    return respond(400, &status(400, "BadRequest", message));
+                }
+                let stored = &current["metadata"]["resourceVersion"];
+                let sent = &obj["metadata"]["resourceVersion"];
+                if !sent.is_null() && sent != stored {
+                    let conflict = status(
+                        409,
+                        "Conflict",
+                        format!(
+                            "Operation cannot be fulfilled on {} \"{name}\": the object has been \
+                             modified; please apply your changes to the latest version and try again",
+                            target.resource
+                        ),
+                    );
+                    return respond(409, &conflict);
+                }
+                if let Some(ns) = &target.namespace {
+                    obj["metadata"]["namespace"] = json!(ns);
+                }
+                obj["metadata"]["uid"] = current["metadata"]["uid"].clone();
                 Self::stamp(&mut state, &mut obj);
                 let c = state.collections.get_mut(&target.collection).unwrap();
                 c.objects.insert(obj_key(&obj), obj.clone());

@@ -6,6 +6,8 @@
 //! caches; after each change [`plan`] computes the missing and stale ConfigMaps and
 //! [`apply`] creates (POST) or merge-patches (PATCH) them, recording what it wrote so
 //! the next plan does not repeat it. Failed calls are retried after [`RETRY_DELAY`].
+//! Only the leader ([`super::lease`]) plans and writes; the others keep their caches
+//! warm so that a new leader reconciles at once.
 
 mod cache;
 mod plan;
@@ -22,10 +24,12 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client};
+use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use self::cache::Cache;
+use super::lease;
 use super::{MANAGED_BY, MANAGED_BY_LABEL, TRUST_ROOTS_CONFIG_MAP, TRUST_ROOTS_KEY};
 
 /// Delay before failed calls are tried again.
@@ -39,8 +43,10 @@ enum Update {
     ConfigMap(Result<Event<ConfigMap>, watcher::Error>),
 }
 
-/// Runs the reconciler for as long as the task lives.
-pub async fn run(client: Client, bundle: String) {
+/// Runs the reconciler for as long as the task lives. Every replica watches; only the
+/// leader (`leader` reads true, see [`super::lease`]) plans and writes, and it plans at
+/// once when it becomes the leader.
+pub async fn run(client: Client, bundle: String, mut leader: watch::Receiver<bool>) {
     let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY}");
     let namespace_events = watcher::watcher(
         Api::<Namespace>::all(client.clone()),
@@ -60,6 +66,9 @@ pub async fn run(client: Client, bundle: String) {
     let mut namespaces = Cache::<Namespace>::default();
     let mut config_maps = Cache::<ConfigMap>::default();
     let mut retry_at: Option<Instant> = None;
+    let mut leading = lease::is_leader(&leader);
+    // Whether the elector still runs (else this replica never leads again).
+    let mut electing = true;
     loop {
         let retry = async {
             match retry_at {
@@ -78,13 +87,26 @@ pub async fn run(client: Client, bundle: String) {
                 }
             },
             () = retry => true,
+            gone = leader.changed(), if electing => {
+                electing = gone.is_ok();
+                let was = leading;
+                leading = electing && *leader.borrow_and_update();
+                leading && !was
+            }
         };
-        if !changed || !namespaces.listed() || !config_maps.listed() {
+        if !leading {
+            retry_at = None;
+        }
+        if !changed || !leading || !namespaces.listed() || !config_maps.listed() {
             continue;
         }
         let actions = plan(namespaces.values(), config_maps.values(), &bundle);
         let mut failed = 0;
         for action in &actions {
+            if !lease::is_leader(&leader) {
+                debug!("no longer the leader: trust bundle writes stopped");
+                break;
+            }
             match apply(&client, &bundle, action).await {
                 Ok(written) => config_maps.insert(written),
                 Err(error) => {
