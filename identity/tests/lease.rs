@@ -3,7 +3,6 @@
 //! lease has expired, counting a transition. Short timings: a 1 s lease renewed every
 //! 200 ms.
 
-mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +16,7 @@ use mesh_identity::kubernetes::lease::{self, is_leader, LEASE_NAME};
 use mesh_identity::kubernetes::LeaseSettings;
 use mesh_identity::metrics::Metrics;
 use serde_json::{json, Value};
-use support::kube_api::KubeApi;
+use mesh_kube_fake::KubeApi;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 

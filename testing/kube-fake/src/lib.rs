@@ -1,6 +1,6 @@
 //! A fake Kubernetes API server on a loopback port, speaking the JSON the real one does
-//! for the collections a test declares (copied from the controller's test support and
-//! extended). Lists carry a resourceVersion; watches stream `ADDED`/`MODIFIED`/`DELETED`
+//! for the collections a test declares, for the controller's and the identity service's
+//! tests (the Kubernetes API is the one thing the tests do not run for real). Lists carry a resourceVersion; watches stream `ADDED`/`MODIFIED`/`DELETED`
 //! lines; namespaced paths (`/api/v1/namespaces/<ns>/<resource>[/<name>]`), field
 //! selectors on `metadata.name`/`metadata.namespace` and equality label selectors filter
 //! both; `GET` of a named object returns it (404 if absent). `POST` creates (409 if the
@@ -9,8 +9,6 @@
 //! absent), refusing with 409 Conflict a body whose `metadata.resourceVersion` is not the
 //! stored one (optimistic concurrency, as leader election uses it). Every request is
 //! recorded with its body.
-
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;

@@ -1,3 +1,0 @@
-//! Test support for the identity service's integration tests.
-
-pub mod kube_api;
