@@ -15,7 +15,7 @@ const API: &str = "http://api.demo.svc.cluster.local:80";
 
 struct Setup {
     mesh: Mesh,
-    _api_proxy: mesh_integration::Proxy,
+    api: mesh_integration::Proxy,
     web: mesh_integration::Proxy,
     echo: apps::EchoApp,
     grpc: apps::GrpcApp,
@@ -50,7 +50,7 @@ async fn setup() -> Setup {
     let web = mesh.proxy("demo", "web", "web-1").await;
     Setup {
         mesh,
-        _api_proxy: api_proxy,
+        api: api_proxy,
         web,
         echo,
         grpc,
@@ -159,6 +159,32 @@ async fn http1_http2_grpc_and_upgrade_travel_through_both_proxies() {
         "{m}"
     );
     assert!(m.contains("status_code=\"200\""), "{m}");
+    // Source labels are the proxy's own; destination labels come from discovery.
+    assert!(
+        m.contains("src_namespace=\"demo\",src_workload=\"web-1\",dst_identity=\"spiffe://cluster.local/ns/demo/sa/api\",dst_namespace=\"demo\",dst_workload=\"api-1\""),
+        "{m}"
+    );
+    // Connections from the app are counted, with their bytes.
+    let open = s
+        .web
+        .metric_sum("mesh_tcp_open_total", &["direction=\"outbound\""])
+        .await;
+    assert!(open >= 1.0, "{m}");
+    let read = s
+        .web
+        .metric_sum("mesh_tcp_read_bytes_total", &["direction=\"outbound\""])
+        .await;
+    assert!(read > 0.0, "{m}");
+    // The server side counts the peer's mTLS connections under the target's name.
+    let api = s.api.metrics().await;
+    assert!(
+        api.contains("mesh_tcp_open_total{direction=\"inbound\",dst_service=\"api.demo.svc.cluster.local:80\",tls=\"true\"}"),
+        "{api}"
+    );
+    assert!(
+        api.contains("src_namespace=\"demo\",src_workload=\"\",dst_identity=\"spiffe://cluster.local/ns/demo/sa/api\",dst_namespace=\"demo\""),
+        "{api}"
+    );
     assert!(s.echo.hits.load(std::sync::atomic::Ordering::Relaxed) >= 3);
     let _ = (&s.mesh, &s.grpc);
 }

@@ -18,6 +18,10 @@ use tokio::net::TcpListener;
 /// Runs the proxy until the process is told to stop.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
+    let local = crate::metrics::Local {
+        namespace: config.namespace.as_str().into(),
+        workload: config.workload.as_str().into(),
+    };
     let roots =
         tls::trust_roots(&config.trust_anchors_pem).context("MESH_PROXY_TRUST_ANCHORS_FILE")?;
     let certs = Arc::new(CertStore::default());
@@ -68,6 +72,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             detect_timeout: config.detect_timeout,
             connect_timeout: config.connect_timeout,
             opaque_ports: config.opaque_ports.clone(),
+            local: local.clone(),
         },
     ));
     let refresh: admin::Refresh = {
@@ -87,6 +92,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.app_ip,
         config.header_timeout,
         config.connect_timeout,
+        local,
     ));
 
     tracing::info!(

@@ -16,6 +16,7 @@ pub mod errors;
 pub mod identity;
 pub mod inbound;
 pub mod init;
+pub mod metered;
 pub mod metrics;
 pub mod orig_dst;
 pub mod outbound;

@@ -26,9 +26,28 @@ impl EncodeLabelValue for Str {
     }
 }
 
+/// This proxy's workload, as it appears in metric labels.
+#[derive(Clone, Debug, Default)]
+pub struct Local {
+    pub namespace: Str,
+    pub workload: Str,
+}
+
+/// The namespace in a SPIFFE ID (`spiffe://<td>/ns/<ns>/sa/<sa>`), or `""`.
+pub fn identity_namespace(id: &str) -> Str {
+    let ns = id
+        .strip_prefix("spiffe://")
+        .and_then(|rest| rest.split_once("/ns/"))
+        .and_then(|(_, rest)| rest.split_once("/sa/"))
+        .map(|(ns, _)| ns)
+        .unwrap_or_default();
+    Str::from(ns)
+}
+
 /// Which side of the proxy handled the traffic.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Default, Hash, PartialEq, Eq, EncodeLabelValue)]
 pub enum Direction {
+    #[default]
     #[allow(non_camel_case_types)]
     inbound,
     #[allow(non_camel_case_types)]
@@ -52,12 +71,34 @@ pub struct RequestLabels {
     pub dst_service: Str,
     /// The client's SPIFFE ID (`""` when unknown).
     pub src_identity: Str,
+    /// The client's namespace (outbound: this proxy's; inbound: from its identity).
+    pub src_namespace: Str,
+    /// The client's workload (outbound: this proxy's; inbound: `""`, use the
+    /// client's outbound metrics or `src_identity`).
+    pub src_workload: Str,
     /// The server's SPIFFE ID (`""` when not meshed).
     pub dst_identity: Str,
+    /// The server's namespace (outbound: from discovery; inbound: this proxy's).
+    pub dst_namespace: Str,
+    /// The server's workload (outbound: from discovery; inbound: this proxy's).
+    pub dst_workload: Str,
     /// `true` when the hop between proxies was mutual TLS.
     pub tls: bool,
     /// The route that matched (`default` when none did; `""` inbound).
     pub route: Str,
+}
+
+/// Labels of an accepted TCP connection.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpLabels {
+    pub direction: Direction,
+    /// Inbound: the target the peer named; outbound: the original destination's
+    /// service for redirected connections (`""` in explicit HTTP mode, where each
+    /// request names its own).
+    pub dst_service: Str,
+    /// Inbound: the peer completed mutual TLS; outbound: an opaque session carried
+    /// over mutual TLS.
+    pub tls: bool,
 }
 
 /// Labels of a retry, a skipped retry or an ejection.
@@ -121,6 +162,11 @@ pub struct Metrics {
     pub retries_skipped: Family<TrafficLabels, Counter>,
     pub ejections: Family<TrafficLabels, Counter>,
     pub balancer_endpoints: Family<BalancerLabels, Gauge>,
+    pub tcp_open: Family<TcpLabels, Counter>,
+    pub tcp_close: Family<TcpLabels, Counter>,
+    pub tcp_open_connections: Family<TcpLabels, Gauge>,
+    pub tcp_read_bytes: Family<TcpLabels, Counter>,
+    pub tcp_write_bytes: Family<TcpLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -145,6 +191,28 @@ impl Metrics {
         let retries_skipped = Family::<TrafficLabels, Counter>::default();
         let ejections = Family::<TrafficLabels, Counter>::default();
         let balancer_endpoints = Family::<BalancerLabels, Gauge>::default();
+        let tcp_open = Family::<TcpLabels, Counter>::default();
+        let tcp_close = Family::<TcpLabels, Counter>::default();
+        let tcp_open_connections = Family::<TcpLabels, Gauge>::default();
+        let tcp_read_bytes = Family::<TcpLabels, Counter>::default();
+        let tcp_write_bytes = Family::<TcpLabels, Counter>::default();
+        registry.register("tcp_open", "TCP connections accepted", tcp_open.clone());
+        registry.register("tcp_close", "TCP connections closed", tcp_close.clone());
+        registry.register(
+            "tcp_open_connections",
+            "TCP connections currently open",
+            tcp_open_connections.clone(),
+        );
+        registry.register(
+            "tcp_read_bytes",
+            "Bytes read from accepted connections",
+            tcp_read_bytes.clone(),
+        );
+        registry.register(
+            "tcp_write_bytes",
+            "Bytes written to accepted connections",
+            tcp_write_bytes.clone(),
+        );
         registry.register(
             "balancer_endpoints",
             "Endpoints of each backend, by state (computed at scrape time)",
@@ -207,6 +275,11 @@ impl Metrics {
             retries_skipped,
             ejections,
             balancer_endpoints,
+            tcp_open,
+            tcp_close,
+            tcp_open_connections,
+            tcp_read_bytes,
+            tcp_write_bytes,
         }
     }
 
@@ -291,13 +364,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn namespaces_from_identities() {
+        assert_eq!(
+            &*identity_namespace("spiffe://cluster.local/ns/shop/sa/web").0,
+            "shop"
+        );
+        assert_eq!(&*identity_namespace("spiffe://x/other").0, "");
+        assert_eq!(&*identity_namespace("").0, "");
+    }
+
+    #[test]
     fn renders_the_documented_names() {
         let m = Metrics::new();
         let labels = RequestLabels {
             direction: Direction::outbound,
             dst_service: "web.demo.svc.cluster.local:80".into(),
             src_identity: "spiffe://cluster.local/ns/demo/sa/a".into(),
+            src_namespace: "demo".into(),
+            src_workload: "a".into(),
             dst_identity: "spiffe://cluster.local/ns/demo/sa/b".into(),
+            dst_namespace: "demo".into(),
+            dst_workload: "b".into(),
             tls: true,
             route: "default".into(),
         };

@@ -27,6 +27,10 @@ pub struct EndpointMeta {
     pub addr: SocketAddr,
     /// Set when the endpoint is meshed: whom to expect and where to dial.
     pub tls: Option<TlsTarget>,
+    /// The workload behind the endpoint, for metric labels.
+    pub workload: crate::metrics::Str,
+    /// The endpoint's namespace, for metric labels.
+    pub namespace: crate::metrics::Str,
 }
 
 /// How to reach a meshed endpoint.

@@ -31,7 +31,7 @@ impl<T> State<T> {
             Some(update::Update::Add(set)) => {
                 self.exists = true;
                 for wa in set.endpoints {
-                    let Some(meta) = meta(&wa, target) else {
+                    let Some(meta) = meta(&wa, &set.metric_labels, target) else {
                         continue;
                     };
                     let reused = previous
@@ -70,7 +70,11 @@ impl<T> State<T> {
     }
 }
 
-fn meta(wa: &WeightedAddr, target: &str) -> Option<EndpointMeta> {
+fn meta(
+    wa: &WeightedAddr,
+    shared: &std::collections::HashMap<String, String>,
+    target: &str,
+) -> Option<EndpointMeta> {
     let addr: SocketAddr = match wa.addr.parse() {
         Ok(a) => a,
         Err(_) => {
@@ -98,7 +102,17 @@ fn meta(wa: &WeightedAddr, target: &str) -> Option<EndpointMeta> {
             })
         }
     };
-    Some(EndpointMeta { addr, tls })
+    // The endpoint's own labels win over the set's.
+    let label = |k: &str| {
+        let v = wa.metric_labels.get(k).or_else(|| shared.get(k));
+        crate::metrics::Str::from(v.map(String::as_str).unwrap_or_default())
+    };
+    Some(EndpointMeta {
+        addr,
+        tls,
+        workload: label("workload"),
+        namespace: label("namespace"),
+    })
 }
 
 /// Runs the watch until every reader is gone.

@@ -7,7 +7,8 @@ mod app;
 mod http;
 
 use crate::{
-    metrics::{Direction, Metrics, RequestLabels, Str},
+    metered::Metered,
+    metrics::{Direction, Metrics, RequestLabels, Str, TcpLabels},
     tls::spiffe::spiffe_id,
     transport_header::{SessionProtocol, TransportHeader},
 };
@@ -23,6 +24,7 @@ pub struct Inbound {
     identity: Str,
     header_timeout: Duration,
     apps: app::AppClients,
+    local: crate::metrics::Local,
 }
 
 impl Inbound {
@@ -34,6 +36,7 @@ impl Inbound {
         app_ip: IpAddr,
         header_timeout: Duration,
         connect_timeout: Duration,
+        local: crate::metrics::Local,
     ) -> Self {
         Inbound {
             acceptor: TlsAcceptor::from(tls),
@@ -41,6 +44,7 @@ impl Inbound {
             identity: identity.into(),
             header_timeout,
             apps: app::AppClients::new(app_ip, connect_timeout),
+            local,
         }
     }
 
@@ -68,6 +72,14 @@ impl Inbound {
 
     /// Handles one connection; the error is (metric reason, message).
     async fn connection(&self, tcp: TcpStream) -> Result<(), (&'static str, String)> {
+        let tcp = Metered::new(
+            tcp,
+            self.metrics.clone(),
+            TcpLabels {
+                direction: Direction::inbound,
+                ..TcpLabels::default()
+            },
+        );
         // The whole preamble (handshake + header) is bounded, so an idle or
         // slow client cannot hold a connection open.
         let preamble = async {
@@ -89,16 +101,24 @@ impl Inbound {
                 .map_err(|e| ("transport header", e.to_string()))?;
             Ok::<_, (&'static str, String)>((tls, client_id, header))
         };
-        let (tls, client_id, header) =
-            tokio::time::timeout(self.header_timeout, preamble)
-                .await
-                .map_err(|_| ("timeout", "no handshake and header in time".to_string()))??;
+        let (mut tls, client_id, header) = tokio::time::timeout(self.header_timeout, preamble)
+            .await
+            .map_err(|_| ("timeout", "no handshake and header in time".to_string()))??;
+        tls.get_mut().0.open(TcpLabels {
+            direction: Direction::inbound,
+            dst_service: Str::from(header.name.as_str()),
+            tls: true,
+        });
 
         let labels = RequestLabels {
             direction: Direction::inbound,
             dst_service: Str::from(header.name.as_str()),
             src_identity: Str::from(client_id.as_str()),
+            src_namespace: crate::metrics::identity_namespace(&client_id),
+            src_workload: Str::default(),
             dst_identity: self.identity.clone(),
+            dst_namespace: self.local.namespace.clone(),
+            dst_workload: self.local.workload.clone(),
             tls: true,
             route: Str::default(),
         };

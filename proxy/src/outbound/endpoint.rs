@@ -40,6 +40,9 @@ pub struct EndpointClient {
     pub addr: SocketAddr,
     /// The identity the peer must present (`""` if unmeshed).
     pub identity: Str,
+    /// The workload and namespace behind the endpoint (metric labels).
+    pub workload: Str,
+    pub namespace: Str,
     mtls: Option<Mtls>,
     /// Pooled plain HTTP/1.1 to an unmeshed endpoint.
     plain: Option<hyper_util::client::legacy::Client<crate::connect::FixedConnector, ProxyBody>>,
@@ -136,6 +139,8 @@ impl EndpointClient {
         EndpointClient {
             addr: meta.addr,
             identity,
+            workload: meta.workload.clone(),
+            namespace: meta.namespace.clone(),
             mtls,
             plain,
             connect_timeout: settings.connect_timeout,
@@ -392,6 +397,8 @@ mod tests {
         let meta = EndpointMeta {
             addr: "127.0.0.1:1".parse().unwrap(),
             tls: None,
+            workload: Default::default(),
+            namespace: Default::default(),
         };
         EndpointClient::new(
             &meta,

@@ -153,7 +153,11 @@ impl Connection {
             direction: Direction::outbound,
             dst_service: name.clone(),
             src_identity: ob.identity.clone(),
+            src_namespace: ob.local.namespace.clone(),
+            src_workload: ob.local.workload.clone(),
             dst_identity: Str::default(),
+            dst_namespace: Str::default(),
+            dst_workload: Str::default(),
             tls: false,
             route: route.name.clone(),
         };
@@ -167,6 +171,8 @@ impl Connection {
             Ok(mut rsp) => {
                 if let Some(peer) = rsp.extensions_mut().remove::<Peer>() {
                     labels.dst_identity = peer.identity;
+                    labels.dst_namespace = peer.namespace;
+                    labels.dst_workload = peer.workload;
                     labels.tls = peer.tls;
                 }
                 rsp

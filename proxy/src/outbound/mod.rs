@@ -30,12 +30,18 @@ pub struct OutboundSettings {
     pub connect_timeout: Duration,
     /// Ports carried as opaque TCP without detection.
     pub opaque_ports: Vec<crate::init::rules::PortRange>,
+    /// This proxy's workload (the source labels of its requests).
+    pub local: crate::metrics::Local,
 }
 
 use crate::{
     body::ProxyBody,
     discovery::{PolicyResolver, Resolver},
     metrics::Metrics,
+};
+use crate::{
+    metered::Metered,
+    metrics::{Direction, TcpLabels},
 };
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
@@ -44,6 +50,9 @@ use hyper_util::{
 };
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tokio::net::{TcpListener, TcpStream};
+
+/// An application connection, counted into the TCP metrics.
+type AppConn = Metered<TcpStream>;
 
 /// A plaintext HTTP client for unmeshed endpoints and unknown targets.
 pub type PlainClient = Client<HttpConnector, ProxyBody>;
@@ -59,6 +68,7 @@ pub struct Outbound {
     pub(crate) detect_timeout: Duration,
     pub(crate) connect_timeout: Duration,
     pub(crate) opaque_ports: Vec<crate::init::rules::PortRange>,
+    pub(crate) local: crate::metrics::Local,
 }
 
 impl Outbound {
@@ -96,6 +106,7 @@ impl Outbound {
             detect_timeout: settings.detect_timeout,
             connect_timeout: settings.connect_timeout,
             opaque_ports: settings.opaque_ports,
+            local: settings.local,
         }
     }
 
@@ -138,9 +149,18 @@ impl Outbound {
             let _ = tcp.set_nodelay(true);
             let this = self.clone();
             tokio::spawn(async move {
-                match crate::orig_dst::original_dst(&tcp) {
-                    Some(dst) => transparent::serve(this, tcp, dst).await,
-                    None => serve_http(http::Connection::new(this), tcp, peer).await,
+                let dst = crate::orig_dst::original_dst(&tcp);
+                let labels = TcpLabels {
+                    direction: Direction::outbound,
+                    ..TcpLabels::default()
+                };
+                let mut io = Metered::new(tcp, this.metrics.clone(), labels.clone());
+                match dst {
+                    Some(dst) => transparent::serve(this, io, dst).await,
+                    None => {
+                        io.open(labels);
+                        serve_http(http::Connection::new(this), io, peer).await
+                    }
                 }
             });
         }
@@ -148,11 +168,11 @@ impl Outbound {
 }
 
 /// Serves HTTP/1 or HTTP/2 (with upgrades) on an application connection.
-async fn serve_http(conn: http::Connection, tcp: TcpStream, peer: SocketAddr) {
+async fn serve_http(conn: http::Connection, io: AppConn, peer: SocketAddr) {
     let svc = hyper::service::service_fn(move |req| conn.clone().handle(req));
     let builder = auto::Builder::new(TokioExecutor::new());
     if let Err(error) = builder
-        .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
+        .serve_connection_with_upgrades(TokioIo::new(io), svc)
         .await
     {
         tracing::debug!(%peer, %error, "outbound connection closed with an error");

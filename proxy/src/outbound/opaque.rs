@@ -4,26 +4,38 @@
 //! copied both ways until either side closes.
 
 use super::EndpointClient;
-use crate::{discovery::EndpointSet, errors::ProxyError};
+use crate::{
+    discovery::EndpointSet,
+    errors::ProxyError,
+    metered::Metered,
+    metrics::{Direction, Str, TcpLabels},
+};
 use std::{net::SocketAddr, time::Duration};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 /// How many endpoints a connection tries before giving up.
 const MAX_TRIES: usize = 3;
 
-/// Carries `tcp` to one of `set`'s endpoints.
+/// Carries `io` to one of `set`'s endpoints; the connection counts as open (with
+/// `name` and whether the hop is mTLS) once an endpoint is connected.
 pub async fn forward(
-    mut tcp: TcpStream,
+    mut io: Metered<TcpStream>,
     set: &EndpointSet<EndpointClient>,
-    name: &str,
+    name: &Str,
 ) -> Result<(u64, u64), ProxyError> {
     let tries = set.endpoints.len().min(MAX_TRIES);
-    let mut last = ProxyError::NoEndpoints(name.to_string());
+    let mut last = ProxyError::NoEndpoints(name.0.to_string());
     for _ in 0..tries {
         let Some(ep) = set.pick() else { break };
-        match ep.open_opaque(name, 0).await {
+        match ep.open_opaque(&name.0, 0).await {
             Ok(mut conn) => {
-                return tokio::io::copy_bidirectional(&mut tcp, &mut conn.io)
+                io.open(TcpLabels {
+                    direction: Direction::outbound,
+                    dst_service: name.clone(),
+                    tls: ep.is_meshed(),
+                });
+                return tokio::io::copy_bidirectional(&mut io, &mut conn.io)
                     .await
                     .map_err(|e| ProxyError::Upstream {
                         addr: ep.addr.to_string(),
@@ -40,8 +52,8 @@ pub async fn forward(
 }
 
 /// Carries `tcp` unchanged to `dst` (a destination outside the mesh).
-pub async fn forward_plain(
-    mut tcp: TcpStream,
+pub async fn forward_plain<I: AsyncRead + AsyncWrite + Unpin>(
+    mut tcp: I,
     dst: SocketAddr,
     timeout: Duration,
 ) -> Result<(u64, u64), ProxyError> {

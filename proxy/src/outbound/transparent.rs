@@ -8,13 +8,14 @@ use super::{http::Connection, opaque, Outbound};
 use crate::{
     detect::{self, Protocol},
     errors::ProxyError,
-    metrics::{Direction, Str},
+    metered::Metered,
+    metrics::{Direction, Str, TcpLabels},
 };
 use std::{net::SocketAddr, sync::Arc};
 use tokio::net::TcpStream;
 
 /// Handles one redirected connection until it closes.
-pub async fn serve(ob: Arc<Outbound>, tcp: TcpStream, dst: SocketAddr) {
+pub async fn serve(ob: Arc<Outbound>, mut io: Metered<TcpStream>, dst: SocketAddr) {
     let target = dst.to_string();
     let dest = ob.resolver.resolve(&target);
     let known = dest
@@ -25,7 +26,9 @@ pub async fn serve(ob: Arc<Outbound>, tcp: TcpStream, dst: SocketAddr) {
         // Not part of the mesh (or discovery is unreachable for a target
         // never seen): the app gets the connection it asked for.
         tracing::debug!(%dst, "destination unknown to the mesh; forwarding unchanged");
-        let r = opaque::forward_plain(tcp, dst, ob.connect_timeout).await;
+        // Outside addresses are unbounded: no service label.
+        io.open(tcp_labels(Str::default(), false));
+        let r = opaque::forward_plain(io, dst, ob.connect_timeout).await;
         report(&ob, &target, r);
         return;
     }
@@ -37,7 +40,7 @@ pub async fn serve(ob: Arc<Outbound>, tcp: TcpStream, dst: SocketAddr) {
     let protocol = if opaque {
         Protocol::Opaque
     } else {
-        detect::detect(&tcp, ob.detect_timeout)
+        detect::detect(io.get_ref(), ob.detect_timeout)
             .await
             .unwrap_or(Protocol::Opaque)
     };
@@ -50,14 +53,23 @@ pub async fn serve(ob: Arc<Outbound>, tcp: TcpStream, dst: SocketAddr) {
                 report(&ob, &target, Err(ProxyError::NoEndpoints(target.clone())));
                 return;
             };
-            let r = opaque::forward(tcp, &set, &name.0).await;
+            let r = opaque::forward(io, &set, &name).await;
             report(&ob, &name.0, r);
         }
         Protocol::Http1 | Protocol::Http2 => {
             let authority = target.parse().ok();
+            io.open(tcp_labels(name.clone(), false));
             let conn = Connection::fixed(ob, name, watch, authority);
-            super::serve_http(conn, tcp, dst).await;
+            super::serve_http(conn, io, dst).await;
         }
+    }
+}
+
+fn tcp_labels(dst_service: Str, tls: bool) -> TcpLabels {
+    TcpLabels {
+        direction: Direction::outbound,
+        dst_service,
+        tls,
     }
 }
 

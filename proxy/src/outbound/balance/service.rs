@@ -59,6 +59,9 @@ pub struct Peer {
     pub identity: Str,
     /// Whether the hop was mutual TLS.
     pub tls: bool,
+    /// The endpoint's workload and namespace.
+    pub workload: Str,
+    pub namespace: Str,
 }
 
 /// One backend's balancer.
@@ -181,6 +184,8 @@ impl Balance {
             rsp.extensions_mut().insert(Peer {
                 identity: ep.identity.clone(),
                 tls: ep.is_meshed(),
+                workload: ep.workload.clone(),
+                namespace: ep.namespace.clone(),
             });
             rsp
         })
@@ -208,6 +213,8 @@ impl Balance {
             rsp.extensions_mut().insert(Peer {
                 identity: ep.identity.clone(),
                 tls: ep.is_meshed(),
+                workload: ep.workload.clone(),
+                namespace: ep.namespace.clone(),
             });
             rsp
         })
