@@ -18,6 +18,9 @@ use tokio::net::TcpListener;
 /// Runs the proxy until the process is told to stop.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
+    let access_log = config
+        .access_log
+        .then(|| Arc::new(crate::access_log::AccessLog::stdout()));
     let local = crate::metrics::Local {
         namespace: config.namespace.as_str().into(),
         workload: config.workload.as_str().into(),
@@ -73,6 +76,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             connect_timeout: config.connect_timeout,
             opaque_ports: config.opaque_ports.clone(),
             local: local.clone(),
+            access_log: access_log.clone(),
         },
     ));
     let refresh: admin::Refresh = {
@@ -93,6 +97,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.header_timeout,
         config.connect_timeout,
         local,
+        access_log,
     ));
 
     tracing::info!(

@@ -74,6 +74,8 @@ pub struct Config {
     /// Ports whose traffic is opaque TCP: no protocol detection (on top of
     /// the well-known server-speaks-first ports).
     pub opaque_ports: Vec<crate::init::rules::PortRange>,
+    /// Write one JSON access-log line per request on stdout.
+    pub access_log: bool,
 }
 
 impl Config {
@@ -187,6 +189,18 @@ impl Config {
             }
         };
 
+        let access_log = match get("MESH_PROXY_ACCESS_LOG").as_deref().map(str::trim) {
+            None | Some("off") => false,
+            Some("json") => true,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    name: "MESH_PROXY_ACCESS_LOG",
+                    value: other.to_string(),
+                    reason: "expected json or off".into(),
+                })
+            }
+        };
+
         Ok(Config {
             outbound_addr: addr("MESH_PROXY_OUTBOUND_ADDR", "127.0.0.1:4140")?,
             inbound_addr: addr("MESH_PROXY_INBOUND_ADDR", "0.0.0.0:4143")?,
@@ -211,6 +225,7 @@ impl Config {
             header_timeout: millis("MESH_PROXY_HEADER_TIMEOUT_MS", 10_000)?,
             detect_timeout: millis("MESH_PROXY_DETECT_TIMEOUT_MS", 10_000)?,
             opaque_ports,
+            access_log,
         })
     }
 }
@@ -293,6 +308,11 @@ mod tests {
         m.remove("MESH_PROXY_IDENTITY_TOKEN");
         let e = parse(&m).expect_err("missing").to_string();
         assert!(e.contains("MESH_PROXY_IDENTITY_TOKEN_FILE"), "{e}");
+
+        let mut m = base();
+        m.insert("MESH_PROXY_ACCESS_LOG", "yes".into());
+        let e = parse(&m).expect_err("invalid").to_string();
+        assert!(e.starts_with("MESH_PROXY_ACCESS_LOG:"), "{e}");
 
         let mut m = base();
         m.insert("MESH_PROXY_OPAQUE_PORTS", "3306,x".into());

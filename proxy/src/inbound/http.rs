@@ -3,6 +3,7 @@
 
 use super::app::AppClient;
 use crate::{
+    access_log::{self, AccessLog},
     body::ProxyBody,
     errors::{is_grpc, ProxyError},
     metrics::{Direction, Metrics, Recorder},
@@ -22,6 +23,7 @@ pub struct Connection {
     pub metrics: Arc<Metrics>,
     pub client_id: HeaderValue,
     pub recorder: Arc<Recorder>,
+    pub access_log: Option<Arc<AccessLog>>,
 }
 
 impl Connection {
@@ -32,16 +34,51 @@ impl Connection {
     ) -> Result<Response<ProxyBody>, Infallible> {
         let start = Instant::now();
         let grpc = is_grpc(&req);
+        // Only built when the access log is on.
+        let logged = self.access_log.as_ref().map(|_| {
+            let authority = req
+                .uri()
+                .authority()
+                .map(|a| a.to_string())
+                .or_else(|| Some(req.headers().get(HOST)?.to_str().ok()?.to_string()))
+                .unwrap_or_default();
+            (
+                req.method().clone(),
+                req.uri().path().to_string(),
+                authority,
+            )
+        });
+        let mut failure = None;
         let rsp = match self.forward(req).await {
             Ok(rsp) => rsp,
             Err(error) => {
                 tracing::info!(%error, "inbound request failed");
                 self.metrics.error(Direction::inbound, error.reason());
-                error.to_response(grpc)
+                let rsp = error.to_response(grpc);
+                failure = Some(error);
+                rsp
             }
         };
-        self.recorder
-            .record(&self.metrics, rsp.status().as_u16(), start.elapsed());
+        let status = rsp.status().as_u16();
+        let elapsed = start.elapsed();
+        if let (Some(log), Some((method, path, authority))) = (&self.access_log, &logged) {
+            let labels = self.recorder.labels();
+            log.write(&access_log::Entry {
+                direction: "inbound",
+                method: method.as_str(),
+                authority,
+                path,
+                route: "",
+                status,
+                duration: elapsed,
+                attempts: 1,
+                upstream: Some(self.app.addr),
+                client_id: &labels.src_identity.0,
+                server_id: &labels.dst_identity.0,
+                flags: access_log::flags(failure.as_ref(), status, 1),
+            });
+        }
+        self.recorder.record(&self.metrics, status, elapsed);
         Ok(rsp)
     }
 

@@ -25,6 +25,7 @@ pub struct Inbound {
     header_timeout: Duration,
     apps: app::AppClients,
     local: crate::metrics::Local,
+    access_log: Option<Arc<crate::access_log::AccessLog>>,
 }
 
 impl Inbound {
@@ -37,6 +38,7 @@ impl Inbound {
         header_timeout: Duration,
         connect_timeout: Duration,
         local: crate::metrics::Local,
+        access_log: Option<Arc<crate::access_log::AccessLog>>,
     ) -> Self {
         Inbound {
             acceptor: TlsAcceptor::from(tls),
@@ -45,6 +47,7 @@ impl Inbound {
             header_timeout,
             apps: app::AppClients::new(app_ip, connect_timeout),
             local,
+            access_log,
         }
     }
 
@@ -128,6 +131,7 @@ impl Inbound {
             client_id: ::http::HeaderValue::from_str(&client_id)
                 .map_err(|_| ("client identity", "identity is not a header value".into()))?,
             recorder: Arc::new(self.metrics.recorder(labels)),
+            access_log: self.access_log.clone(),
         };
         let io = TokioIo::new(tls);
         match header.protocol {

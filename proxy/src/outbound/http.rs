@@ -11,6 +11,7 @@ use super::{
     Outbound,
 };
 use crate::{
+    access_log,
     body::ProxyBody,
     discovery::PolicyWatch,
     errors::{is_grpc, ProxyError},
@@ -162,11 +163,19 @@ impl Connection {
             route: route.name.clone(),
         };
         let start = Instant::now();
+        // Only built when the access log is on.
+        let logged = ob
+            .access_log
+            .as_ref()
+            .map(|_| (req.method().clone(), req.uri().path().to_string()));
+        let tried = route.retries.then(Tried::default);
         let result = if is_upgrade(&req) {
             upgrade(req, route).await
         } else {
-            send(req, &authority, &policy, route).await
+            send(req, &authority, &policy, route, tried.clone()).await
         };
+        let mut upstream = None;
+        let mut failure = None;
         let rsp = match result {
             Ok(mut rsp) => {
                 if let Some(peer) = rsp.extensions_mut().remove::<Peer>() {
@@ -174,17 +183,41 @@ impl Connection {
                     labels.dst_namespace = peer.namespace;
                     labels.dst_workload = peer.workload;
                     labels.tls = peer.tls;
+                    upstream = Some(peer.addr);
                 }
                 rsp
             }
             Err(error) => {
                 tracing::info!(target = %&*name.0, route = %&*route.name.0, %error, "outbound request failed");
                 ob.metrics.error(Direction::outbound, error.reason());
-                error.to_response(grpc)
+                let rsp = error.to_response(grpc);
+                failure = Some(error);
+                rsp
             }
         };
-        self.recorder(labels)
-            .record(&ob.metrics, rsp.status().as_u16(), start.elapsed());
+        let status = rsp.status().as_u16();
+        let elapsed = start.elapsed();
+        if let (Some(log), Some((method, path))) = (&ob.access_log, &logged) {
+            let attempts = tried.as_ref().map_or(
+                u32::from(upstream.is_some() || failure.is_none()),
+                Tried::attempts,
+            );
+            log.write(&access_log::Entry {
+                direction: "outbound",
+                method: method.as_str(),
+                authority: authority.as_str(),
+                path,
+                route: &route.name.0,
+                status,
+                duration: elapsed,
+                attempts,
+                upstream,
+                client_id: &ob.identity.0,
+                server_id: &labels.dst_identity.0,
+                flags: access_log::flags(failure.as_ref(), status, attempts),
+            });
+        }
+        self.recorder(labels).record(&ob.metrics, status, elapsed);
         Ok(rsp)
     }
 }
@@ -195,18 +228,20 @@ async fn send(
     authority: &Authority,
     policy: &Policy,
     route: &Route,
+    tried: Option<Tried>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (parts, body) = req.into_parts();
-    let req = if route.retries {
+    let req = match tried {
         // Retries need the body kept for replay, a shared record of the
-        // endpoint tried, and a deposit in the budget.
-        policy.budget.deposit();
-        let body = ReplayBody::new(body.into(), REPLAY_LIMIT);
-        let mut req = build_owned(parts, ProxyBody::Replay(Box::new(body)), authority);
-        req.extensions_mut().insert(Tried::default());
-        req
-    } else {
-        build_owned(parts, ProxyBody::from(body), authority)
+        // endpoints tried, and a deposit in the budget.
+        Some(tried) => {
+            policy.budget.deposit();
+            let body = ReplayBody::new(body.into(), REPLAY_LIMIT);
+            let mut req = build_owned(parts, ProxyBody::Replay(Box::new(body)), authority);
+            req.extensions_mut().insert(tried);
+            req
+        }
+        None => build_owned(parts, ProxyBody::from(body), authority),
     };
     route.stack.clone().oneshot(req).await
 }

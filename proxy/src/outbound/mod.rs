@@ -32,6 +32,8 @@ pub struct OutboundSettings {
     pub opaque_ports: Vec<crate::init::rules::PortRange>,
     /// This proxy's workload (the source labels of its requests).
     pub local: crate::metrics::Local,
+    /// Where access log lines go, when enabled.
+    pub access_log: Option<Arc<crate::access_log::AccessLog>>,
 }
 
 use crate::{
@@ -69,6 +71,7 @@ pub struct Outbound {
     pub(crate) connect_timeout: Duration,
     pub(crate) opaque_ports: Vec<crate::init::rules::PortRange>,
     pub(crate) local: crate::metrics::Local,
+    pub(crate) access_log: Option<Arc<crate::access_log::AccessLog>>,
 }
 
 impl Outbound {
@@ -107,6 +110,7 @@ impl Outbound {
             connect_timeout: settings.connect_timeout,
             opaque_ports: settings.opaque_ports,
             local: settings.local,
+            access_log: settings.access_log,
         }
     }
 

@@ -38,17 +38,23 @@ pub struct Shared {
 /// The endpoint that served a request's previous attempt; a retry carries
 /// the same slot, so it can avoid that endpoint.
 #[derive(Clone, Default)]
-pub struct Tried(Arc<Mutex<Option<Arc<EndpointClient>>>>);
+pub struct Tried(Arc<Mutex<(Option<Arc<EndpointClient>>, u32)>>);
 
 impl Tried {
     fn get(&self) -> Option<Arc<EndpointClient>> {
-        self.0.lock().ok().and_then(|g| g.clone())
+        self.0.lock().ok().and_then(|g| g.0.clone())
     }
 
     fn set(&self, ep: Arc<EndpointClient>) {
         if let Ok(mut g) = self.0.lock() {
-            *g = Some(ep);
+            g.0 = Some(ep);
+            g.1 += 1;
         }
+    }
+
+    /// How many attempts reached an endpoint.
+    pub fn attempts(&self) -> u32 {
+        self.0.lock().map(|g| g.1).unwrap_or(0)
     }
 }
 
@@ -62,6 +68,8 @@ pub struct Peer {
     /// The endpoint's workload and namespace.
     pub workload: Str,
     pub namespace: Str,
+    /// The endpoint's address.
+    pub addr: std::net::SocketAddr,
 }
 
 /// One backend's balancer.
@@ -186,6 +194,7 @@ impl Balance {
                 tls: ep.is_meshed(),
                 workload: ep.workload.clone(),
                 namespace: ep.namespace.clone(),
+                addr: ep.addr,
             });
             rsp
         })
@@ -215,6 +224,7 @@ impl Balance {
                 tls: ep.is_meshed(),
                 workload: ep.workload.clone(),
                 namespace: ep.namespace.clone(),
+                addr: ep.addr,
             });
             rsp
         })
