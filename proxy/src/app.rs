@@ -6,7 +6,7 @@ use crate::{
     config::{grpc_url, Config},
     discovery::Resolver,
     identity::{self, IdentityClient},
-    inbound::Inbound,
+    inbound::{Inbound, InboundSettings},
     metrics::Metrics,
     outbound::{EndpointClient, EndpointSettings, Outbound, OutboundSettings},
     tls::{self, CertStore},
@@ -93,11 +93,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tls::server_config(certs.clone(), roots)?,
         metrics.clone(),
         &config.identity,
-        config.app_ip,
-        config.header_timeout,
-        config.connect_timeout,
-        local,
-        access_log,
+        InboundSettings {
+            app_ip: config.app_ip,
+            header_timeout: config.header_timeout,
+            connect_timeout: config.connect_timeout,
+            local,
+            access_log,
+        },
     ));
 
     tracing::info!(

@@ -28,26 +28,36 @@ pub struct Inbound {
     access_log: Option<Arc<crate::access_log::AccessLog>>,
 }
 
+/// How the inbound side reaches the app and what it records.
+pub struct InboundSettings {
+    /// The IP the app listens on.
+    pub app_ip: IpAddr,
+    /// How long a peer may take for its handshake and transport header.
+    pub header_timeout: Duration,
+    /// Connect timeout to the app.
+    pub connect_timeout: Duration,
+    /// This proxy's workload (the destination labels of its requests).
+    pub local: crate::metrics::Local,
+    /// Where access log lines go, when enabled.
+    pub access_log: Option<Arc<crate::access_log::AccessLog>>,
+}
+
 impl Inbound {
     /// Builds the inbound side.
     pub fn new(
         tls: Arc<rustls::ServerConfig>,
         metrics: Arc<Metrics>,
         identity: &str,
-        app_ip: IpAddr,
-        header_timeout: Duration,
-        connect_timeout: Duration,
-        local: crate::metrics::Local,
-        access_log: Option<Arc<crate::access_log::AccessLog>>,
+        settings: InboundSettings,
     ) -> Self {
         Inbound {
             acceptor: TlsAcceptor::from(tls),
             metrics,
             identity: identity.into(),
-            header_timeout,
-            apps: app::AppClients::new(app_ip, connect_timeout),
-            local,
-            access_log,
+            header_timeout: settings.header_timeout,
+            apps: app::AppClients::new(settings.app_ip, settings.connect_timeout),
+            local: settings.local,
+            access_log: settings.access_log,
         }
     }
 
