@@ -1,28 +1,54 @@
 //! The admin endpoint (`:9990`): a deliberately tiny HTTP/1.1 server answering the
-//! liveness and readiness probes, `GET /live` and `GET /ready`. It reads one request head,
-//! writes one response and closes the connection.
+//! liveness and readiness probes, `GET /live` and `GET /ready`, and Prometheus,
+//! `GET /metrics` (OpenMetrics text, names in `docs/metrics.md`). It reads one request
+//! head, writes one response and closes the connection.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::index::IndexReader;
+use crate::metrics::Metrics;
+
 /// Largest request head accepted.
 const MAX_HEAD: usize = 8 * 1024;
 /// Time a client has to send its request head.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Content type of the text prometheus-client writes.
+const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Serves probes on `listener` until `shutdown` completes. The controller only starts
-/// serving once its index is loaded, so `/ready` is answered `ok` whenever it is reachable.
-pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()>) {
+/// What `/metrics` renders: the controller's metrics, with the object gauges counted from
+/// the index at scrape time.
+#[derive(Clone, Debug)]
+pub struct Scrape {
+    /// The controller's metrics.
+    pub metrics: Arc<Metrics>,
+    /// The index whose objects are counted.
+    pub index: IndexReader,
+}
+
+impl Scrape {
+    fn render(&self) -> String {
+        // Count under the snapshot, encode after releasing it.
+        let objects = self.index.borrow().object_counts();
+        self.metrics.render(&objects)
+    }
+}
+
+/// Serves probes and metrics on `listener` until `shutdown` completes. The controller only
+/// starts serving once its index is loaded, so `/ready` is answered `ok` whenever it is
+/// reachable.
+pub async fn serve(listener: TcpListener, scrape: Scrape, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
             accepted = listener.accept() => match accepted {
                 Ok((conn, _)) => {
-                    tokio::spawn(handle(conn));
+                    tokio::spawn(handle(conn, scrape.clone()));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "admin accept failed");
@@ -33,10 +59,10 @@ pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()>) {
     }
 }
 
-async fn handle(mut conn: TcpStream) {
+async fn handle(mut conn: TcpStream, scrape: Scrape) {
     let head = tokio::time::timeout(READ_TIMEOUT, read_head(&mut conn)).await;
     let response = match head {
-        Ok(Ok(Some(head))) => respond(&head),
+        Ok(Ok(Some(head))) => respond(&head, || scrape.render()),
         Ok(Ok(None)) => return, // closed before sending anything
         Ok(Err(_)) | Err(_) => status(400, "Bad Request", false),
     };
@@ -69,8 +95,8 @@ async fn read_head(conn: &mut TcpStream) -> std::io::Result<Option<String>> {
     Ok(Some(String::from_utf8_lossy(&buf).into_owned()))
 }
 
-/// The response to a request head.
-fn respond(head: &str) -> String {
+/// The response to a request head; `metrics` renders the `/metrics` body.
+fn respond(head: &str, metrics: impl FnOnce() -> String) -> String {
     let line = head.lines().next().unwrap_or_default();
     let mut parts = line.split(' ');
     let (Some(method), Some(target), Some(version), None) =
@@ -85,23 +111,34 @@ fn respond(head: &str) -> String {
     let head_only = method == "HEAD";
     match (method, path) {
         ("GET" | "HEAD", "/live" | "/ready") => status(200, "OK", head_only),
+        ("GET" | "HEAD", "/metrics") => ok(METRICS_CONTENT_TYPE, &metrics(), head_only),
         ("GET" | "HEAD", _) => status(404, "Not Found", head_only),
         _ => status(405, "Method Not Allowed", false),
     }
 }
 
+/// A plain-text response: `ok` for 200, else the lower-cased reason.
 fn status(code: u16, reason: &str, head_only: bool) -> String {
     let body = if code == 200 {
         "ok\n".to_string()
     } else {
         format!("{}\n", reason.to_lowercase())
     };
+    response(code, reason, "text/plain", &body, head_only)
+}
+
+/// A `200 OK` with `body`.
+fn ok(content_type: &str, body: &str, head_only: bool) -> String {
+    response(200, "OK", content_type, body, head_only)
+}
+
+fn response(code: u16, reason: &str, content_type: &str, body: &str, head_only: bool) -> String {
     let mut out = format!(
-        "HTTP/1.1 {code} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        "HTTP/1.1 {code} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
         body.len()
     );
     if !head_only {
-        out.push_str(&body);
+        out.push_str(body);
     }
     out
 }
@@ -119,11 +156,22 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn answers_probes() {
+    async fn answers_probes_and_metrics() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, async {
+        let writer = crate::index::IndexWriter::new(crate::index::IndexConfig::default());
+        let resources = crate::resources::parse_documents(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: prod}\nspec: {ports: [{port: 80}]}\n",
+        )
+        .unwrap()
+        .resources;
+        writer.update(|index| index.apply_file("/svc.yaml", resources));
+        let scrape = Scrape {
+            metrics: Arc::clone(writer.metrics()),
+            index: writer.subscribe(),
+        };
+        let server = tokio::spawn(serve(listener, scrape, async {
             let _ = rx.await;
         }));
         let live = request(addr, "GET /live HTTP/1.1\r\nHost: x\r\n\r\n").await;
@@ -131,7 +179,32 @@ mod tests {
         assert!(live.ends_with("\r\n\r\nok\n"), "{live}");
         let ready = request(addr, "GET /ready?verbose HTTP/1.0\r\n\r\n").await;
         assert!(ready.starts_with("HTTP/1.1 200 "), "{ready}");
-        let missing = request(addr, "GET /metrics HTTP/1.1\r\n\r\n").await;
+        let metrics = request(addr, "GET /metrics HTTP/1.1\r\n\r\n").await;
+        assert!(metrics.starts_with("HTTP/1.1 200 OK\r\n"), "{metrics}");
+        assert!(
+            metrics.contains("\r\ncontent-type: application/openmetrics-text; version=1.0.0"),
+            "{metrics}"
+        );
+        let (head, body) = metrics.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.contains(&format!("content-length: {}\r\n", body.len())),
+            "{head}"
+        );
+        // Counted from the index at scrape time, and the writer's change recorded.
+        assert!(
+            body.lines()
+                .any(|l| l == "mesh_controller_index_objects{kind=\"Service\"} 1"),
+            "{body}"
+        );
+        assert!(
+            body.lines()
+                .any(|l| l == "mesh_controller_index_updates_total 1"),
+            "{body}"
+        );
+        assert!(body.ends_with("# EOF\n"), "{body}");
+        let head_only = request(addr, "HEAD /metrics HTTP/1.1\r\n\r\n").await;
+        assert!(head_only.ends_with("\r\n\r\n"), "{head_only}");
+        let missing = request(addr, "GET /metricz HTTP/1.1\r\n\r\n").await;
         assert!(missing.starts_with("HTTP/1.1 404 "), "{missing}");
         let post = request(addr, "POST /live HTTP/1.1\r\n\r\n").await;
         assert!(post.starts_with("HTTP/1.1 405 "), "{post}");

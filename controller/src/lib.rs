@@ -11,6 +11,7 @@ pub mod grpc;
 pub mod index;
 pub mod inject;
 pub mod kubernetes;
+pub mod metrics;
 pub mod resources;
 pub mod source;
 pub mod webhook;

@@ -1,5 +1,6 @@
 //! The `mesh-controller` binary: parses flags, loads the configured source into the index,
-//! then serves the destination/policy gRPC API and the admin probes until SIGTERM/Ctrl-C.
+//! then serves the destination/policy gRPC API and the admin probes and metrics until
+//! SIGTERM/Ctrl-C.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -12,6 +13,7 @@ use anyhow::Context;
 use clap::Parser;
 use mesh_controller::index::{IndexConfig, IndexWriter};
 use mesh_controller::inject::InjectConfig;
+use mesh_controller::metrics::Metrics;
 use mesh_controller::source::{self, SourceSpec};
 use mesh_controller::webhook::{self, NamespaceAnnotations, StaticNamespaces};
 use mesh_controller::{admin, grpc};
@@ -32,7 +34,7 @@ struct Args {
     /// Address of the destination/policy gRPC server.
     #[arg(long, default_value = "0.0.0.0:8086")]
     grpc_addr: SocketAddr,
-    /// Address of the admin server (`/live`, `/ready`).
+    /// Address of the admin server (`/live`, `/ready`, `/metrics`).
     #[arg(long, default_value = "0.0.0.0:9990")]
     admin_addr: SocketAddr,
     /// DNS suffix of Service names.
@@ -115,10 +117,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
             webhook::self_signed_tls()?.0
         }
     };
-    let writer = IndexWriter::new(IndexConfig {
-        cluster_domain: args.cluster_domain,
-        trust_domain: args.trust_domain,
-    });
+    // One metrics handle: the writer (and through it the source), the gRPC services and
+    // the admin server all count into it.
+    let metrics = Arc::new(Metrics::new());
+    let writer = IndexWriter::with_metrics(
+        IndexConfig {
+            cluster_domain: args.cluster_domain,
+            trust_domain: args.trust_domain,
+        },
+        Arc::clone(&metrics),
+    );
     let reader = writer.subscribe();
     // The first load completes before anything is served.
     let running = source::start(spec, writer)
@@ -153,8 +161,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let _ = rx.wait_for(|stop| *stop).await;
         }
     };
-    let mut grpc = tokio::spawn(grpc::serve(grpc_listener, reader, stopped()));
-    let admin = tokio::spawn(admin::serve(admin_listener, stopped()));
+    let scrape = admin::Scrape {
+        metrics: Arc::clone(&metrics),
+        index: reader.clone(),
+    };
+    let mut grpc = tokio::spawn(grpc::serve(grpc_listener, reader, metrics, stopped()));
+    let admin = tokio::spawn(admin::serve(admin_listener, scrape, stopped()));
     let webhook = tokio::spawn(webhook::serve(
         webhook_listener,
         tls,

@@ -1,16 +1,22 @@
 //! The gRPC API over a real loopback socket, fed by a real watched directory: what a proxy
-//! sees when manifests are added, changed and deleted.
+//! sees when manifests are added, changed and deleted, and what the admin server's
+//! `/metrics` says about it.
 
+use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
+use mesh_controller::admin::Scrape;
 use mesh_controller::index::{IndexConfig, IndexWriter};
+use mesh_controller::metrics::Metrics;
 use mesh_controller::resources::parse_documents;
 use mesh_controller::source::{DirOptions, DirWatch};
 use mesh_proto::destination::destination_client::DestinationClient;
 use mesh_proto::destination::{update, GetDestination, Update};
 use mesh_proto::policy::inbound_policy_client::InboundPolicyClient;
 use mesh_proto::policy::{InboundTarget, Protocol, TlsMode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
 use tonic::Streaming;
 
@@ -22,11 +28,13 @@ fn workload(name: &str, ip: &str) -> String {
     )
 }
 
-/// A controller serving a temporary manifest directory on a loopback port.
+/// A controller serving a temporary manifest directory on loopback ports (gRPC and admin),
+/// as `main` wires it: one metrics handle for the writer, the services and the admin.
 struct Fixture {
     dir: tempfile::TempDir,
     watch: Option<DirWatch>,
     channel: Channel,
+    admin: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -37,8 +45,20 @@ impl Fixture {
         for (name, text) in files {
             write(dir.path(), name, text);
         }
-        let writer = IndexWriter::new(IndexConfig::default());
+        let metrics = Arc::new(Metrics::new());
+        let writer = IndexWriter::with_metrics(IndexConfig::default(), Arc::clone(&metrics));
         let reader = writer.subscribe();
+        let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = admin_listener.local_addr().unwrap();
+        let scrape = Scrape {
+            metrics: Arc::clone(&metrics),
+            index: reader.clone(),
+        };
+        tokio::spawn(mesh_controller::admin::serve(
+            admin_listener,
+            scrape,
+            std::future::pending(),
+        ));
         let opts = DirOptions {
             debounce: Duration::from_millis(50),
             resync: Duration::from_secs(3600),
@@ -47,9 +67,14 @@ impl Fixture {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(mesh_controller::grpc::serve(listener, reader, async {
-            let _ = stopped.await;
-        }));
+        let server = tokio::spawn(mesh_controller::grpc::serve(
+            listener,
+            reader,
+            metrics,
+            async {
+                let _ = stopped.await;
+            },
+        ));
         let channel = Channel::from_shared(format!("http://{addr}"))
             .unwrap()
             .connect()
@@ -59,9 +84,27 @@ impl Fixture {
             dir,
             watch: Some(watch),
             channel,
+            admin,
             stop: Some(stop),
             server,
         }
+    }
+
+    /// `GET /metrics` from the admin server, over HTTP/1.1.
+    async fn scrape(&self) -> Scraped {
+        let mut conn = tokio::net::TcpStream::connect(self.admin).await.unwrap();
+        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        conn.read_to_string(&mut response).await.unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert!(
+            head.contains("content-type: application/openmetrics-text"),
+            "{head}"
+        );
+        Scraped(body.to_string())
     }
 
     async fn get(&self, target: &str) -> Result<Streaming<Update>, tonic::Status> {
@@ -71,6 +114,32 @@ impl Fixture {
             context: "test".into(),
         };
         client.get(req).await.map(|r| r.into_inner())
+    }
+}
+
+/// A `/metrics` body.
+struct Scraped(String);
+
+impl Scraped {
+    /// The value of `series` (name and labels exactly as rendered).
+    fn get(&self, series: &str) -> f64 {
+        self.0
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing in\n{}", self.0))
+    }
+
+    fn source_events(&self, event: &str) -> f64 {
+        self.get(&format!(
+            "mesh_controller_source_events_total{{source=\"dir\",kind=\"file\",event=\"{event}\"}}"
+        ))
+    }
+
+    fn errors(&self, reason: &str) -> f64 {
+        self.get(&format!(
+            "mesh_controller_errors_total{{reason=\"{reason}\"}}"
+        ))
     }
 }
 
@@ -179,11 +248,165 @@ async fn unknown_and_empty_targets() {
 #[tokio::test]
 async fn malformed_target_is_invalid_argument() {
     let fx = Fixture::start(&[]).await;
+    assert_eq!(fx.scrape().await.errors("invalid_target"), 0.0);
     for target in ["web.prod.svc.cluster.local", "web.prod:http", "10.0.0.1:0"] {
         let status = fx.get(target).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::InvalidArgument, "{target}");
         assert!(status.message().contains(target), "{}", status.message());
     }
+    let mut client = DestinationClient::new(fx.channel.clone());
+    let bad = GetDestination {
+        target: "web.prod:0".into(),
+        context: String::new(),
+    };
+    let status = client.get_policy(bad).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+
+    let m = fx.scrape().await;
+    assert_eq!(m.errors("invalid_target"), 4.0);
+    assert_eq!(m.errors("invalid_resource"), 0.0);
+    // Refused streams are not streams served.
+    assert_eq!(
+        m.get("mesh_controller_streams_total{api=\"destination\"}"),
+        0.0
+    );
+    assert_eq!(m.get("mesh_controller_streams_total{api=\"policy\"}"), 0.0);
+}
+
+#[tokio::test]
+async fn metrics_follow_streams_updates_and_manifest_changes() {
+    let w1 = workload("w1", "10.0.0.1");
+    let fx = Fixture::start(&[("svc.yaml", SERVICE), ("w1.yaml", &w1)]).await;
+    let before = fx.scrape().await;
+    assert_eq!(before.source_events("apply"), 2.0, "the initial load");
+    assert_eq!(
+        before.get("mesh_controller_index_objects{kind=\"Service\"}"),
+        1.0
+    );
+    assert_eq!(
+        before.get("mesh_controller_index_objects{kind=\"WorkloadEntry\"}"),
+        1.0
+    );
+    let updates_before = before.get("mesh_controller_index_updates_total");
+    assert!(updates_before >= 1.0, "the initial load is an index update");
+
+    let mut stream = fx.get("web.prod.svc.cluster.local:80").await.unwrap();
+    assert_eq!(added(&next(&mut stream).await), ["10.0.0.1:8080"]);
+    write(fx.dir.path(), "w2.yaml", &workload("w2", "10.0.0.2"));
+    assert_eq!(added(&next(&mut stream).await), ["10.0.0.2:8080"]);
+
+    let m = fx.scrape().await;
+    let dst = |family: &str| m.get(&format!("mesh_controller_{family}{{api=\"destination\"}}"));
+    assert_eq!(dst("streams_open"), 1.0);
+    assert_eq!(dst("streams_total"), 1.0);
+    assert_eq!(
+        dst("updates_sent_total"),
+        2.0,
+        "the initial state and one diff"
+    );
+    // Only the diff was caused by an index change.
+    assert_eq!(dst("push_latency_seconds_count"), 1.0);
+    assert!(dst("push_latency_seconds_sum") < 5.0);
+    assert_eq!(
+        m.get("mesh_controller_push_latency_seconds_bucket{le=\"+Inf\",api=\"destination\"}"),
+        1.0
+    );
+    assert_eq!(m.get("mesh_controller_streams_open{api=\"policy\"}"), 0.0);
+    assert!(m.source_events("apply") >= 3.0, "w2.yaml was applied");
+    assert!(m.get("mesh_controller_index_updates_total") > updates_before);
+    assert_eq!(
+        m.get("mesh_controller_index_rebuild_seconds_count"),
+        m.get("mesh_controller_index_updates_total")
+    );
+    assert_eq!(
+        m.get("mesh_controller_index_objects{kind=\"WorkloadEntry\"}"),
+        2.0
+    );
+
+    // A deleted file and an invalid one.
+    std::fs::remove_file(fx.dir.path().join("w2.yaml")).unwrap();
+    assert_eq!(removed(&next(&mut stream).await), ["10.0.0.2:8080"]);
+    write(
+        fx.dir.path(),
+        "bad.yaml",
+        "kind: Service\napiVersion: v1\nspec: [",
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let m = loop {
+        let m = fx.scrape().await;
+        if m.source_events("error") >= 1.0 {
+            break m;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no error event in 5s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(m.source_events("delete"), 1.0);
+    assert_eq!(m.errors("invalid_resource"), m.source_events("error"));
+    assert_eq!(dst_sent(&m), 3.0);
+
+    // The client leaves: the stream is no longer open.
+    drop(stream);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while fx
+        .scrape()
+        .await
+        .get("mesh_controller_streams_open{api=\"destination\"}")
+        != 0.0
+    {
+        assert!(tokio::time::Instant::now() < deadline, "stream still open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        fx.scrape()
+            .await
+            .get("mesh_controller_streams_total{api=\"destination\"}"),
+        1.0
+    );
+}
+
+fn dst_sent(m: &Scraped) -> f64 {
+    m.get("mesh_controller_updates_sent_total{api=\"destination\"}")
+}
+
+#[tokio::test]
+async fn policy_and_inbound_streams_are_counted_per_api() {
+    let fx = Fixture::start(&[("svc.yaml", SERVICE)]).await;
+    let mut client = DestinationClient::new(fx.channel.clone());
+    let req = GetDestination {
+        target: "web.prod:80".into(),
+        context: String::new(),
+    };
+    let mut policy = client.get_policy(req).await.unwrap().into_inner();
+    assert!(!next(&mut policy).await.opaque);
+    let mut inbound = InboundPolicyClient::new(fx.channel.clone())
+        .watch(InboundTarget {
+            workload: "prod/w1".into(),
+            port: 8080,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    next(&mut inbound).await;
+    write(
+        fx.dir.path(),
+        "svc.yaml",
+        &SERVICE.replace("appProtocol: http", "appProtocol: opaque"),
+    );
+    assert!(next(&mut policy).await.opaque);
+
+    let m = fx.scrape().await;
+    let get =
+        |family: &str, api: &str| m.get(&format!("mesh_controller_{family}{{api=\"{api}\"}}"));
+    assert_eq!(get("streams_open", "policy"), 1.0);
+    assert_eq!(get("streams_open", "inbound"), 1.0);
+    assert_eq!(get("streams_open", "destination"), 0.0);
+    assert_eq!(get("updates_sent_total", "policy"), 2.0);
+    assert_eq!(get("push_latency_seconds_count", "policy"), 1.0);
+    assert_eq!(get("updates_sent_total", "inbound"), 1.0);
+    assert_eq!(get("push_latency_seconds_count", "inbound"), 0.0);
 }
 
 #[tokio::test]
@@ -291,6 +514,7 @@ async fn streams_release_their_state_when_clients_leave() {
     let server = tokio::spawn(mesh_controller::grpc::serve(
         listener,
         writer.subscribe(),
+        Arc::clone(writer.metrics()),
         std::future::pending(),
     ));
     let mut client = DestinationClient::connect(format!("http://{addr}"))

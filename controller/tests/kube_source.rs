@@ -5,11 +5,13 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_controller::index::{IndexConfig, IndexWriter};
 use mesh_controller::kubernetes::rbac::CONTROLLER_RULES;
 use mesh_controller::kubernetes::source::KubeSource;
+use mesh_controller::metrics::Metrics;
 use mesh_proto::destination::destination_client::DestinationClient;
 use mesh_proto::destination::{update, GetDestination, Update};
 use serde_json::{json, Value};
@@ -62,6 +64,18 @@ fn slice(pods: &[(&str, &str)]) -> Value {
         "endpoints": endpoints})
 }
 
+/// `mesh_controller_source_events_total{source="kubernetes",kind="Service",event}`.
+fn service_events(metrics: &Metrics, event: &str) -> f64 {
+    let text = metrics.render(&Default::default());
+    let series = format!(
+        "mesh_controller_source_events_total{{source=\"kubernetes\",kind=\"Service\",event=\"{event}\"}} "
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{series} missing in\n{text}"))
+}
+
 async fn next(stream: &mut tonic::Streaming<Update>) -> update::Update {
     let msg = tokio::time::timeout(Duration::from_secs(10), stream.message())
         .await
@@ -112,13 +126,18 @@ async fn watch_events_and_a_relist_reach_a_live_destination_stream() {
     let client = kube::Client::try_from(config).unwrap();
     let writer = IndexWriter::new(IndexConfig::default());
     let reader = writer.subscribe();
+    let metrics = Arc::clone(writer.metrics());
     let source = KubeSource::start(client, writer, Duration::from_secs(10)).await;
+    // Every kind was listed once before `start` returned.
+    assert_eq!(service_events(&metrics, "relist"), 1.0);
+    assert_eq!(service_events(&metrics, "apply"), 0.0);
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(mesh_controller::grpc::serve(
         listener,
         reader,
+        Arc::clone(&metrics),
         std::future::pending(),
     ));
     let mut client = DestinationClient::connect(format!("http://{addr}"))
@@ -187,6 +206,24 @@ async fn watch_events_and_a_relist_reach_a_live_destination_stream() {
         [("10.0.0.3:9999".to_string(), id.clone())]
     );
 
+    // The 410 made the Service watcher list again (not an error), then watch again: wait
+    // for that watch, so the deletion below reaches it as a DELETED event.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while api
+        .calls()
+        .iter()
+        .filter(|c| c.path == SERVICES && c.watch)
+        .count()
+        < 2
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Service not watched again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(service_events(&metrics, "relist"), 2.0);
+
     // DELETED Service: the target is gone.
     api.delete(SERVICES, "shop", "web");
     loop {
@@ -199,6 +236,9 @@ async fn watch_events_and_a_relist_reach_a_live_destination_stream() {
             other => panic!("unexpected {other:?}"),
         }
     }
+
+    assert_eq!(service_events(&metrics, "delete"), 1.0);
+    assert_eq!(service_events(&metrics, "error"), 0.0);
 
     // The webhook's namespace lookup reads the watched Namespaces.
     let namespaces = source.namespaces();

@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::time::Instant;
 
 use futures::Stream;
 use mesh_proto::destination::{
@@ -13,6 +14,7 @@ use mesh_proto::destination::{
 use tonic::{Request, Response, Status};
 
 use crate::index::{EndpointSet, IndexReader, Resolution, Target};
+use crate::metrics::{Api, ApiMetrics, Metrics, StreamMetrics};
 
 /// A boxed stream of gRPC messages.
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -21,23 +23,57 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 #[derive(Clone, Debug)]
 pub struct DestinationService {
     index: IndexReader,
+    get: ApiMetrics,
+    policy: ApiMetrics,
 }
 
 impl DestinationService {
-    /// A service reading `index`.
-    pub fn new(index: IndexReader) -> Self {
-        Self { index }
+    /// A service reading `index`, counting its streams in `metrics`.
+    pub fn new(index: IndexReader, metrics: &Metrics) -> Self {
+        Self {
+            index,
+            get: metrics.api(Api::Destination),
+            policy: metrics.api(Api::Policy),
+        }
     }
 
     /// A fresh reader (marked as having seen the current snapshot) and the parsed target.
-    fn watch(&self, req: &GetDestination) -> Result<(IndexReader, Target), Status> {
+    fn watch(
+        &self,
+        req: &GetDestination,
+        api: &ApiMetrics,
+    ) -> Result<(IndexReader, Target), Status> {
         let mut index = self.index.clone();
         let target = index
             .borrow_and_update()
             .parse_target(&req.target)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            .map_err(|e| {
+                api.invalid_target();
+                Status::invalid_argument(e.to_string())
+            })?;
         Ok((index, target))
     }
+}
+
+/// The state of a `Get` stream between messages.
+struct GetState {
+    index: IndexReader,
+    target: Target,
+    /// What the client has been sent (or is queued to be).
+    sent: Resolution,
+    /// Messages not yet handed over, with the index change that caused each.
+    queue: VecDeque<(Update, Option<Instant>)>,
+    metrics: StreamMetrics,
+}
+
+/// The state of a `GetPolicy` stream between messages.
+struct PolicyState {
+    index: IndexReader,
+    target: Target,
+    /// The target as the client spelled it (policies name it).
+    raw: String,
+    last: Option<ServicePolicy>,
+    metrics: StreamMetrics,
 }
 
 #[tonic::async_trait]
@@ -47,26 +83,31 @@ impl Destination for DestinationService {
 
     async fn get(&self, req: Request<GetDestination>) -> Result<Response<Self::GetStream>, Status> {
         let req = req.into_inner();
-        let (index, target) = self.watch(&req)?;
+        let (index, target) = self.watch(&req, &self.get)?;
         tracing::debug!(target = %req.target, context = %req.context, "Get");
         let sent = index.borrow().resolve(&target);
-        let state = (
+        let state = GetState {
+            queue: VecDeque::from([(initial(&sent), None)]),
             index,
             target,
-            sent.clone(),
-            VecDeque::from([initial(&sent)]),
-        );
-        let stream = futures::stream::unfold(state, |(mut index, target, mut sent, mut queue)| {
-            async move {
-                loop {
-                    if let Some(update) = queue.pop_front() {
-                        return Some((Ok(update), (index, target, sent, queue)));
-                    }
-                    index.changed().await.ok()?; // the source stopped: end the stream
-                    let next = index.borrow_and_update().resolve(&target);
-                    queue.extend(diff(&sent, &next));
-                    sent = next;
+            sent,
+            metrics: self.get.stream_opened(),
+        };
+        let stream = futures::stream::unfold(state, |mut st| async move {
+            loop {
+                if let Some((update, changed_at)) = st.queue.pop_front() {
+                    st.metrics.sent(changed_at);
+                    return Some((Ok(update), st));
                 }
+                st.index.changed().await.ok()?; // the source stopped: end the stream
+                let (next, changed_at) = {
+                    let index = st.index.borrow_and_update();
+                    (index.resolve(&st.target), st.metrics.index_changed_at())
+                };
+                let updates = diff(&st.sent, &next);
+                st.queue
+                    .extend(updates.into_iter().map(|u| (u, changed_at)));
+                st.sent = next;
             }
         });
         Ok(Response::new(Box::pin(stream)))
@@ -77,20 +118,32 @@ impl Destination for DestinationService {
         req: Request<GetDestination>,
     ) -> Result<Response<Self::GetPolicyStream>, Status> {
         let req = req.into_inner();
-        let (index, target) = self.watch(&req)?;
+        let (index, target) = self.watch(&req, &self.policy)?;
         tracing::debug!(target = %req.target, context = %req.context, "GetPolicy");
-        let raw = req.target;
-        let state = (index, target, raw, None::<ServicePolicy>);
-        let stream = futures::stream::unfold(state, |(mut index, target, raw, last)| async move {
-            let mut first = last.is_none();
+        let state = PolicyState {
+            index,
+            target,
+            raw: req.target,
+            last: None,
+            metrics: self.policy.stream_opened(),
+        };
+        let stream = futures::stream::unfold(state, |mut st| async move {
+            let mut changed_at = None;
             loop {
-                if !first {
-                    index.changed().await.ok()?;
+                if st.last.is_some() {
+                    st.index.changed().await.ok()?;
                 }
-                first = false;
-                let policy = index.borrow_and_update().service_policy(&target, &raw);
-                if last.as_ref() != Some(&policy) {
-                    return Some((Ok(policy.clone()), (index, target, raw, Some(policy))));
+                let policy = {
+                    let index = st.index.borrow_and_update();
+                    if st.last.is_some() {
+                        changed_at = st.metrics.index_changed_at();
+                    }
+                    index.service_policy(&st.target, &st.raw)
+                };
+                if st.last.as_ref() != Some(&policy) {
+                    st.metrics.sent(changed_at);
+                    st.last = Some(policy.clone());
+                    return Some((Ok(policy), st));
                 }
             }
         });

@@ -11,18 +11,33 @@ use mesh_proto::policy::{
 use tonic::{Request, Response, Status};
 
 use crate::index::{Index, IndexReader};
+use crate::metrics::{Api, ApiMetrics, Metrics, StreamMetrics};
 
 /// The `InboundPolicy` service, answering from the index.
 #[derive(Clone, Debug)]
 pub struct InboundPolicyService {
     index: IndexReader,
+    metrics: ApiMetrics,
 }
 
 impl InboundPolicyService {
-    /// A service reading `index`.
-    pub fn new(index: IndexReader) -> Self {
-        Self { index }
+    /// A service reading `index`, counting its streams in `metrics`.
+    pub fn new(index: IndexReader, metrics: &Metrics) -> Self {
+        Self {
+            index,
+            metrics: metrics.api(Api::Inbound),
+        }
     }
+}
+
+/// The state of a `Watch` stream between messages.
+struct WatchState {
+    index: IndexReader,
+    /// `namespace/name` of the workload.
+    workload: String,
+    port: u16,
+    last: Option<ServerPolicy>,
+    metrics: StreamMetrics,
 }
 
 /// The policy of a port no resource selects.
@@ -54,24 +69,37 @@ impl InboundPolicy for InboundPolicyService {
             .ok()
             .filter(|p| *p != 0)
             .ok_or_else(|| {
+                self.metrics.invalid_target();
                 Status::invalid_argument(format!("invalid port {port} for {workload:?}"))
             })?;
         tracing::debug!(%workload, port, "InboundPolicy.Watch");
-        let state = (self.index.clone(), workload, None::<ServerPolicy>);
-        let stream =
-            futures::stream::unfold(state, move |(mut index, workload, last)| async move {
-                let mut first = last.is_none();
-                loop {
-                    if !first {
-                        index.changed().await.ok()?; // the source stopped: end the stream
-                    }
-                    first = false;
-                    let policy = server_policy(&index.borrow_and_update(), &workload, port);
-                    if last.as_ref() != Some(&policy) {
-                        return Some((Ok(policy.clone()), (index, workload, Some(policy))));
-                    }
+        let state = WatchState {
+            index: self.index.clone(),
+            workload,
+            port,
+            last: None,
+            metrics: self.metrics.stream_opened(),
+        };
+        let stream = futures::stream::unfold(state, |mut st| async move {
+            let mut changed_at = None;
+            loop {
+                if st.last.is_some() {
+                    st.index.changed().await.ok()?; // the source stopped: end the stream
                 }
-            });
+                let policy = {
+                    let index = st.index.borrow_and_update();
+                    if st.last.is_some() {
+                        changed_at = st.metrics.index_changed_at();
+                    }
+                    server_policy(&index, &st.workload, st.port)
+                };
+                if st.last.as_ref() != Some(&policy) {
+                    st.metrics.sent(changed_at);
+                    st.last = Some(policy.clone());
+                    return Some((Ok(policy), st));
+                }
+            }
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 }

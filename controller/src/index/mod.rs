@@ -9,11 +9,14 @@ mod target;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::watch;
 
 use mesh_proto::destination::Fault;
 
+use crate::metrics::Metrics;
 use crate::resources::{
     EndpointSlice, Resource, Route, RouteKind, Service, ServicePort, TrafficPolicy, WorkloadEntry,
 };
@@ -65,6 +68,42 @@ pub struct IndexedRoute {
     pub origin: Origin,
     /// The route.
     pub route: Route,
+}
+
+/// How many objects of each kind the index holds (what the servers answer from: later
+/// duplicates replace earlier ones, and only the TrafficPolicy in force for a Service
+/// counts).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ObjectCounts {
+    /// Services.
+    pub services: usize,
+    /// WorkloadEntries (from manifests, or from Pods).
+    pub workloads: usize,
+    /// HTTPRoutes.
+    pub http_routes: usize,
+    /// GRPCRoutes.
+    pub grpc_routes: usize,
+    /// TrafficPolicies in force (at most one per Service).
+    pub traffic_policies: usize,
+    /// HTTPFaults.
+    pub faults: usize,
+    /// EndpointSlices.
+    pub endpoint_slices: usize,
+}
+
+impl ObjectCounts {
+    /// The counts by Kubernetes kind, in a fixed order.
+    pub fn by_kind(&self) -> [(&'static str, usize); 7] {
+        [
+            ("Service", self.services),
+            ("WorkloadEntry", self.workloads),
+            (RouteKind::Http.kind(), self.http_routes),
+            (RouteKind::Grpc.kind(), self.grpc_routes),
+            ("TrafficPolicy", self.traffic_policies),
+            ("HTTPFault", self.faults),
+            ("EndpointSlice", self.endpoint_slices),
+        ]
+    }
 }
 
 /// All indexed resources.
@@ -154,6 +193,20 @@ impl Index {
         true
     }
 
+    /// How many objects of each kind are indexed.
+    pub fn object_counts(&self) -> ObjectCounts {
+        let routes = |kind| self.routes.keys().filter(|(k, _, _)| *k == kind).count();
+        ObjectCounts {
+            services: self.services.len(),
+            workloads: self.workloads.len(),
+            http_routes: routes(RouteKind::Http),
+            grpc_routes: routes(RouteKind::Grpc),
+            traffic_policies: self.traffic_policies.len(),
+            faults: self.faults.len(),
+            endpoint_slices: self.slices.values().map(Vec::len).sum(),
+        }
+    }
+
     /// The source files currently contributing objects.
     pub fn files(&self) -> impl Iterator<Item = &Path> {
         self.files.keys().map(PathBuf::as_path)
@@ -240,17 +293,31 @@ fn with_port(svc: &Service, port: u16) -> Option<(&Service, &ServicePort)> {
 pub type IndexReader = watch::Receiver<Index>;
 
 /// The single writer of the index, owned by the running source. When it is dropped,
-/// every reader's `changed()` fails, which ends the gRPC streams.
+/// every reader's `changed()` fails, which ends the gRPC streams. It records every change
+/// in its [`Metrics`] (count, rebuild time, and the stamp streams measure push latency
+/// from), keeping the index itself free of timing.
 #[derive(Debug)]
 pub struct IndexWriter {
     tx: watch::Sender<Index>,
+    metrics: Arc<Metrics>,
 }
 
 impl IndexWriter {
-    /// A writer over an empty index.
+    /// A writer over an empty index, counting into metrics of its own (tests, tools).
     pub fn new(config: IndexConfig) -> Self {
+        Self::with_metrics(config, Arc::new(Metrics::new()))
+    }
+
+    /// A writer over an empty index, counting into `metrics` (the controller's one handle,
+    /// which the sources reach through [`IndexWriter::metrics`]).
+    pub fn with_metrics(config: IndexConfig, metrics: Arc<Metrics>) -> Self {
         let (tx, _) = watch::channel(Index::new(config));
-        Self { tx }
+        Self { tx, metrics }
+    }
+
+    /// The metrics this writer (and the source owning it) counts into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// A new reader of the index.
@@ -264,9 +331,17 @@ impl IndexWriter {
     }
 
     /// Applies `f`, which returns whether it changed the index; readers are notified once
-    /// if it did.
+    /// if it did, and the change is recorded in the metrics (while the index is still
+    /// held, so a reader's snapshot and the change stamp it reads agree).
     pub fn update(&self, f: impl FnOnce(&mut Index) -> bool) -> bool {
-        self.tx.send_if_modified(f)
+        let start = Instant::now();
+        self.tx.send_if_modified(|index| {
+            let changed = f(index);
+            if changed {
+                self.metrics.index_changed(start.elapsed());
+            }
+            changed
+        })
     }
 }
 

@@ -3,7 +3,8 @@
 //! conversions and validation as manifest files. A watcher's initial list (and every
 //! relist, e.g. after `410 Gone`) is applied as one batch that also drops the objects the
 //! list no longer holds, so restarts, bookmarks and deletions leave the index exact. An
-//! invalid object is logged and its last good version kept.
+//! invalid object is logged and its last good version kept. Every watcher event is counted
+//! in `mesh_controller_source_events_total{source="kubernetes",kind=<Kind>}`.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
@@ -24,6 +25,7 @@ use tokio::task::JoinHandle;
 
 use super::convert;
 use crate::index::IndexWriter;
+use crate::metrics::{ErrorReason, Source};
 use crate::resources::Resource;
 use crate::webhook::NamespaceAnnotations;
 
@@ -105,6 +107,7 @@ impl KubeSource {
     /// API is missing (e.g. Gateway API CRDs not installed) is logged and retried in the
     /// background.
     pub async fn start(client: Client, writer: IndexWriter, init_timeout: Duration) -> Self {
+        let metrics = Arc::clone(writer.metrics());
         let writer = Arc::new(writer);
         let mut tasks = Vec::new();
         let mut ready = Vec::new();
@@ -163,10 +166,13 @@ impl KubeSource {
             watcher::watcher(ns_api, watcher::Config::default()),
         )
         .default_backoff()
-        .for_each(|e| async move {
+        .for_each(move |e| {
             if let Err(error) = e {
+                // Namespaces feed the webhook, not the index: an error, not a source event.
                 tracing::warn!(%error, "namespace watch failed; retrying");
+                metrics.error(ErrorReason::WatchFailed);
             }
+            std::future::ready(())
         });
         tasks.push(tokio::spawn(ns_stream));
 
@@ -221,6 +227,7 @@ async fn run<K>(
 ) where
     K: kube::Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
+    let events = writer.metrics().source_events(Source::Kubernetes, kind);
     let mut ready = Some(ready);
     let mut known: HashSet<PathBuf> = HashSet::new();
     // During a (re)list: each listed key, with its resources or `None` if invalid.
@@ -233,6 +240,7 @@ async fn run<K>(
             Ok(resources) => Some((key(kind, &ns, &name), resources)),
             Err(error) => {
                 tracing::warn!(kind, namespace = %ns, %name, %error, "invalid object; keeping its last good version");
+                events.invalid();
                 None
             }
         }
@@ -270,6 +278,8 @@ async fn run<K>(
                     .into_iter()
                     .filter_map(|(k, r)| Some((k, r?)))
                     .collect();
+                // Counted first: whoever sees the change also sees the event counted.
+                events.relisted();
                 writer.update(|idx| idx.apply_batch(apply, gone));
                 tracing::info!(kind, objects = n, "listed");
                 if let Some(tx) = ready.take() {
@@ -279,16 +289,24 @@ async fn run<K>(
             Ok(Event::Apply(obj)) => {
                 if let Some((k, r)) = convert_one(&obj) {
                     known.insert(k.clone());
+                    events.applied();
                     writer.update(|idx| idx.apply_file(k, r));
                 }
             }
             Ok(Event::Delete(obj)) => {
                 let k = key(kind, &obj.namespace().unwrap_or_default(), &obj.name_any());
                 known.remove(&k);
+                events.deleted();
                 writer.update(|idx| idx.remove_file(&k));
+            }
+            Err(watcher::Error::WatchError(status)) if status.code == 410 => {
+                // The resource version expired: routine, not a failure. The watcher lists
+                // again (counted as `relist`).
+                tracing::info!(kind, "watch expired (410 Gone); relisting");
             }
             Err(error) => {
                 tracing::warn!(kind, %error, "watch failed; retrying with backoff");
+                events.watch_failed();
             }
         }
     }

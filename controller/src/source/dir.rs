@@ -1,7 +1,8 @@
 //! The local source (`--source dir:PATH`): loads every `*.yaml`/`*.yml` file of a directory
 //! into the index, then keeps it in sync from file-system events (debounced, followed by a
 //! full rescan) and a periodic safety rescan. A file that stops parsing keeps its last good
-//! objects in the index; a deleted file's objects are removed.
+//! objects in the index; a deleted file's objects are removed. Every file change is counted
+//! in `mesh_controller_source_events_total{source="dir",kind="file"}`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -14,7 +15,16 @@ use tokio::task::JoinHandle;
 
 use super::SourceError;
 use crate::index::IndexWriter;
+use crate::metrics::{Source, SourceEvents};
 use crate::resources::{parse_documents, Resource};
+
+/// The `kind` label of the directory source's events.
+const KIND: &str = "file";
+
+/// The event counters of the directory source.
+fn source_events(writer: &IndexWriter) -> SourceEvents {
+    writer.metrics().source_events(Source::Dir, KIND)
+}
 
 /// Timing of the directory watch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,8 +70,9 @@ impl DirSource {
     }
 
     /// Reads the whole directory and applies new, changed and deleted files to the index in
-    /// one update. Invalid files are logged and keep their last good objects.
+    /// one update. Invalid files are logged (and counted) and keep their last good objects.
     pub async fn scan(&mut self, writer: &IndexWriter) -> Result<(), SourceError> {
+        let events = source_events(writer);
         let read_dir_err = |error| SourceError::ReadDir {
             path: self.dir.clone(),
             error,
@@ -84,6 +95,7 @@ impl DirSource {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => {
                     tracing::error!(file = %path.display(), error = %e, "cannot read manifest");
+                    events.watch_failed();
                     present.insert(path); // keep what we had
                     continue;
                 }
@@ -112,18 +124,23 @@ impl DirSource {
                         objects = parsed.resources.len(),
                         "loaded manifest"
                     );
+                    events.applied();
                     changes.push(Change::Apply(path, parsed.resources));
                 }
-                Err(e) => tracing::error!(
-                    file = %path.display(),
-                    "invalid manifest, keeping its last good version: {e}"
-                ),
+                Err(e) => {
+                    tracing::error!(
+                        file = %path.display(),
+                        "invalid manifest, keeping its last good version: {e}"
+                    );
+                    events.invalid();
+                }
             }
         }
         self.seen.retain(|path, _| {
             let keep = present.contains(path);
             if !keep {
                 tracing::info!(file = %path.display(), "manifest removed");
+                events.deleted();
                 changes.push(Change::Remove(path.clone()));
             }
             keep
@@ -175,12 +192,14 @@ impl DirWatch {
             return Err(SourceError::ReadDir { path: dir, error });
         }
         let (tx, events) = mpsc::channel(1);
+        let counters = source_events(&writer);
         let handler = move |res: notify::Result<Event>| {
             let relevant = match res {
                 Ok(ev) => !matches!(ev.kind, EventKind::Access(a)
                     if a != AccessKind::Close(AccessMode::Write)),
                 Err(e) => {
                     tracing::warn!(error = %e, "file watch error; rescanning");
+                    counters.watch_failed();
                     true
                 }
             };
@@ -235,6 +254,7 @@ async fn run(
         }
         if let Err(e) = source.scan(&writer).await {
             tracing::error!(error = %e, "rescan failed; keeping the current index");
+            source_events(&writer).watch_failed();
         }
     }
 }

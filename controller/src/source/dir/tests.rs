@@ -241,3 +241,65 @@ async fn invalid_route_edit_keeps_last_good_policy() {
     source.scan(&writer).await.unwrap();
     assert_eq!(weights(&reader), [50, 50]);
 }
+
+#[tokio::test]
+async fn scans_count_file_events_and_invalid_manifests() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "svc.yaml", SERVICE);
+    write(tmp.path(), "w1.yaml", &workload("w1", "10.0.0.1"));
+    let writer = IndexWriter::new(IndexConfig::default());
+    let mut source = DirSource::new(tmp.path());
+    let events = |writer: &IndexWriter, event: &str| {
+        let text = writer.metrics().render(&Default::default());
+        let series = format!(
+            "mesh_controller_source_events_total{{source=\"dir\",kind=\"file\",event=\"{event}\"}}"
+        );
+        crate::metrics::sample(&text, &series).unwrap_or_else(|| panic!("{series}:\n{text}"))
+    };
+    let invalid = |writer: &IndexWriter| {
+        let text = writer.metrics().render(&Default::default());
+        crate::metrics::sample(
+            &text,
+            "mesh_controller_errors_total{reason=\"invalid_resource\"}",
+        )
+    };
+    source.scan(&writer).await.unwrap();
+    assert_eq!(events(&writer, "apply"), 2.0);
+
+    // Unchanged files are not events; a changed one is.
+    source.scan(&writer).await.unwrap();
+    assert_eq!(events(&writer, "apply"), 2.0);
+    write(tmp.path(), "w1.yaml", &workload("w1", "10.0.0.9"));
+    source.scan(&writer).await.unwrap();
+    assert_eq!(events(&writer, "apply"), 3.0);
+
+    // An invalid manifest: an error event, once per content, and an invalid_resource.
+    write(
+        tmp.path(),
+        "bad.yaml",
+        "apiVersion: v1\nkind: Service\nspec: [",
+    );
+    source.scan(&writer).await.unwrap();
+    source.scan(&writer).await.unwrap();
+    assert_eq!(events(&writer, "error"), 1.0);
+    assert_eq!(invalid(&writer), Some(1.0));
+
+    std::fs::remove_file(tmp.path().join("w1.yaml")).unwrap();
+    source.scan(&writer).await.unwrap();
+    assert_eq!(events(&writer, "delete"), 1.0);
+    assert_eq!(events(&writer, "relist"), 0.0);
+    let text = writer
+        .metrics()
+        .render(&writer.subscribe().borrow().object_counts());
+    assert_eq!(
+        crate::metrics::sample(
+            &text,
+            "mesh_controller_index_objects{kind=\"WorkloadEntry\"}"
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        crate::metrics::sample(&text, "mesh_controller_index_objects{kind=\"Service\"}"),
+        Some(1.0)
+    );
+}
