@@ -2,8 +2,6 @@
 //! and a `410 Gone` relist reach a live `Destination.Get` stream, and every API call the
 //! source makes is one the RBAC rules grant (and every rule is used).
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +13,7 @@ use mesh_controller::metrics::Metrics;
 use mesh_proto::destination::destination_client::DestinationClient;
 use mesh_proto::destination::{update, GetDestination, Update};
 use serde_json::{json, Value};
-use support::kube_api::KubeApi;
+use mesh_kube_fake::KubeApi;
 
 const SERVICES: &str = "/api/v1/services";
 const PODS: &str = "/api/v1/pods";

@@ -318,6 +318,21 @@ impl KubeApi {
         }
     }
 
+    /// Changes an object without telling watchers (what they miss while expired).
+    pub fn apply_silently(&self, path: &str, mut obj: Value) {
+        let mut state = self.state.lock().unwrap();
+        Self::stamp(&mut state, &mut obj);
+        let c = state.collections.get_mut(path).expect("declared path");
+        c.objects.insert(obj_key(&obj), obj);
+    }
+
+    /// Deletes an object without telling watchers.
+    pub fn delete_silently(&self, path: &str, namespace: &str, name: &str) {
+        let mut state = self.state.lock().unwrap();
+        let c = state.collections.get_mut(path).expect("declared path");
+        c.objects.remove(&format!("{namespace}/{name}"));
+    }
+
     /// Ends every open watch with `410 Gone`.
     pub fn expire(&self) {
         let mut state = self.state.lock().unwrap();
