@@ -9,6 +9,10 @@ use super::{InjectConfig, SkipReason, ADMIN_PORT};
 pub const INJECT_ANNOTATION: &str = "mesh.dev/inject";
 /// Added to injected pods; its value is the proxy image.
 pub const INJECTED_ANNOTATION: &str = "mesh.dev/injected";
+/// The workload a pod belongs to (its Deployment, StatefulSet, …), set by the injector;
+/// the proxy reads it (downward API) as the workload name of its metrics, the same name
+/// the controller gives the pod's endpoints.
+pub const WORKLOAD_ANNOTATION: &str = "mesh.dev/workload";
 /// Prefix of the per-workload configuration overrides.
 pub const CONFIG_PREFIX: &str = "config.mesh.dev/";
 /// Inbound ports not captured: comma-separated ports or `lo-hi` ranges.
@@ -48,6 +52,9 @@ pub(super) struct Overrides {
     pub limits: BTreeMap<String, String>,
     /// The proxy's log filter.
     pub log_level: String,
+    /// The pod carries [`WORKLOAD_ANNOTATION`]: the proxy's workload name comes from it
+    /// (else from the pod name).
+    pub workload_annotation: bool,
 }
 
 impl Overrides {
@@ -103,6 +110,7 @@ impl Overrides {
             requests,
             limits,
             log_level,
+            workload_annotation: false,
         })
     }
 }

@@ -20,7 +20,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 pub use self::annotations::{
     CONFIG_PREFIX, INJECTED_ANNOTATION, INJECT_ANNOTATION, OPAQUE_PORTS, PROXY_CPU_LIMIT,
     PROXY_CPU_REQUEST, PROXY_LOG_LEVEL, PROXY_MEMORY_LIMIT, PROXY_MEMORY_REQUEST,
-    SKIP_INBOUND_PORTS, SKIP_OUTBOUND_PORTS,
+    SKIP_INBOUND_PORTS, SKIP_OUTBOUND_PORTS, WORKLOAD_ANNOTATION,
 };
 pub use self::patch::patch_for;
 
@@ -161,10 +161,12 @@ pub fn inject_pod(
     }
     let mut merged = namespace_annotations.clone();
     merged.extend(pod_annotations.iter().map(|(k, v)| (k.clone(), v.clone())));
-    let overrides = match annotations::Overrides::from_annotations(&merged, cfg) {
+    let mut overrides = match annotations::Overrides::from_annotations(&merged, cfg) {
         Ok(overrides) => overrides,
         Err(reason) => return Outcome::Skipped(reason),
     };
+    let workload = workload_name(meta);
+    overrides.workload_annotation = workload.is_some();
 
     let mut spec = spec.clone();
     let init = sidecar::init_container(cfg, &overrides);
@@ -185,10 +187,46 @@ pub fn inject_pod(
     spec.volumes = Some(volumes);
 
     let mut meta = meta.clone();
-    meta.annotations
-        .get_or_insert_with(BTreeMap::new)
-        .insert(INJECTED_ANNOTATION.to_string(), cfg.proxy_image.clone());
+    let annotations = meta.annotations.get_or_insert_with(BTreeMap::new);
+    annotations.insert(INJECTED_ANNOTATION.to_string(), cfg.proxy_image.clone());
+    if let Some(w) = workload {
+        annotations.insert(WORKLOAD_ANNOTATION.to_string(), w);
+    }
     Outcome::Injected { meta, spec }
+}
+
+/// The workload a pod belongs to: its `mesh.dev/workload` annotation if set (e.g. by
+/// `mesh inject` on a Deployment), else its controller owner — a ReplicaSet's pods belong
+/// to its Deployment (the ReplicaSet name minus the `pod-template-hash`). `None` for a
+/// pod without an owner (its name is its workload).
+pub fn workload_name(meta: &ObjectMeta) -> Option<String> {
+    if let Some(w) = meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(WORKLOAD_ANNOTATION))
+        .filter(|w| !w.is_empty())
+    {
+        return Some(w.clone());
+    }
+    let owner = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))?;
+    let hash = meta
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("pod-template-hash"));
+    match (owner.kind.as_str(), hash) {
+        ("ReplicaSet", Some(hash)) => Some(
+            owner
+                .name
+                .strip_suffix(&format!("-{hash}"))
+                .unwrap_or(&owner.name)
+                .to_string(),
+        ),
+        _ => Some(owner.name.clone()),
+    }
 }
 
 /// Removes exactly what [`inject_pod`] added; `None` if the pod has no `mesh-proxy`.
@@ -207,6 +245,7 @@ pub fn uninject_pod(meta: &ObjectMeta, spec: &PodSpec) -> Option<(ObjectMeta, Po
     let mut meta = meta.clone();
     if let Some(annotations) = meta.annotations.as_mut() {
         annotations.remove(INJECTED_ANNOTATION);
+        annotations.remove(WORKLOAD_ANNOTATION);
         if annotations.is_empty() {
             meta.annotations = None;
         }

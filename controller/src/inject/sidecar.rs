@@ -16,7 +16,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::annotations::Overrides;
 use super::{
     InjectConfig, ADMIN_PORT, INBOUND_PORT, INIT_CONTAINER, OUTBOUND_PORT, PROXY_CONTAINER,
-    PROXY_UID, TOKEN_VOLUME, TRUST_ROOTS_VOLUME,
+    PROXY_UID, TOKEN_VOLUME, TRUST_ROOTS_VOLUME, WORKLOAD_ANNOTATION,
 };
 
 /// Audience of the projected ServiceAccount token the identity service accepts.
@@ -160,7 +160,14 @@ fn env(cfg: &InjectConfig, o: &Overrides) -> Vec<EnvVar> {
         value("MESH_PROXY_IDENTITY_ADDR", cfg.identity_addr.clone()),
         value("MESH_PROXY_TRUST_DOMAIN", cfg.trust_domain.clone()),
         field("MESH_PROXY_NAMESPACE", "metadata.namespace"),
-        field("MESH_PROXY_WORKLOAD", "metadata.name"),
+        if o.workload_annotation {
+            field(
+                "MESH_PROXY_WORKLOAD",
+                &format!("metadata.annotations['{WORKLOAD_ANNOTATION}']"),
+            )
+        } else {
+            field("MESH_PROXY_WORKLOAD", "metadata.name")
+        },
         field("MESH_PROXY_SERVICE_ACCOUNT", "spec.serviceAccountName"),
         value(
             "MESH_PROXY_IDENTITY_TOKEN_FILE",

@@ -375,3 +375,79 @@ fn workloads_find_their_pod_templates() {
     assert_eq!(reports[2].change, Change::NotInjected);
     assert_eq!(list, original);
 }
+
+#[test]
+fn the_workload_name_comes_from_the_owner_or_the_annotation() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+    let owned = |kind: &str, name: &str| ObjectMeta {
+        labels: Some(BTreeMap::from([(
+            "pod-template-hash".to_string(),
+            "5d9f".to_string(),
+        )])),
+        owner_references: Some(vec![OwnerReference {
+            api_version: "apps/v1".into(),
+            kind: kind.into(),
+            name: name.into(),
+            uid: "u".into(),
+            controller: Some(true),
+            ..OwnerReference::default()
+        }]),
+        ..ObjectMeta::default()
+    };
+    assert_eq!(
+        workload_name(&owned("ReplicaSet", "web-5d9f")).as_deref(),
+        Some("web")
+    );
+    assert_eq!(
+        workload_name(&owned("StatefulSet", "db")).as_deref(),
+        Some("db")
+    );
+    assert_eq!(workload_name(&ObjectMeta::default()), None);
+    let mut annotated = owned("ReplicaSet", "web-5d9f");
+    annotated.annotations = Some(BTreeMap::from([(
+        WORKLOAD_ANNOTATION.to_string(),
+        "checkout".to_string(),
+    )]));
+    assert_eq!(workload_name(&annotated).as_deref(), Some("checkout"));
+
+    // Injection records it and points the proxy at it; a bare pod uses its name.
+    let cfg = InjectConfig::default();
+    let spec = PodSpec::default();
+    let mut meta = owned("ReplicaSet", "web-5d9f");
+    meta.annotations = Some(BTreeMap::from([(
+        INJECT_ANNOTATION.to_string(),
+        "enabled".to_string(),
+    )]));
+    let Outcome::Injected { meta: m, spec: s } =
+        inject_pod(&meta, &spec, &BTreeMap::new(), false, &cfg)
+    else {
+        panic!("not injected")
+    };
+    assert_eq!(m.annotations.as_ref().unwrap()[WORKLOAD_ANNOTATION], "web");
+    let proxy = s
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&s.containers)
+        .find(|c| c.name == PROXY_CONTAINER)
+        .unwrap();
+    let env = proxy.env.as_ref().unwrap();
+    let workload = env
+        .iter()
+        .find(|e| e.name == "MESH_PROXY_WORKLOAD")
+        .unwrap();
+    let path = &workload
+        .value_from
+        .as_ref()
+        .unwrap()
+        .field_ref
+        .as_ref()
+        .unwrap()
+        .field_path;
+    assert_eq!(path, "metadata.annotations['mesh.dev/workload']");
+    let (back, _) = uninject_pod(&m, &s).unwrap();
+    assert!(back
+        .annotations
+        .as_ref()
+        .is_none_or(|a| !a.contains_key(WORKLOAD_ANNOTATION)));
+}

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::PodSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::Value;
 
-use super::{inject_pod, uninject_pod, InjectConfig, Outcome, SkipReason};
+use super::{inject_pod, uninject_pod, InjectConfig, Outcome, SkipReason, WORKLOAD_ANNOTATION};
 
 /// What happened to one object.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,9 +71,19 @@ pub fn inject_object(
     let mut reports = Vec::new();
     visit(
         object,
-        &mut |meta, spec| match inject_pod(meta, spec, namespace_annotations, force, cfg) {
-            Outcome::Injected { meta, spec } => Ok((meta, spec)),
-            Outcome::Skipped(reason) => Err(Change::Skipped(reason)),
+        &mut |meta, spec, owner| {
+            // A template's pods belong to the object that holds it.
+            let mut meta = meta.clone();
+            if let Some(owner) = owner {
+                meta.annotations
+                    .get_or_insert_with(BTreeMap::new)
+                    .entry(WORKLOAD_ANNOTATION.to_string())
+                    .or_insert_with(|| owner.to_string());
+            }
+            match inject_pod(&meta, spec, namespace_annotations, force, cfg) {
+                Outcome::Injected { meta, spec } => Ok((meta, spec)),
+                Outcome::Skipped(reason) => Err(Change::Skipped(reason)),
+            }
         },
         Change::Injected,
         &mut reports,
@@ -86,15 +96,17 @@ pub fn uninject_object(object: &mut Value) -> Vec<Report> {
     let mut reports = Vec::new();
     visit(
         object,
-        &mut |meta, spec| uninject_pod(meta, spec).ok_or(Change::NotInjected),
+        &mut |meta, spec, _| uninject_pod(meta, spec).ok_or(Change::NotInjected),
         Change::Uninjected,
         &mut reports,
     );
     reports
 }
 
-/// A rewrite of one pod template: the new metadata and spec, or why there is none.
-type Rewrite<'a> = dyn FnMut(&ObjectMeta, &PodSpec) -> Result<(ObjectMeta, PodSpec), Change> + 'a;
+/// A rewrite of one pod template (given the name of the workload object holding it, for
+/// templates): the new metadata and spec, or why there is none.
+type Rewrite<'a> =
+    dyn FnMut(&ObjectMeta, &PodSpec, Option<&str>) -> Result<(ObjectMeta, PodSpec), Change> + 'a;
 
 /// Applies `rewrite` to every pod template in `object`, reporting `done` where it worked.
 fn visit(object: &mut Value, rewrite: &mut Rewrite<'_>, done: Change, reports: &mut Vec<Report>) {
@@ -120,11 +132,13 @@ fn visit(object: &mut Value, rewrite: &mut Rewrite<'_>, done: Change, reports: &
         .get("apiVersion")
         .and_then(Value::as_str)
         .unwrap_or_default();
+    // Pods have no template owner; a CronJob's pods are named after the CronJob.
+    let owner = (kind != "Pod" && name != "<unnamed>").then(|| name.to_string());
     let change = match template_pointer(api_version, &kind) {
         None => Change::NotAWorkload,
         Some(pointer) => match object.pointer_mut(pointer) {
             None => Change::Invalid(format!("no pod template at {pointer}")),
-            Some(template) => match rewrite_template(template, rewrite) {
+            Some(template) => match rewrite_template(template, rewrite, owner.as_deref()) {
                 Ok(()) => done,
                 Err(change) => change,
             },
@@ -150,7 +164,11 @@ fn template_pointer(api_version: &str, kind: &str) -> Option<&'static str> {
 
 /// Reads a pod template as typed objects, rewrites it and writes it back; metadata that
 /// the rewrite leaves empty is removed.
-fn rewrite_template(template: &mut Value, rewrite: &mut Rewrite<'_>) -> Result<(), Change> {
+fn rewrite_template(
+    template: &mut Value,
+    rewrite: &mut Rewrite<'_>,
+    owner: Option<&str>,
+) -> Result<(), Change> {
     let invalid = |e: serde_json::Error| Change::Invalid(e.to_string());
     let meta_json = template.get("metadata").cloned();
     let meta: ObjectMeta = match &meta_json {
@@ -162,7 +180,7 @@ fn rewrite_template(template: &mut Value, rewrite: &mut Rewrite<'_>) -> Result<(
         .cloned()
         .ok_or_else(|| Change::Invalid("no spec".to_string()))?;
     let spec: PodSpec = serde_json::from_value(spec_json).map_err(invalid)?;
-    let (new_meta, new_spec) = rewrite(&meta, &spec)?;
+    let (new_meta, new_spec) = rewrite(&meta, &spec, owner)?;
     let Some(fields) = template.as_object_mut() else {
         return Err(Change::Invalid("not an object".to_string()));
     };

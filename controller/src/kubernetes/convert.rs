@@ -52,6 +52,8 @@ pub fn is_meshed(pod: &Pod) -> bool {
 /// The workload that owns a pod, for metric labels: a ReplicaSet's pods are labelled with
 /// their Deployment (the ReplicaSet name minus the `pod-template-hash` suffix).
 pub fn owner(pod: &Pod) -> Option<(String, String)> {
+    // The injector's annotation names the workload the proxy reports itself as.
+    let annotated = crate::inject::workload_name(&pod.metadata);
     let owner = pod
         .metadata
         .owner_references
@@ -63,13 +65,14 @@ pub fn owner(pod: &Pod) -> Option<(String, String)> {
         .labels
         .as_ref()
         .and_then(|l| l.get("pod-template-hash"));
-    match (owner.kind.as_str(), hash) {
+    let (kind, name) = match (owner.kind.as_str(), hash) {
         ("ReplicaSet", Some(hash)) => match owner.name.strip_suffix(&format!("-{hash}")) {
-            Some(deploy) => Some(("deployment".into(), deploy.to_string())),
-            None => Some(("replicaset".into(), owner.name.clone())),
+            Some(deploy) => ("deployment".to_string(), deploy.to_string()),
+            None => ("replicaset".to_string(), owner.name.clone()),
         },
-        (kind, _) => Some((kind.to_ascii_lowercase(), owner.name.clone())),
-    }
+        (kind, _) => (kind.to_ascii_lowercase(), owner.name.clone()),
+    };
+    Some((kind, annotated.unwrap_or(name)))
 }
 
 /// The workload entries of a pod: one per pod IP (two for a dual-stack pod), none for a
