@@ -10,10 +10,10 @@ use mesh_controller::index::{IndexConfig, IndexWriter};
 use mesh_controller::kubernetes::rbac::CONTROLLER_RULES;
 use mesh_controller::kubernetes::source::KubeSource;
 use mesh_controller::metrics::Metrics;
+use mesh_kube_fake::KubeApi;
 use mesh_proto::destination::destination_client::DestinationClient;
 use mesh_proto::destination::{update, GetDestination, Update};
 use serde_json::{json, Value};
-use mesh_kube_fake::KubeApi;
 
 const SERVICES: &str = "/api/v1/services";
 const PODS: &str = "/api/v1/pods";

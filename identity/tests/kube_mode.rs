@@ -5,7 +5,6 @@
 //! holds the leader Lease, and every API call is one the RBAC rules grant (every rule
 //! used).
 
-
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,11 +24,11 @@ use mesh_identity::server::{
     serve, AuthError, Authenticator, IdentityService, ServeConfig, ServiceConfig,
 };
 use mesh_identity::spiffe::spiffe_id;
+use mesh_kube_fake::{parse_path, KubeApi};
 use mesh_proto::identity::identity_client::IdentityClient;
 use mesh_proto::identity::{CertifyRequest, CertifyResponse};
 use rcgen::{CertificateParams, KeyPair, SanType, PKCS_ECDSA_P256_SHA256};
 use serde_json::{json, Value};
-use mesh_kube_fake::{parse_path, KubeApi};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 use tonic::{Code, Status};

@@ -3,7 +3,6 @@
 //! lease has expired, counting a transition. Short timings: a 1 s lease renewed every
 //! 200 ms.
 
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,8 +14,8 @@ use kube::Api;
 use mesh_identity::kubernetes::lease::{self, is_leader, LEASE_NAME};
 use mesh_identity::kubernetes::LeaseSettings;
 use mesh_identity::metrics::Metrics;
-use serde_json::{json, Value};
 use mesh_kube_fake::KubeApi;
+use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
