@@ -264,3 +264,78 @@ pub async fn grpc(name: &str) -> GrpcApp {
     });
     GrpcApp { addr, calls, task }
 }
+
+/// A running forwarding app: a middle tier that calls another service
+/// through its own proxy for every request it serves.
+pub struct ForwardApp {
+    pub addr: SocketAddr,
+    /// Requests served.
+    pub hits: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ForwardApp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts a forwarding app on a free loopback port. Each request becomes a
+/// GET of the same path on `http://<to>` (or on the host in the request's
+/// `x-forward-to` header) sent through `via`, its proxy's outbound listener
+/// (explicit mode); the answer's status, `x-app-name` and body come back,
+/// or a 502 when there was none.
+pub async fn forwarder(via: SocketAddr, to: &str) -> ForwardApp {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let hits = Arc::new(AtomicU64::new(0));
+    let client = crate::client::http1(via);
+    let to: Arc<str> = Arc::from(to);
+    let h = hits.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let (client, to, hits) = (client.clone(), to.clone(), h.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    hits.fetch_add(1, Ordering::Relaxed);
+                    forward(client.clone(), to.clone(), req)
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    ForwardApp { addr, hits, task }
+}
+
+async fn forward(
+    client: crate::client::ProxyClient,
+    to: Arc<str>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let host = req
+        .headers()
+        .get("x-forward-to")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or(&to)
+        .to_string();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let rsp = match crate::client::get(&client, &format!("http://{host}{path}")).await {
+        Ok(r) => Response::builder()
+            .status(r.status)
+            .header("x-app-name", r.header("x-app-name"))
+            .body(Full::new(r.body)),
+        Err(e) => Response::builder()
+            .status(StatusCode::BAD_GATEWAY)
+            .body(Full::new(Bytes::from(e.to_string()))),
+    };
+    Ok(rsp.expect("response"))
+}

@@ -21,8 +21,11 @@ pub struct Mesh {
     pub identity_dir: PathBuf,
     pub manifests: PathBuf,
     pub identity_addr: SocketAddr,
+    /// `mesh-identity`'s admin server (`/metrics`, `/ready`).
+    pub identity_admin: SocketAddr,
     pub controller_addr: SocketAddr,
-    controller_admin: SocketAddr,
+    /// `mesh-controller`'s admin server (`/metrics`, `/ready`).
+    pub controller_admin: SocketAddr,
     pub identity: Proc,
     pub controller: Option<Proc>,
     token_key: token::TokenKey,
@@ -34,6 +37,10 @@ pub struct Proxy {
     pub inbound: SocketAddr,
     pub admin: SocketAddr,
     pub identity: String,
+    /// `MESH_PROXY_NAMESPACE`.
+    pub namespace: String,
+    /// `MESH_PROXY_WORKLOAD`.
+    pub workload: String,
     pub proc: Proc,
 }
 
@@ -54,13 +61,14 @@ impl Mesh {
         let token_key = files::load_token_key(&identity_dir).expect("token key");
 
         let identity_addr = free_addr();
+        let identity_admin = free_addr();
         let mut cmd = Command::new(bin("mesh-identity"));
         cmd.arg("--dir")
             .arg(&identity_dir)
             .arg("--addr")
             .arg(identity_addr.to_string())
             .arg("--admin-addr")
-            .arg(free_addr().to_string())
+            .arg(identity_admin.to_string())
             .arg("--cert-lifetime")
             .arg(cert_lifetime);
         let mut identity = Proc::spawn("mesh-identity", cmd, root.path().join("identity.log"));
@@ -72,6 +80,7 @@ impl Mesh {
             identity_dir,
             manifests,
             identity_addr,
+            identity_admin,
             controller_addr: free_addr(),
             controller_admin: free_addr(),
             identity,
@@ -253,8 +262,30 @@ impl Mesh {
             inbound,
             admin,
             identity: spiffe(ns, sa),
+            namespace: ns.to_string(),
+            workload: name.to_string(),
             proc,
         })
+    }
+}
+
+impl Mesh {
+    /// Prometheus file-SD targets for this mesh: `mesh-identity`'s and
+    /// `mesh-controller`'s admin servers and `proxies`' (each its own pod of
+    /// workload `MESH_PROXY_WORKLOAD`), in the format `mesh demo` writes.
+    /// `crate::prometheus::write_file_sd` writes them.
+    pub fn file_sd_targets(&self, proxies: &[&Proxy]) -> Vec<crate::prometheus::Target> {
+        use crate::prometheus::{Target, JOB_CONTROLLER, JOB_IDENTITY};
+        let mut targets = vec![
+            Target::component(self.identity_admin, JOB_IDENTITY),
+            Target::component(self.controller_admin, JOB_CONTROLLER),
+        ];
+        targets.extend(
+            proxies
+                .iter()
+                .map(|p| Target::proxy(p.admin, &p.namespace, &p.workload, &p.workload)),
+        );
+        targets
     }
 }
 

@@ -5,6 +5,7 @@
 //! Every process it started is stopped when it ends, also on Ctrl-C.
 
 mod apps;
+mod file_sd;
 mod procs;
 mod report;
 
@@ -95,7 +96,9 @@ async fn demo(args: &Args, procs: &mut Procs) -> anyhow::Result<()> {
 
     // Control plane.
     let identity_addr = free_addr()?;
+    let identity_admin = free_addr()?;
     let controller_addr = free_addr()?;
+    let controller_admin = free_addr()?;
     procs.spawn(
         "mesh-identity",
         "mesh-identity",
@@ -105,7 +108,7 @@ async fn demo(args: &Args, procs: &mut Procs) -> anyhow::Result<()> {
             "--addr".into(),
             identity_addr.to_string(),
             "--admin-addr".into(),
-            free_addr()?.to_string(),
+            identity_admin.to_string(),
         ],
         &[],
         &logs,
@@ -119,7 +122,7 @@ async fn demo(args: &Args, procs: &mut Procs) -> anyhow::Result<()> {
             "--grpc-addr".into(),
             controller_addr.to_string(),
             "--admin-addr".into(),
-            free_addr()?.to_string(),
+            controller_admin.to_string(),
             "--webhook-addr".into(),
             free_addr()?.to_string(),
         ],
@@ -171,6 +174,15 @@ async fn demo(args: &Args, procs: &mut Procs) -> anyhow::Result<()> {
         wait_ready(w, procs).await?;
     }
     println!("  ✓ 4 proxies ready (loadgen, web-1, api-1, api-2), each with its own certificate");
+    // Every admin address, for a Prometheus on manifests/prometheus/local.yaml.
+    let mut targets = vec![
+        file_sd::Target::component(identity_admin, "mesh-identity"),
+        file_sd::Target::component(controller_admin, "mesh-controller"),
+    ];
+    targets.extend(
+        [&client, &web, &api1, &api2].map(|w| file_sd::Target::proxy(w.admin, NS, w.name, w.name)),
+    );
+    let targets_file = file_sd::write(&dir, &targets)?;
     warm_up(client.outbound, procs).await?;
 
     let results = report::drive(client.outbound, WEB_HOST, args.requests, args.concurrency).await;
@@ -190,6 +202,7 @@ async fn demo(args: &Args, procs: &mut Procs) -> anyhow::Result<()> {
     );
     println!();
     println!("logs, certificates and manifests: {}", dir.display());
+    println!("prometheus targets (file_sd): {}", targets_file.display());
     if results.ok == 0 {
         bail!("no request succeeded; see the logs in {}", logs.display());
     }
