@@ -5,5 +5,6 @@
 #![warn(missing_docs)]
 
 pub mod check;
+pub mod file_sd;
 pub mod inject;
 pub mod install;

@@ -384,6 +384,14 @@ pub fn service(name: &str, ns: &str, ports: &[(&str, u16, &str, &str)]) -> Strin
     y
 }
 
+/// An HTTPRoute `api-retry` on Service `api.demo` port 80 retrying 5xx responses up to
+/// `attempts` tries with a 1 ms backoff.
+pub fn retry_route(attempts: u32) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: api-retry\n  namespace: demo\n  annotations:\n    retry.mesh.dev/http: 5xx\nspec:\n  parentRefs: [{{kind: Service, name: api, port: 80}}]\n  rules:\n  - backendRefs: [{{name: api, port: 80}}]\n    retry: {{attempts: {attempts}, backoff: 1ms}}\n"
+    )
+}
+
 /// A meshed `WorkloadEntry` for app `app` on 127.0.0.1 with named ports,
 /// reached through the proxy inbound `proxy_inbound`.
 pub fn workload(

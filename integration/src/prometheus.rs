@@ -7,7 +7,7 @@ use crate::{
     fixture::admin_get,
     process::{free_addr, Proc},
 };
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -15,72 +15,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// The `job` label of the proxies' targets (as in `manifests/prometheus/`).
-pub const JOB_PROXY: &str = "mesh-proxy";
-/// The `job` label of `mesh-identity`'s admin target.
-pub const JOB_IDENTITY: &str = "mesh-identity";
-/// The `job` label of `mesh-controller`'s admin target.
-pub const JOB_CONTROLLER: &str = "mesh-controller";
-/// The name of the targets file `mesh demo` writes into its directory.
-pub const TARGETS_FILE: &str = "prometheus-targets.json";
-
-/// One scrape target of a file-SD targets file: an admin address and the
-/// target labels its series get.
-#[derive(Clone, Debug)]
-pub struct Target {
-    pub addr: SocketAddr,
-    pub labels: Vec<(&'static str, String)>,
-}
-
-impl Target {
-    /// A proxy's admin address, labelled like a pod in Kubernetes:
-    /// `job="mesh-proxy"`, `namespace`, `workload` (the owner) and `pod`.
-    pub fn proxy(addr: SocketAddr, namespace: &str, workload: &str, pod: &str) -> Target {
-        Target {
-            addr,
-            labels: vec![
-                ("job", JOB_PROXY.to_string()),
-                ("namespace", namespace.to_string()),
-                ("workload", workload.to_string()),
-                ("pod", pod.to_string()),
-            ],
-        }
-    }
-
-    /// A control-plane component's admin address, `job` naming it
-    /// (`JOB_IDENTITY`, `JOB_CONTROLLER`).
-    pub fn component(addr: SocketAddr, job: &str) -> Target {
-        Target {
-            addr,
-            labels: vec![("job", job.to_string())],
-        }
-    }
-}
-
-/// The targets in Prometheus' file-SD JSON: one target group per target.
-pub fn file_sd_json(targets: &[Target]) -> String {
-    let groups: Vec<Value> = targets
-        .iter()
-        .map(|t| {
-            let labels: serde_json::Map<String, Value> = t
-                .labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), Value::String(v.clone())))
-                .collect();
-            json!({ "targets": [t.addr.to_string()], "labels": labels })
-        })
-        .collect();
-    let mut text = serde_json::to_string_pretty(&groups).expect("JSON of strings");
-    text.push('\n');
-    text
-}
-
-/// Writes the targets file at `path`, atomically (Prometheus watches it).
-pub fn write_file_sd(path: &Path, targets: &[Target]) -> std::io::Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, file_sd_json(targets))?;
-    std::fs::rename(&tmp, path)
-}
+pub use mesh_cli::file_sd::{
+    json as file_sd_json, write_at as write_file_sd, Target, FILE as TARGETS_FILE, JOB_CONTROLLER,
+    JOB_IDENTITY, JOB_PROXY,
+};
 
 /// A configuration shaped like `manifests/prometheus/local.yaml`: one job
 /// reading the file-SD targets file `targets`, scraped every `interval`
@@ -275,41 +213,6 @@ pub fn encode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The exact text `mesh demo` writes too (cli/src/demo/file_sd.rs has
-    /// the same test): change both or neither.
-    #[test]
-    fn file_sd_format() {
-        let targets = [
-            Target::proxy("127.0.0.1:4191".parse().unwrap(), "demo", "web-1", "web-1"),
-            Target::component("127.0.0.1:9990".parse().unwrap(), JOB_CONTROLLER),
-        ];
-        assert_eq!(
-            file_sd_json(&targets),
-            r#"[
-  {
-    "labels": {
-      "job": "mesh-proxy",
-      "namespace": "demo",
-      "pod": "web-1",
-      "workload": "web-1"
-    },
-    "targets": [
-      "127.0.0.1:4191"
-    ]
-  },
-  {
-    "labels": {
-      "job": "mesh-controller"
-    },
-    "targets": [
-      "127.0.0.1:9990"
-    ]
-  }
-]
-"#
-        );
-    }
 
     #[test]
     fn encodes_queries() {

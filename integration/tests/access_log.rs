@@ -5,27 +5,13 @@
 use mesh_integration::{
     apps::Behaviour,
     client::{self, blast},
-    fixture::{service, spiffe},
+    fixture::{retry_route, service, spiffe},
     Mesh,
 };
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
 const URL: &str = "http://api.demo.svc.cluster.local/";
-
-const RETRY_ROUTE: &str = r#"apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata:
-  name: api-retry
-  namespace: demo
-  annotations:
-    retry.mesh.dev/http: 5xx
-spec:
-  parentRefs: [{kind: Service, name: api, port: 80}]
-  rules:
-  - backendRefs: [{name: api, port: 80}]
-    retry: {attempts: 3, backoff: 1ms}
-"#;
 
 fn lines(log: &str) -> Vec<Value> {
     log.lines()
@@ -43,7 +29,7 @@ async fn every_request_gets_one_json_line_with_flags() {
         "svc.yaml",
         &service("api", "demo", &[("http", 80, "http", "")]),
     );
-    mesh.write("route.yaml", RETRY_ROUTE);
+    mesh.write("route.yaml", &retry_route(3));
     let api = mesh.replica("api", "api-1", Behaviour::failing(100)).await;
     mesh.wait_for_endpoints("api.demo.svc.cluster.local:80", 1)
         .await;

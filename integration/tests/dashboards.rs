@@ -7,7 +7,7 @@
 use mesh_integration::{
     apps::{self, Behaviour},
     client::blast,
-    fixture::{service, workload},
+    fixture::{retry_route, service, workload},
     grafana::{family, names, panels, parse_label_values, queries, substitute, variable_queries},
     prometheus::{self, Prometheus, Target},
     Mesh,
@@ -158,20 +158,7 @@ fn dashboards_use_documented_names_and_their_own_variables() {
 
 // === the real thing ===
 
-const RETRY_ROUTE: &str = r#"apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata:
-  name: api-retry
-  namespace: demo
-  annotations:
-    retry.mesh.dev/http: 5xx
-spec:
-  parentRefs: [{kind: Service, name: api, port: 80}]
-  rules:
-  - backendRefs: [{name: api, port: 80}]
-    retry: {attempts: 2, backoff: 1ms}
----
-apiVersion: policy.mesh.dev/v1alpha1
+const TRAFFIC_POLICY: &str = r#"apiVersion: policy.mesh.dev/v1alpha1
 kind: TrafficPolicy
 metadata: {name: api, namespace: demo}
 spec:
@@ -207,7 +194,10 @@ async fn scenario() {
     ] {
         mesh.write(file, &service(name, NS, &[("http", 80, "http", "")]));
     }
-    mesh.write("route.yaml", RETRY_ROUTE);
+    mesh.write(
+        "route.yaml",
+        &format!("{}---\n{TRAFFIC_POLICY}", retry_route(2)),
+    );
     let api1 = mesh.replica("api", "api-1", Behaviour::default()).await;
     let api2 = mesh.replica("api", "api-2", Behaviour::failing(20)).await;
     let web = mesh.proxy(NS, "web", WORKLOAD).await;

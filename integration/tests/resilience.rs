@@ -4,7 +4,7 @@
 use mesh_integration::{
     apps::Behaviour,
     client::{self, blast},
-    fixture::service,
+    fixture::{retry_route, service},
     Mesh,
 };
 use std::time::{Duration, Instant};
@@ -16,20 +16,6 @@ fn traffic_policy(spec: &str) -> String {
         "apiVersion: policy.mesh.dev/v1alpha1\nkind: TrafficPolicy\nmetadata:\n  name: api\n  namespace: demo\nspec:\n  targetRef:\n    kind: Service\n    name: api\n{spec}"
     )
 }
-
-const RETRY_ROUTE: &str = r#"apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata:
-  name: api-retry
-  namespace: demo
-  annotations:
-    retry.mesh.dev/http: 5xx
-spec:
-  parentRefs: [{kind: Service, name: api, port: 80}]
-  rules:
-  - backendRefs: [{name: api, port: 80}]
-    retry: {attempts: 2, backoff: 1ms}
-"#;
 
 /// Sends requests until the proxy has the route (its retry counter moves).
 async fn wait_for_retries(web: &mesh_integration::Proxy) {
@@ -62,7 +48,7 @@ async fn retries_hide_a_flaky_backend_and_their_absence_does_not() {
     );
 
     // attempts: 2 on 5xx, with a budget that affords a 30 % failure rate.
-    mesh.write("route.yaml", RETRY_ROUTE);
+    mesh.write("route.yaml", &retry_route(2));
     mesh.write(
         "policy.yaml",
         &traffic_policy(
@@ -91,7 +77,7 @@ async fn retries_stay_within_the_budget_when_everything_fails() {
         &service("api", "demo", &[("http", 80, "http", "")]),
     );
     let api = mesh.replica("api", "api-1", Behaviour::failing(100)).await;
-    mesh.write("route.yaml", RETRY_ROUTE);
+    mesh.write("route.yaml", &retry_route(2));
     // A 1 s window keeps the initial reserve (min/s × ttl) small.
     mesh.write(
         "policy.yaml",

@@ -5,7 +5,6 @@
 //! Every process it started is stopped when it ends, also on Ctrl-C.
 
 mod apps;
-mod file_sd;
 mod procs;
 mod report;
 
@@ -176,13 +175,14 @@ async fn demo(args: &Args, procs: &mut Procs) -> anyhow::Result<()> {
     println!("  ✓ 4 proxies ready (loadgen, web-1, api-1, api-2), each with its own certificate");
     // Every admin address, for a Prometheus on manifests/prometheus/local.yaml.
     let mut targets = vec![
-        file_sd::Target::component(identity_admin, "mesh-identity"),
-        file_sd::Target::component(controller_admin, "mesh-controller"),
+        mesh_cli::file_sd::Target::component(identity_admin, "mesh-identity"),
+        mesh_cli::file_sd::Target::component(controller_admin, "mesh-controller"),
     ];
     targets.extend(
-        [&client, &web, &api1, &api2].map(|w| file_sd::Target::proxy(w.admin, NS, w.name, w.name)),
+        [&client, &web, &api1, &api2]
+            .map(|w| mesh_cli::file_sd::Target::proxy(w.admin, NS, w.name, w.name)),
     );
-    let targets_file = file_sd::write(&dir, &targets)?;
+    let targets_file = mesh_cli::file_sd::write(&dir, &targets)?;
     warm_up(client.outbound, procs).await?;
 
     let results = report::drive(client.outbound, WEB_HOST, args.requests, args.concurrency).await;

@@ -2,7 +2,7 @@
 //! (`prometheus-targets.json`): every proxy's admin address labelled like a
 //! pod (`job`, `namespace`, `workload`, `pod`), and mesh-identity's and
 //! mesh-controller's (`job`). `manifests/prometheus/local.yaml` reads it;
-//! the end-to-end tests write the same format (`mesh_integration::prometheus`).
+//! the end-to-end tests write the same file through this module.
 
 use anyhow::Context;
 use serde_json::{json, Value};
@@ -10,11 +10,20 @@ use std::{net::SocketAddr, path::Path};
 
 /// The file's name in the demo directory.
 pub const FILE: &str = "prometheus-targets.json";
+/// The `job` label of the proxies' targets (as in `manifests/prometheus/`).
+pub const JOB_PROXY: &str = "mesh-proxy";
+/// The `job` label of `mesh-identity`'s admin target.
+pub const JOB_IDENTITY: &str = "mesh-identity";
+/// The `job` label of `mesh-controller`'s admin target.
+pub const JOB_CONTROLLER: &str = "mesh-controller";
 
-/// One scrape target and its labels.
+/// One scrape target: an admin address and the target labels its series get.
+#[derive(Clone, Debug)]
 pub struct Target {
-    addr: SocketAddr,
-    labels: Vec<(&'static str, String)>,
+    /// The admin address.
+    pub addr: SocketAddr,
+    /// The target labels.
+    pub labels: Vec<(&'static str, String)>,
 }
 
 impl Target {
@@ -23,7 +32,7 @@ impl Target {
         Target {
             addr,
             labels: vec![
-                ("job", "mesh-proxy".to_string()),
+                ("job", JOB_PROXY.to_string()),
                 ("namespace", namespace.to_string()),
                 ("workload", workload.to_string()),
                 ("pod", pod.to_string()),
@@ -63,18 +72,22 @@ pub fn json(targets: &[Target]) -> String {
 /// and returns its path.
 pub fn write(dir: &Path, targets: &[Target]) -> anyhow::Result<std::path::PathBuf> {
     let path = dir.join(FILE);
-    let tmp = dir.join(format!(".{FILE}.tmp"));
-    std::fs::write(&tmp, json(targets)).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    write_at(&path, targets).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
+}
+
+/// Writes the targets file at `path`, atomically.
+pub fn write_at(path: &Path, targets: &[Target]) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, json(targets))?;
+    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The exact text the end-to-end tests write too
-    /// (integration/src/prometheus.rs has the same test): change both or neither.
+    /// The format `manifests/prometheus/local.yaml` reads.
     #[test]
     fn file_sd_format() {
         let targets = [
