@@ -8,3 +8,4 @@ pub mod check;
 pub mod file_sd;
 pub mod inject;
 pub mod install;
+pub mod stat;

@@ -8,7 +8,7 @@ mod token;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mesh_cli::{check, inject, install};
+use mesh_cli::{check, inject, install, stat};
 
 /// The mesh command line.
 #[derive(Debug, Parser)]
@@ -35,6 +35,8 @@ enum Command {
     Inject(inject::Args),
     /// Remove the mesh proxy from injected Kubernetes manifests.
     Uninject(inject::UninjectArgs),
+    /// Golden metrics per resource, from Prometheus or the proxies themselves.
+    Stat(stat::Args),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Inject(args) => inject::run(args),
         Command::Uninject(args) => inject::run_uninject(args),
+        Command::Stat(args) => stat::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -94,6 +97,14 @@ mod tests {
         assert!(matches!(cli.command, Command::Install(ref a) if a.ha && a.crds));
         let cli = Cli::try_parse_from(["mesh", "uninject", "a.yaml", "b.yaml"]).unwrap();
         assert!(matches!(cli.command, Command::Uninject(ref a) if a.files.len() == 2));
+        let cli = Cli::try_parse_from([
+            "mesh", "stat", "deploy", "api", "-n", "demo", "-t", "1m", "-o", "wide",
+        ])
+        .unwrap();
+        assert!(
+            matches!(cli.command, Command::Stat(ref a) if a.window == "1m" && a.output == "wide")
+        );
+        assert!(Cli::try_parse_from(["mesh", "stat", "deploy", "-o", "yaml"]).is_err());
         assert!(Cli::try_parse_from([
             "mesh",
             "token",
