@@ -68,6 +68,54 @@ pub fn json(targets: &[Target]) -> String {
     text
 }
 
+/// Reads a targets file: every target with its labels.
+pub fn read(path: &Path) -> anyhow::Result<Vec<Target>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read targets file {}", path.display()))?;
+    let groups: Vec<Value> = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a file-SD targets file", path.display()))?;
+    let mut out = Vec::new();
+    for g in groups {
+        let labels: Vec<(String, String)> = g["labels"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+            .collect();
+        for t in g["targets"].as_array().into_iter().flatten() {
+            let addr = t
+                .as_str()
+                .and_then(|a| a.parse().ok())
+                .with_context(|| format!("{}: bad target {t}", path.display()))?;
+            out.push(Target {
+                addr,
+                labels: labels
+                    .iter()
+                    .filter_map(|(k, v)| Some((label_name(k)?, v.clone())))
+                    .collect(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The label names this format uses (kept `'static`).
+fn label_name(k: &str) -> Option<&'static str> {
+    ["job", "namespace", "workload", "pod"]
+        .into_iter()
+        .find(|n| *n == k)
+}
+
+impl Target {
+    /// The value of label `name`, or `""`.
+    pub fn label(&self, name: &str) -> &str {
+        self.labels
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map_or("", |(_, v)| v.as_str())
+    }
+}
+
 /// Writes `dir/prometheus-targets.json` atomically (Prometheus watches it)
 /// and returns its path.
 pub fn write(dir: &Path, targets: &[Target]) -> anyhow::Result<std::path::PathBuf> {
@@ -119,6 +167,23 @@ mod tests {
 ]
 "#
         );
+    }
+
+    #[test]
+    fn reads_what_it_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let targets = [
+            Target::proxy("127.0.0.1:4191".parse().unwrap(), "demo", "web", "web-1"),
+            Target::component("127.0.0.1:9990".parse().unwrap(), JOB_CONTROLLER),
+        ];
+        let path = write(dir.path(), &targets).unwrap();
+        let back = read(&path).unwrap();
+        assert_eq!(back.len(), 2);
+        assert_eq!(back[0].label("pod"), "web-1");
+        assert_eq!(back[1].label("job"), JOB_CONTROLLER);
+        assert_eq!(back[1].label("pod"), "");
+        std::fs::write(&path, "{").unwrap();
+        assert!(read(&path).is_err());
     }
 
     #[test]

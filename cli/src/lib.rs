@@ -6,6 +6,7 @@
 
 pub mod check;
 pub mod file_sd;
+mod http;
 pub mod inject;
 pub mod install;
 pub mod stat;

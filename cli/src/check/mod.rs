@@ -4,6 +4,7 @@
 //! returning a [`Check`], so groups are easy to extend.
 
 pub mod kubernetes;
+pub mod local;
 mod render;
 
 use serde::Serialize;
@@ -88,6 +89,16 @@ pub struct Args {
     /// Namespace of the control plane.
     #[arg(long, default_value = "mesh-system")]
     pub namespace: String,
+    /// Check a local mesh instead of Kubernetes: a `mesh demo --dir DIR` directory
+    /// (its `prometheus-targets.json` and `identity/`).
+    #[arg(long, value_name = "DIR")]
+    pub local: Option<std::path::PathBuf>,
+    /// Local mode: the file-SD targets file (default: DIR/prometheus-targets.json).
+    #[arg(long, value_name = "FILE")]
+    pub targets: Option<std::path::PathBuf>,
+    /// Local mode: the identity directory (default: DIR/identity).
+    #[arg(long, value_name = "DIR")]
+    pub identity_dir: Option<std::path::PathBuf>,
     /// Output format.
     #[arg(short = 'o', long, default_value = "table", value_parser = ["table", "json"])]
     pub output: String,
@@ -99,10 +110,31 @@ pub fn run(args: Args) -> anyhow::Result<bool> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let local =
+        match (&args.local, &args.targets, &args.identity_dir) {
+            (None, None, None) => None,
+            (dir, targets, identity) => {
+                let under = |name: &str| dir.as_ref().map(|d| d.join(name));
+                Some(local::Settings {
+                    targets: targets
+                        .clone()
+                        .or_else(|| under(crate::file_sd::FILE))
+                        .ok_or_else(|| {
+                            anyhow::anyhow!("--identity-dir needs --local DIR or --targets FILE")
+                        })?,
+                    identity_dir: identity.clone().or_else(|| under("identity")).ok_or_else(
+                        || anyhow::anyhow!("--targets needs --local DIR or --identity-dir DIR"),
+                    )?,
+                })
+            }
+        };
     let settings = kubernetes::Settings {
         namespace: args.namespace,
     };
     let checks = rt.block_on(async {
+        if let Some(local) = &local {
+            return local::checks(local).await;
+        }
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = kube::Client::try_default().await.map_err(|e| e.to_string());
         kubernetes::checks(client, &settings).await

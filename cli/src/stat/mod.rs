@@ -5,7 +5,7 @@
 //! so they give the same numbers.
 
 pub mod compute;
-mod http;
+
 pub mod plan;
 pub mod prometheus;
 pub mod render;
@@ -108,7 +108,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let answers = rt.block_on(async {
-        let c = http::client();
+        let c = crate::http::client();
         let mut answers = Vec::new();
         if let Some(base) = &args.prometheus {
             let w = prom_window(window);

@@ -2,7 +2,7 @@
 //! `/api/v1/query`.
 
 use super::compute::{Agg, Answer, Matcher, Query};
-use super::http::{get, HttpClient};
+use crate::http::{get, HttpClient};
 use anyhow::Context;
 
 fn escape(v: &str) -> String {

@@ -2,7 +2,7 @@
 //! twice a window apart.
 
 use super::compute::Scrapes;
-use super::http::{get, HttpClient};
+use crate::http::{get, HttpClient};
 use anyhow::Context;
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
@@ -17,30 +17,18 @@ pub struct ProxyTarget {
 
 /// The proxy targets (`job` = `mesh-proxy`) of a file-SD targets file.
 pub fn read(path: &Path) -> anyhow::Result<Vec<ProxyTarget>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read targets file {}", path.display()))?;
-    let groups: Vec<serde_json::Value> = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a file-SD targets file", path.display()))?;
-    let mut out = Vec::new();
-    for g in groups {
-        let labels: BTreeMap<String, String> = g["labels"]
-            .as_object()
-            .into_iter()
-            .flatten()
-            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-            .collect();
-        if labels.get("job").map(String::as_str) != Some(super::JOB_PROXY) {
-            continue;
-        }
-        for t in g["targets"].as_array().into_iter().flatten() {
-            if let Some(addr) = t.as_str() {
-                out.push(ProxyTarget {
-                    addr: addr.to_string(),
-                    labels: labels.clone(),
-                });
-            }
-        }
-    }
+    let out: Vec<ProxyTarget> = crate::file_sd::read(path)?
+        .into_iter()
+        .filter(|t| t.label("job") == super::JOB_PROXY)
+        .map(|t| ProxyTarget {
+            addr: t.addr.to_string(),
+            labels: t
+                .labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        })
+        .collect();
     if out.is_empty() {
         anyhow::bail!("{}: no mesh-proxy targets", path.display());
     }

@@ -1,0 +1,329 @@
+//! The local-mode checks of `mesh check --local DIR` (a `mesh demo` directory, or any
+//! mesh run from a targets file and an identity directory): the control plane answers,
+//! the trust anchors and the issuer are valid long enough and the issuer chains to the
+//! anchors, and every proxy is ready with a valid certificate.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use mesh_identity::files::{ISSUER_CERT, ISSUER_KEY, TRUST_ANCHORS};
+
+use super::Check;
+use crate::file_sd::{self, Target, JOB_CONTROLLER, JOB_IDENTITY, JOB_PROXY};
+use crate::http::{client, get, HttpClient};
+
+const CONTROL_PLANE: &str = "local-control-plane";
+const IDENTITY: &str = "local-identity";
+const PROXIES: &str = "local-proxies";
+
+/// How long certificates must stay valid.
+pub const MIN_VALIDITY: Duration = Duration::from_secs(60 * 86_400);
+
+/// Where the local mesh is described.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The file-SD targets file (admin addresses of identity, controller, proxies).
+    pub targets: PathBuf,
+    /// The identity directory (`trust-anchors.pem`, `issuer.crt`, `issuer.key`).
+    pub identity_dir: PathBuf,
+}
+
+/// Runs every local check.
+pub async fn checks(s: &Settings) -> Vec<Check> {
+    let targets = match file_sd::read(&s.targets) {
+        Ok(t) => t,
+        Err(e) => {
+            return vec![Check::fail(
+                CONTROL_PLANE,
+                "the targets file can be read",
+                format!("{e:#}"),
+                "run `mesh demo --dir DIR` and pass `--local DIR` (or --targets FILE)",
+            )]
+        }
+    };
+    let c = client();
+    let mut out = Vec::new();
+    for (job, name) in [
+        (JOB_IDENTITY, "mesh-identity"),
+        (JOB_CONTROLLER, "mesh-controller"),
+    ] {
+        out.push(component(&c, &targets, job, name).await);
+    }
+    out.extend(identity_files(s, SystemTime::now()));
+    out.extend(running_issuer(&c, &targets).await);
+    for t in targets.iter().filter(|t| t.label("job") == JOB_PROXY) {
+        out.extend(proxy(&c, t).await);
+    }
+    out
+}
+
+async fn component(c: &HttpClient, targets: &[Target], job: &str, name: &str) -> Check {
+    let desc = format!("{name} is running and ready");
+    let Some(t) = targets.iter().find(|t| t.label("job") == job) else {
+        return Check::fail(
+            CONTROL_PLANE,
+            desc,
+            "not in the targets file",
+            "the targets file lists every component; regenerate it",
+        );
+    };
+    match get(c, &format!("http://{}/ready", t.addr)).await {
+        Ok((200, _)) => Check::ok(CONTROL_PLANE, desc),
+        Ok((status, body)) => Check::fail(
+            CONTROL_PLANE,
+            desc,
+            format!("/ready answered {status}: {}", body.trim()),
+            format!("look at {name}'s log"),
+        ),
+        Err(e) => Check::fail(
+            CONTROL_PLANE,
+            desc,
+            format!("{e:#}"),
+            format!("start {name} (admin address {})", t.addr),
+        ),
+    }
+}
+
+/// Pure: the anchors and issuer files are valid for [`MIN_VALIDITY`] from `now`, and the
+/// issuer is signed by an anchor.
+pub fn identity_files(s: &Settings, now: SystemTime) -> Vec<Check> {
+    let read = |name: &str| std::fs::read_to_string(s.identity_dir.join(name));
+    let hint_rotate = "rotate: `mesh identity init DIR --force` makes a new anchor and issuer";
+    let mut out = Vec::new();
+    let anchors = match read(TRUST_ANCHORS) {
+        Ok(a) => a,
+        Err(e) => {
+            return vec![Check::fail(
+                IDENTITY,
+                "trust anchors can be read",
+                format!("{}: {e}", s.identity_dir.join(TRUST_ANCHORS).display()),
+                "pass the identity directory with --identity-dir",
+            )]
+        }
+    };
+    out.push(validity_check(
+        "trust anchors are valid for at least 60 days",
+        &anchors,
+        now,
+        hint_rotate,
+    ));
+    let (cert, key) = match (read(ISSUER_CERT), read(ISSUER_KEY)) {
+        (Ok(c), Ok(k)) => (c, k),
+        (Err(e), _) | (_, Err(e)) => {
+            out.push(Check::fail(
+                IDENTITY,
+                "the issuer can be read",
+                e.to_string(),
+                "pass the identity directory with --identity-dir",
+            ));
+            return out;
+        }
+    };
+    out.push(validity_check(
+        "issuer certificate is valid for at least 60 days",
+        &cert,
+        now,
+        hint_rotate,
+    ));
+    out.push(
+        match mesh_identity::ca::Issuer::load(&cert, &key, &anchors) {
+            Ok(_) => Check::ok(IDENTITY, "issuer is signed by a trust anchor"),
+            // An expired issuer fails the check above; here only the chain counts.
+            Err(e)
+                if e.to_string().contains("expired") || e.to_string().contains("not yet valid") =>
+            {
+                Check::ok(IDENTITY, "issuer is signed by a trust anchor")
+            }
+            Err(e) => Check::fail(
+                IDENTITY,
+                "issuer is signed by a trust anchor",
+                e.to_string(),
+                "issue the issuer from the anchor (`mesh identity init`), or fix the file",
+            ),
+        },
+    );
+    out
+}
+
+/// Every certificate in `pem` is valid now and for [`MIN_VALIDITY`].
+fn validity_check(desc: &str, pem: &str, now: SystemTime, hint: &str) -> Check {
+    let mut soonest: Option<i64> = None;
+    for block in x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes()) {
+        let parsed = block.ok().and_then(|b| {
+            b.parse_x509()
+                .ok()
+                .map(|c| c.validity().not_after.timestamp())
+        });
+        match parsed {
+            Some(t) => soonest = Some(soonest.map_or(t, |s| s.min(t))),
+            None => return Check::fail(IDENTITY, desc, "not a PEM certificate", hint),
+        }
+    }
+    let Some(not_after) = soonest else {
+        return Check::fail(IDENTITY, desc, "no certificate found", hint);
+    };
+    let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
+    let left = not_after - now;
+    if left <= 0 {
+        Check::fail(
+            IDENTITY,
+            desc,
+            format!("expired {} days ago", -left / 86_400),
+            hint,
+        )
+    } else if left < MIN_VALIDITY.as_secs() as i64 {
+        Check::fail(
+            IDENTITY,
+            desc,
+            format!("expires in {} days", left / 86_400),
+            hint,
+        )
+    } else {
+        Check::ok(IDENTITY, desc)
+    }
+}
+
+/// The issuer the running identity service signs with, from its metrics.
+async fn running_issuer(c: &HttpClient, targets: &[Target]) -> Option<Check> {
+    let t = targets.iter().find(|t| t.label("job") == JOB_IDENTITY)?;
+    let (_, body) = get(c, &format!("http://{}/metrics", t.addr)).await.ok()?;
+    let expiry = metric(&body, "mesh_identity_issuer_expiry_timestamp_seconds")?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .ok()?
+        .as_secs_f64();
+    let desc = "the running issuer is valid for at least 60 days";
+    Some(if expiry - now >= MIN_VALIDITY.as_secs_f64() {
+        Check::ok(IDENTITY, desc)
+    } else {
+        Check::fail(
+            IDENTITY,
+            desc,
+            format!("expires in {:.0} days", (expiry - now) / 86_400.0),
+            "put a new issuer in place; mesh-identity reloads it (Kubernetes) or restart it",
+        )
+    })
+}
+
+/// The first sample of `name` in Prometheus text.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+async fn proxy(c: &HttpClient, t: &Target) -> Vec<Check> {
+    let pod = match t.label("pod") {
+        "" => t.addr.to_string(),
+        p => p.to_string(),
+    };
+    let ready = format!("proxy {pod} is ready");
+    match get(c, &format!("http://{}/ready", t.addr)).await {
+        Ok((200, _)) => {}
+        Ok((status, _)) => {
+            return vec![Check::fail(
+                PROXIES,
+                ready,
+                format!("/ready answered {status} (no certificate yet?)"),
+                format!("look at the proxy's log; is mesh-identity reachable from {pod}?"),
+            )]
+        }
+        Err(e) => {
+            return vec![Check::fail(
+                PROXIES,
+                ready,
+                format!("{e:#}"),
+                format!("the proxy of {pod} is not running"),
+            )]
+        }
+    }
+    let mut out = vec![Check::ok(PROXIES, ready)];
+    let desc = format!("proxy {pod} has a valid certificate");
+    let body = get(c, &format!("http://{}/metrics", t.addr))
+        .await
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    out.push(
+        match metric(&body, "mesh_identity_cert_expiry_timestamp_seconds") {
+            Some(exp) if exp > now => Check::ok(PROXIES, desc),
+            Some(_) => Check::fail(
+                PROXIES,
+                desc,
+                "its certificate has expired",
+                "renewal is failing: look at the proxy's log and mesh-identity",
+            ),
+            None => Check::fail(
+                PROXIES,
+                desc,
+                "no certificate expiry in its metrics",
+                "is this a mesh-proxy?",
+            ),
+        },
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_first_sample() {
+        let text = "# HELP x y\nmesh_identity_cert_expiry_timestamp_seconds 1700000000\nmesh_identity_cert_expiry_timestamp_seconds_x 1\n";
+        assert_eq!(
+            metric(text, "mesh_identity_cert_expiry_timestamp_seconds"),
+            Some(1_700_000_000.0)
+        );
+        assert_eq!(metric(text, "nope"), None);
+    }
+
+    #[test]
+    fn identity_files_of_a_fresh_directory_pass_and_age_out() {
+        let dir = tempfile::tempdir().unwrap();
+        mesh_identity::files::init_dir(dir.path(), "cluster.local", false).unwrap();
+        let s = Settings {
+            targets: dir.path().join("t.json"),
+            identity_dir: dir.path().to_path_buf(),
+        };
+        let now = SystemTime::now();
+        let fresh = identity_files(&s, now);
+        assert!(
+            fresh
+                .iter()
+                .all(|c| c.result == super::super::Status::Success),
+            "{fresh:?}"
+        );
+        // Far in the future the issuer has run out.
+        let later = identity_files(&s, now + Duration::from_secs(20 * 365 * 86_400));
+        let issuer = later
+            .iter()
+            .find(|c| c.description.starts_with("issuer certificate"))
+            .unwrap();
+        assert_eq!(issuer.result, super::super::Status::Error);
+        assert!(
+            issuer.error.as_deref().unwrap().starts_with("expired"),
+            "{issuer:?}"
+        );
+        // Another anchor: the issuer does not chain.
+        let other = tempfile::tempdir().unwrap();
+        mesh_identity::files::init_dir(other.path(), "cluster.local", false).unwrap();
+        std::fs::copy(
+            other.path().join(TRUST_ANCHORS),
+            dir.path().join(TRUST_ANCHORS),
+        )
+        .unwrap();
+        let foreign = identity_files(&s, now);
+        let chain = foreign
+            .iter()
+            .find(|c| c.description == "issuer is signed by a trust anchor")
+            .unwrap();
+        assert_eq!(chain.result, super::super::Status::Error, "{foreign:?}");
+    }
+}
