@@ -31,6 +31,58 @@ fn pods(ready: &[(&str, bool)]) -> Value {
     json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items})
 }
 
+/// The objects `mesh install` renders, as the API server would return them.
+fn installed() -> Vec<Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_mesh"))
+        .arg("install")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .filter(|v: &Value| !v.is_null())
+        .collect()
+}
+
+fn object<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("{kind} {name} not rendered"))
+}
+
+/// The webhook and identity objects of one install; the issuer Secret from `issuer_from`
+/// (another install, to simulate an issuer the anchors did not sign).
+fn install_routes(docs: &[Value], issuer_from: &[Value]) -> Vec<Route> {
+    let ns = "/api/v1/namespaces/mesh-system";
+    vec![
+        (
+            "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/mesh-proxy-injector".into(),
+            "",
+            200,
+            object(docs, "MutatingWebhookConfiguration", "mesh-proxy-injector").clone(),
+        ),
+        (
+            format!("{ns}/secrets/mesh-webhook-tls"),
+            "",
+            200,
+            object(docs, "Secret", "mesh-webhook-tls").clone(),
+        ),
+        (
+            format!("{ns}/configmaps/mesh-identity-trust-roots"),
+            "",
+            200,
+            object(docs, "ConfigMap", "mesh-identity-trust-roots").clone(),
+        ),
+        (
+            format!("{ns}/secrets/mesh-identity-issuer"),
+            "",
+            200,
+            object(issuer_from, "Secret", "mesh-identity-issuer").clone(),
+        ),
+    ]
+}
+
 fn routes(gateway: bool, identity_ready: bool) -> Vec<Route> {
     let crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/";
     let mut r: Vec<Route> = vec![
@@ -159,7 +211,10 @@ fn mesh_check(server: &str, args: &[&str]) -> (i32, String) {
 
 #[test]
 fn a_healthy_install_is_all_green() {
-    let addr = fake_api(routes(true, true));
+    let docs = installed();
+    let mut r = routes(true, true);
+    r.extend(install_routes(&docs, &docs));
+    let addr = fake_api(r);
     let (code, out) = mesh_check(&format!("http://{addr}"), &[]);
     assert_eq!(code, 0, "{out}");
     assert!(!out.contains('×') && !out.contains('‼'), "{out}");
@@ -171,12 +226,24 @@ fn a_healthy_install_is_all_green() {
         out.contains("√ mesh-identity pods are ready (1 ready)"),
         "{out}"
     );
+    for line in [
+        "√ webhook mesh-proxy-injector is registered",
+        "√ webhook serving certificate matches the caBundle",
+        "√ trust anchors are valid for at least 60 days",
+        "√ issuer is signed by a trust anchor",
+    ] {
+        assert!(out.contains(line), "{line:?} missing:\n{out}");
+    }
     assert!(out.ends_with("Status check results are √\n"), "{out}");
 }
 
 #[test]
 fn missing_gateway_crds_and_an_unready_pod_fail_with_hints() {
-    let addr = fake_api(routes(false, false));
+    // And an issuer Secret from another install: not signed by these anchors.
+    let (docs, other) = (installed(), installed());
+    let mut r = routes(false, false);
+    r.extend(install_routes(&docs, &other));
+    let addr = fake_api(r);
     let (code, out) = mesh_check(&format!("http://{addr}"), &[]);
     assert_eq!(code, 1, "{out}");
     common::assert_golden("check-broken.txt", &out);

@@ -2,16 +2,22 @@
 //! CRDs the mesh relies on (its own and the Gateway API routes) are installed, and the
 //! control plane's pods are ready. A failure to reach the API stops the run there.
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use std::time::SystemTime;
+
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::ListParams;
 use kube::{Api, Client};
 
+use super::local::{signed_by, validity_check};
 use super::Check;
 
 const API: &str = "kubernetes-api";
 const CRDS: &str = "crds";
 const CONTROL_PLANE: &str = "control-plane";
+const WEBHOOK: &str = "injector-webhook";
+const IDENTITY: &str = "identity";
 
 use crate::install::GATEWAY_API_INSTALL;
 
@@ -66,6 +72,8 @@ pub async fn checks(client: Result<Client, String>, settings: &Settings) -> Vec<
     }
     out.extend(crd_checks(&client).await);
     out.extend(control_plane_checks(&client, &settings.namespace).await);
+    out.extend(webhook_checks(&client, &settings.namespace).await);
+    out.extend(identity_checks(&client, &settings.namespace).await);
     out
 }
 
@@ -139,6 +147,158 @@ async fn crd_checks(client: &Client) -> Vec<Check> {
         });
     }
     out
+}
+
+/// The injector is registered, its CA and serving certificate are valid for 60 days and
+/// the serving certificate is signed by the CA the API server trusts.
+async fn webhook_checks(client: &Client, ns: &str) -> Vec<Check> {
+    use crate::install::webhook::{CONFIGURATION_NAME, SECRET_NAME};
+    let configs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let desc = format!("webhook {CONFIGURATION_NAME} is registered");
+    let ca = match configs.get_opt(CONFIGURATION_NAME).await {
+        Ok(Some(c)) => c
+            .webhooks
+            .iter()
+            .flatten()
+            .find_map(|w| w.client_config.ca_bundle.as_ref())
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned()),
+        Ok(None) => {
+            return vec![Check::fail(
+                WEBHOOK,
+                desc,
+                "not found: new pods are not injected",
+                "mesh install | kubectl apply -f -",
+            )]
+        }
+        Err(e) => return vec![Check::fail(WEBHOOK, desc, e.to_string(), "check RBAC")],
+    };
+    let mut out = vec![Check::ok(WEBHOOK, desc)];
+    let hint = "re-run `mesh install | kubectl apply -f -` to issue new webhook certificates";
+    let now = SystemTime::now();
+    let Some(ca) = ca else {
+        out.push(Check::fail(WEBHOOK, "webhook has a caBundle", "none", hint));
+        return out;
+    };
+    out.push(validity_check(
+        WEBHOOK,
+        "webhook CA (caBundle) is valid for at least 60 days",
+        &ca,
+        now,
+        hint,
+    ));
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let desc = "webhook serving certificate is valid for at least 60 days";
+    match secrets.get_opt(SECRET_NAME).await {
+        Ok(Some(s)) => match secret_text(&s, "tls.crt") {
+            Some(cert) => {
+                out.push(validity_check(WEBHOOK, desc, &cert, now, hint));
+                out.push(match signed_by(&cert, &ca) {
+                    Ok(()) => {
+                        Check::ok(WEBHOOK, "webhook serving certificate matches the caBundle")
+                    }
+                    Err(e) => Check::fail(
+                        WEBHOOK,
+                        "webhook serving certificate matches the caBundle",
+                        e,
+                        hint,
+                    ),
+                });
+            }
+            None => out.push(Check::fail(
+                WEBHOOK,
+                desc,
+                format!("{SECRET_NAME} has no tls.crt"),
+                hint,
+            )),
+        },
+        Ok(None) => out.push(Check::fail(
+            WEBHOOK,
+            desc,
+            format!("Secret {ns}/{SECRET_NAME} not found"),
+            hint,
+        )),
+        Err(e) => out.push(Check::fail(
+            WEBHOOK,
+            desc,
+            e.to_string(),
+            "check RBAC: get secrets",
+        )),
+    }
+    out
+}
+
+/// The trust anchors and the issuer are valid for 60 days and the issuer is signed by
+/// an anchor.
+async fn identity_checks(client: &Client, ns: &str) -> Vec<Check> {
+    use crate::install::identity::{ISSUER_SECRET, TRUST_ROOTS_CONFIG_MAP, TRUST_ROOTS_KEY};
+    let hint = "rotate the issuer Secret (mesh-identity reloads it); anchors: see `mesh install --identity-trust-anchors-file`";
+    let now = SystemTime::now();
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let desc = "trust anchors are valid for at least 60 days";
+    let anchors = match maps.get_opt(TRUST_ROOTS_CONFIG_MAP).await {
+        Ok(Some(cm)) => cm.data.and_then(|d| d.get(TRUST_ROOTS_KEY).cloned()),
+        Ok(None) => None,
+        Err(e) => {
+            return vec![Check::fail(
+                IDENTITY,
+                desc,
+                e.to_string(),
+                "check RBAC: get configmaps",
+            )]
+        }
+    };
+    let Some(anchors) = anchors else {
+        return vec![Check::fail(
+            IDENTITY,
+            desc,
+            format!("ConfigMap {ns}/{TRUST_ROOTS_CONFIG_MAP} (key {TRUST_ROOTS_KEY}) not found"),
+            "mesh install | kubectl apply -f -",
+        )];
+    };
+    let mut out = vec![validity_check(IDENTITY, desc, &anchors, now, hint)];
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let desc = "issuer certificate is valid for at least 60 days";
+    let issuer = match secrets.get_opt(ISSUER_SECRET).await {
+        Ok(Some(s)) => secret_text(&s, "tls.crt"),
+        Ok(None) => None,
+        Err(e) => {
+            out.push(Check::fail(
+                IDENTITY,
+                desc,
+                e.to_string(),
+                "check RBAC: get secrets",
+            ));
+            return out;
+        }
+    };
+    let Some(issuer) = issuer else {
+        out.push(Check::fail(
+            IDENTITY,
+            desc,
+            format!("Secret {ns}/{ISSUER_SECRET} (tls.crt) not found"),
+            "mesh install | kubectl apply -f -",
+        ));
+        return out;
+    };
+    out.push(validity_check(IDENTITY, desc, &issuer, now, hint));
+    out.push(match signed_by(&issuer, &anchors) {
+        Ok(()) => Check::ok(IDENTITY, "issuer is signed by a trust anchor"),
+        Err(e) => Check::fail(
+            IDENTITY,
+            "issuer is signed by a trust anchor",
+            e,
+            "the issuer Secret must be issued by the anchors in the trust-roots ConfigMap",
+        ),
+    });
+    out
+}
+
+/// A Secret's key as text.
+fn secret_text(s: &Secret, key: &str) -> Option<String> {
+    s.data
+        .as_ref()?
+        .get(key)
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
 }
 
 fn serves_v1(crd: &CustomResourceDefinition) -> bool {

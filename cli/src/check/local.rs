@@ -102,6 +102,7 @@ pub fn identity_files(s: &Settings, now: SystemTime) -> Vec<Check> {
         }
     };
     out.push(validity_check(
+        IDENTITY,
         "trust anchors are valid for at least 60 days",
         &anchors,
         now,
@@ -120,6 +121,7 @@ pub fn identity_files(s: &Settings, now: SystemTime) -> Vec<Check> {
         }
     };
     out.push(validity_check(
+        IDENTITY,
         "issuer certificate is valid for at least 60 days",
         &cert,
         now,
@@ -146,7 +148,13 @@ pub fn identity_files(s: &Settings, now: SystemTime) -> Vec<Check> {
 }
 
 /// Every certificate in `pem` is valid now and for [`MIN_VALIDITY`].
-fn validity_check(desc: &str, pem: &str, now: SystemTime, hint: &str) -> Check {
+pub fn validity_check(
+    group: &'static str,
+    desc: &str,
+    pem: &str,
+    now: SystemTime,
+    hint: &str,
+) -> Check {
     let mut soonest: Option<i64> = None;
     for block in x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes()) {
         let parsed = block.ok().and_then(|b| {
@@ -156,31 +164,60 @@ fn validity_check(desc: &str, pem: &str, now: SystemTime, hint: &str) -> Check {
         });
         match parsed {
             Some(t) => soonest = Some(soonest.map_or(t, |s| s.min(t))),
-            None => return Check::fail(IDENTITY, desc, "not a PEM certificate", hint),
+            None => return Check::fail(group, desc, "not a PEM certificate", hint),
         }
     }
     let Some(not_after) = soonest else {
-        return Check::fail(IDENTITY, desc, "no certificate found", hint);
+        return Check::fail(group, desc, "no certificate found", hint);
     };
     let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
     let left = not_after - now;
     if left <= 0 {
         Check::fail(
-            IDENTITY,
+            group,
             desc,
             format!("expired {} days ago", -left / 86_400),
             hint,
         )
     } else if left < MIN_VALIDITY.as_secs() as i64 {
         Check::fail(
-            IDENTITY,
+            group,
             desc,
             format!("expires in {} days", left / 86_400),
             hint,
         )
     } else {
-        Check::ok(IDENTITY, desc)
+        Check::ok(group, desc)
     }
+}
+
+/// Whether the first certificate of `cert_pem` is signed by a certificate of `ca_pem`
+/// (names and signature).
+pub fn signed_by(cert_pem: &str, ca_pem: &str) -> Result<(), String> {
+    let certs = |pem: &str| -> Result<Vec<Vec<u8>>, String> {
+        x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes())
+            .map(|p| p.map(|p| p.contents).map_err(|e| e.to_string()))
+            .collect()
+    };
+    let leaf_der = certs(cert_pem)?
+        .into_iter()
+        .next()
+        .ok_or("no certificate")?;
+    let (_, leaf) = x509_parser::parse_x509_certificate(&leaf_der).map_err(|e| e.to_string())?;
+    for der in certs(ca_pem)? {
+        let Ok((_, ca)) = x509_parser::parse_x509_certificate(&der) else {
+            continue;
+        };
+        if ca.subject().as_raw() == leaf.issuer().as_raw()
+            && leaf.verify_signature(Some(ca.public_key())).is_ok()
+        {
+            return Ok(());
+        }
+    }
+    Err(format!(
+        "{} is not signed by any of these certificates",
+        leaf.subject()
+    ))
 }
 
 /// The issuer the running identity service signs with, from its metrics.

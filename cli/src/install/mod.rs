@@ -6,10 +6,10 @@
 
 mod control_plane;
 mod crds;
-mod identity;
+pub mod identity;
 mod meta;
 mod rbac;
-mod webhook;
+pub mod webhook;
 
 use std::path::PathBuf;
 
