@@ -160,6 +160,7 @@ fn fake_api(routes: Vec<Route>) -> SocketAddr {
                         .iter()
                         .find(|(p, q, _, _)| p == path && query.contains(q));
                     let (status, body) = match found {
+                        Some((_, _, s, Value::String(text))) => (*s, text.clone()),
                         Some((_, _, s, b)) => (*s, b.to_string()),
                         None => (
                             404,
@@ -271,6 +272,62 @@ fn missing_gateway_crds_and_an_unready_pod_fail_with_hints() {
             "Gateway API CRD grpcroutes.gateway.networking.k8s.io is installed (v1)"
         ]
     );
+}
+
+/// Three injected pods: web-1 fine, api-1 with its proxy not ready, old-1 on another
+/// version with an expired certificate.
+fn data_plane_routes() -> Vec<Route> {
+    let version = format!("v{}", env!("CARGO_PKG_VERSION"));
+    let pod = |name: &str, ready: bool, tag: &str| {
+        json!({"metadata": {"name": name, "namespace": "shop"},
+            "spec": {"containers": [{"name": "app", "image": "app:1"}],
+                "initContainers": [{"name": "mesh-proxy", "image": format!("ghcr.io/mesh-dev/mesh-proxy:{tag}"),
+                    "restartPolicy": "Always"}]},
+            "status": {"initContainerStatuses": [{"name": "mesh-proxy", "ready": ready,
+                "restartCount": 0, "image": "x", "imageID": ""}]}})
+    };
+    let list = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [
+        pod("web-1", true, &version), pod("api-1", false, &version), pod("old-1", true, "v0.0.9"),
+        {"metadata": {"name": "plain", "namespace": "shop"}, "spec": {"containers": [{"name": "app"}]}}
+    ]});
+    let metrics = |expiry: u64| {
+        Value::String(format!(
+            "# TYPE mesh_identity_cert_expiry_timestamp_seconds gauge\nmesh_identity_cert_expiry_timestamp_seconds {expiry}\n"
+        ))
+    };
+    let future = 4_102_444_800; // 2100-01-01
+    let mut r: Vec<Route> = vec![("/api/v1/pods".into(), "", 200, list)];
+    for (name, expiry) in [("web-1", future), ("api-1", future), ("old-1", 1_000)] {
+        r.push((
+            format!("/api/v1/namespaces/shop/pods/{name}:4191/proxy/metrics"),
+            "",
+            200,
+            metrics(expiry),
+        ));
+    }
+    r
+}
+
+#[test]
+fn proxy_checks_name_unready_outdated_and_expired_proxies() {
+    let docs = installed();
+    let mut r = routes(true, true);
+    r.extend(install_routes(&docs, &docs));
+    r.extend(data_plane_routes());
+    let addr = fake_api(r);
+    let (code, out) = mesh_check(&format!("http://{addr}"), &["--proxy"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("data-plane\n----------\n× 3 injected pods have their proxy ready\n    not ready: shop/api-1"), "{out}");
+    assert!(out.contains("‼ proxies run version v"), "{out}");
+    assert!(out.contains("other versions: shop/old-1 (v0.0.9)"), "{out}");
+    assert!(
+        out.contains("× 3 proxies have a valid certificate\n    expired: shop/old-1"),
+        "{out}"
+    );
+    // Without --proxy the data plane is not looked at.
+    let (code, out) = mesh_check(&format!("http://{addr}"), &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("data-plane"), "{out}");
 }
 
 #[test]

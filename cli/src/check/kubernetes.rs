@@ -35,6 +35,8 @@ const NATIVE_SIDECAR_MINOR: u32 = 29;
 pub struct Settings {
     /// The control plane's namespace.
     pub namespace: String,
+    /// Also check every injected pod's proxy (`--proxy`).
+    pub proxies: bool,
 }
 
 /// Runs every Kubernetes check with `client` (or reports why there is none).
@@ -74,6 +76,9 @@ pub async fn checks(client: Result<Client, String>, settings: &Settings) -> Vec<
     out.extend(control_plane_checks(&client, &settings.namespace).await);
     out.extend(webhook_checks(&client, &settings.namespace).await);
     out.extend(identity_checks(&client, &settings.namespace).await);
+    if settings.proxies {
+        out.extend(super::data_plane::checks(&client).await);
+    }
     out
 }
 

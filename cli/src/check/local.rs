@@ -243,7 +243,7 @@ async fn running_issuer(c: &HttpClient, targets: &[Target]) -> Option<Check> {
 }
 
 /// The first sample of `name` in Prometheus text.
-fn metric(text: &str, name: &str) -> Option<f64> {
+pub(super) fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))?
         .rsplit(' ')

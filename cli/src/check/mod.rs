@@ -3,6 +3,7 @@
 //! fails. The Kubernetes checks live in [`kubernetes`]; each check is a small function
 //! returning a [`Check`], so groups are easy to extend.
 
+mod data_plane;
 pub mod kubernetes;
 pub mod local;
 mod render;
@@ -99,6 +100,10 @@ pub struct Args {
     /// Local mode: the identity directory (default: DIR/identity).
     #[arg(long, value_name = "DIR")]
     pub identity_dir: Option<std::path::PathBuf>,
+    /// Kubernetes: also check every injected pod's proxy (ready, certificate valid,
+    /// version).
+    #[arg(long)]
+    pub proxy: bool,
     /// Output format.
     #[arg(short = 'o', long, default_value = "table", value_parser = ["table", "json"])]
     pub output: String,
@@ -130,6 +135,7 @@ pub fn run(args: Args) -> anyhow::Result<bool> {
         };
     let settings = kubernetes::Settings {
         namespace: args.namespace,
+        proxies: args.proxy,
     };
     let checks = rt.block_on(async {
         if let Some(local) = &local {
