@@ -9,4 +9,5 @@ pub mod file_sd;
 mod http;
 pub mod inject;
 pub mod install;
+pub mod kube_pods;
 pub mod stat;

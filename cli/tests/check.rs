@@ -4,14 +4,11 @@
 
 mod common;
 
-use std::net::SocketAddr;
+use common::{fake_api, kubeconfig, Route};
+
 use std::process::Command;
-use std::sync::Arc;
 
 use serde_json::{json, Value};
-
-/// A route: path, a substring the query must contain (or ""), status and body.
-type Route = (String, &'static str, u16, Value);
 
 fn crd(name: &str, version: &str) -> Value {
     let (plural, group) = name.split_once('.').unwrap();
@@ -129,71 +126,6 @@ fn routes(gateway: bool, identity_ready: bool) -> Vec<Route> {
         }
     }
     r
-}
-
-/// Serves `routes` (404 Status for anything else) on a loopback port.
-fn fake_api(routes: Vec<Route>) -> SocketAddr {
-    let routes = Arc::new(routes);
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            let routes = routes.clone();
-            std::thread::spawn(move || {
-                use std::io::{BufRead, BufReader, Write};
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let target = line.split(' ').nth(1).unwrap_or("/").to_string();
-                    loop {
-                        let mut h = String::new();
-                        if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                            break;
-                        }
-                    }
-                    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-                    let found = routes
-                        .iter()
-                        .find(|(p, q, _, _)| p == path && query.contains(q));
-                    let (status, body) = match found {
-                        Some((_, _, s, Value::String(text))) => (*s, text.clone()),
-                        Some((_, _, s, b)) => (*s, b.to_string()),
-                        None => (
-                            404,
-                            json!({"kind": "Status", "apiVersion": "v1",
-                            "metadata": {}, "status": "Failure", "reason": "NotFound",
-                            "code": 404, "message": "not found"})
-                            .to_string(),
-                        ),
-                    };
-                    let rsp = format!(
-                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
-                    if stream.write_all(rsp.as_bytes()).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
-fn kubeconfig(dir: &std::path::Path, server: &str) -> std::path::PathBuf {
-    let path = dir.join("kubeconfig");
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: \"{server}\"}}\nusers:\n- name: u\n  user: {{}}\ncontexts:\n- name: c\n  context: {{cluster: fake, user: u}}\ncurrent-context: c\n"
-        ),
-    )
-    .unwrap();
-    path
 }
 
 fn mesh_check(server: &str, args: &[&str]) -> (i32, String) {

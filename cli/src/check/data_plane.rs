@@ -5,15 +5,14 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::ListParams;
-use kube::{Api, Client};
+use kube::Client;
+
+use crate::kube_pods::{self, PROXY};
 
 use super::local::metric;
 use super::Check;
 
 const GROUP: &str = "data-plane";
-const PROXY: &str = "mesh-proxy";
-const ADMIN_PORT: u16 = 4191;
 
 /// The image tag the CLI's own version installs.
 fn expected_tag() -> String {
@@ -22,9 +21,8 @@ fn expected_tag() -> String {
 
 /// Runs the data-plane checks.
 pub async fn checks(client: &Client) -> Vec<Check> {
-    let pods: Api<Pod> = Api::all(client.clone());
-    let list = match pods.list(&ListParams::default()).await {
-        Ok(l) => l.items,
+    let injected = match kube_pods::injected(client, None).await {
+        Ok(p) => p,
         Err(e) => {
             return vec![Check::fail(
                 GROUP,
@@ -34,7 +32,7 @@ pub async fn checks(client: &Client) -> Vec<Check> {
             )]
         }
     };
-    let injected: Vec<&Pod> = list.iter().filter(|p| has_proxy(p)).collect();
+    let injected: Vec<&Pod> = injected.iter().collect();
     if injected.is_empty() {
         return vec![Check::warn(
             GROUP,
@@ -55,11 +53,9 @@ pub async fn checks(client: &Client) -> Vec<Check> {
             p.metadata.namespace.clone().unwrap_or_default(),
             p.metadata.name.clone().unwrap_or_default(),
         );
-        let path = format!("/api/v1/namespaces/{ns}/pods/{name}:{ADMIN_PORT}/proxy/metrics");
-        let text = match http::Request::get(path).body(Vec::new()) {
-            Ok(req) => client.request_text(req).await.ok(),
-            Err(_) => None,
-        };
+        let text = kube_pods::admin_get(client, &ns, &name, "/metrics")
+            .await
+            .ok();
         match text
             .as_deref()
             .and_then(|t| metric(t, "mesh_identity_cert_expiry_timestamp_seconds"))
@@ -88,13 +84,6 @@ pub async fn checks(client: &Client) -> Vec<Check> {
         )
     });
     out
-}
-
-fn has_proxy(p: &Pod) -> bool {
-    p.spec.as_ref().is_some_and(|s| {
-        s.containers.iter().any(|c| c.name == PROXY)
-            || s.init_containers.iter().flatten().any(|c| c.name == PROXY)
-    })
 }
 
 /// Pure: whether every injected pod's proxy container reports ready.

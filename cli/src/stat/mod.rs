@@ -42,7 +42,8 @@ inbound connections; MESHED the proxies seen (distinct `pod` target labels).
 Data sources: --prometheus URL queries Prometheus (rate over -t); otherwise --targets
 FILE (or MESH_TARGETS), the file-SD targets file `mesh demo` writes
 (prometheus-targets.json in its directory), and every proxy's /metrics is scraped
-twice -t apart. Reading proxies through the Kubernetes API server is not supported yet.")]
+twice -t apart; with neither, the current kubeconfig's cluster: every injected pod's
+proxy is read through the API server's pod proxy, twice -t apart.")]
 pub struct Args {
     /// The resource kind: deploy, sts, pod, svc, ns or route.
     pub kind: String,
@@ -116,14 +117,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 answers.push((q.clone(), prometheus::eval(&c, base, q, &w).await?));
             }
         } else {
-            let file = args.targets.as_ref().ok_or_else(|| {
-                anyhow::anyhow!(
-                    "no data source: give --prometheus URL or --targets FILE (or MESH_TARGETS); \
-                     reading proxies through the Kubernetes API is not supported yet"
-                )
-            })?;
-            let list = targets::read(file)?;
-            let scrapes = targets::scrape_twice(&c, &list, window).await?;
+            let (fetch, list) = match &args.targets {
+                Some(file) => (
+                    targets::Fetch::Direct(Box::new(c.clone())),
+                    targets::read(file)?,
+                ),
+                None => {
+                    let _ = rustls::crypto::ring::default_provider().install_default();
+                    let client = kube::Client::try_default().await.map_err(|e| {
+                        anyhow::anyhow!(
+                            "no data source: give --prometheus URL or --targets FILE (or \
+                             MESH_TARGETS), or a kubeconfig to read the proxies through the \
+                             API server ({e})"
+                        )
+                    })?;
+                    let list = targets::from_kubernetes(&client, sel.namespace.as_deref()).await?;
+                    (targets::Fetch::Kubernetes(client), list)
+                }
+            };
+            let scrapes = targets::scrape_twice(&fetch, &list, window).await?;
             for q in &queries {
                 answers.push((q.clone(), compute::eval(&scrapes, q)?));
             }

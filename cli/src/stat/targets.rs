@@ -9,10 +9,68 @@ use std::{collections::BTreeMap, path::Path, time::Duration};
 /// A proxy's admin address and its target labels.
 #[derive(Clone, Debug)]
 pub struct ProxyTarget {
-    /// `host:port`.
+    /// `host:port`, or `namespace/pod` when read through the API server.
     pub addr: String,
     /// `job`, `namespace`, `workload`, `pod`.
     pub labels: BTreeMap<String, String>,
+}
+
+/// How proxies' metrics are fetched.
+pub enum Fetch {
+    /// Directly from their admin addresses.
+    Direct(Box<HttpClient>),
+    /// Through the Kubernetes API server's pod proxy.
+    Kubernetes(kube::Client),
+}
+
+/// The injected pods (of `namespace`, or all) as targets read through the API server.
+pub async fn from_kubernetes(
+    client: &kube::Client,
+    namespace: Option<&str>,
+) -> anyhow::Result<Vec<ProxyTarget>> {
+    let pods = crate::kube_pods::injected(client, namespace)
+        .await
+        .context("cannot list pods")?;
+    let out: Vec<ProxyTarget> = pods
+        .iter()
+        .filter_map(|p| {
+            let ns = p.metadata.namespace.clone()?;
+            let name = p.metadata.name.clone()?;
+            let labels = BTreeMap::from([
+                ("job".to_string(), super::JOB_PROXY.to_string()),
+                ("namespace".to_string(), ns.clone()),
+                ("pod".to_string(), name.clone()),
+                ("workload".to_string(), crate::kube_pods::workload(p)),
+            ]);
+            Some(ProxyTarget {
+                addr: format!("{ns}/{name}"),
+                labels,
+            })
+        })
+        .collect();
+    if out.is_empty() {
+        anyhow::bail!("no pods with a mesh-proxy found");
+    }
+    Ok(out)
+}
+
+async fn fetch(f: &Fetch, t: &ProxyTarget) -> anyhow::Result<String> {
+    match f {
+        Fetch::Direct(c) => {
+            let url = format!("http://{}/metrics", t.addr);
+            let (status, body) = get(c, &url).await.context("cannot scrape proxy")?;
+            if status != 200 {
+                anyhow::bail!("cannot scrape proxy: {url} answered {status}");
+            }
+            Ok(body)
+        }
+        Fetch::Kubernetes(client) => {
+            let (ns, pod) = t.addr.split_once('/').unwrap_or(("", &t.addr));
+            crate::kube_pods::admin_get(client, ns, pod, "/metrics")
+                .await
+                .with_context(|| format!("cannot scrape the proxy of {}", t.addr))
+        }
+    }
 }
 
 /// The proxy targets (`job` = `mesh-proxy`) of a file-SD targets file.
@@ -37,18 +95,14 @@ pub fn read(path: &Path) -> anyhow::Result<Vec<ProxyTarget>> {
 
 /// Scrapes every target in turn: when each answered, and its samples.
 async fn scrape_all(
-    c: &HttpClient,
+    f: &Fetch,
     targets: &[ProxyTarget],
 ) -> anyhow::Result<Vec<(std::time::Instant, Vec<super::scrape::Sample>)>> {
     let mut out = Vec::new();
     for t in targets {
-        let url = format!("http://{}/metrics", t.addr);
-        let (status, body) = get(c, &url).await.context("cannot scrape proxy")?;
+        let body = fetch(f, t).await?;
         let at = std::time::Instant::now();
-        if status != 200 {
-            anyhow::bail!("cannot scrape proxy: {url} answered {status}");
-        }
-        let samples = super::scrape::parse(&body).with_context(|| url.clone())?;
+        let samples = super::scrape::parse(&body).with_context(|| t.addr.clone())?;
         out.push((at, samples));
     }
     Ok(out)
@@ -56,13 +110,13 @@ async fn scrape_all(
 
 /// Scrapes every target, waits `window`, scrapes again.
 pub async fn scrape_twice(
-    c: &HttpClient,
+    f: &Fetch,
     targets: &[ProxyTarget],
     window: Duration,
 ) -> anyhow::Result<Vec<Scrapes>> {
-    let first = scrape_all(c, targets).await?;
+    let first = scrape_all(f, targets).await?;
     tokio::time::sleep(window).await;
-    let second = scrape_all(c, targets).await?;
+    let second = scrape_all(f, targets).await?;
     Ok(targets
         .iter()
         .zip(first.into_iter().zip(second))

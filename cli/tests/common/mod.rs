@@ -85,3 +85,97 @@ pub fn pem_certs(pem: &str) -> Vec<CertificateDer<'static>> {
         .collect::<Result<Vec<_>, _>>()
         .expect("PEM certificates")
 }
+
+// === a fake Kubernetes API of static answers ===
+
+/// A route: path, a substring the query must contain (or ""), status and body.
+pub type Route = (String, &'static str, u16, serde_json::Value);
+
+/// Serves `routes` (404 Status for anything else) on a loopback port. In a text body,
+/// `{n}` becomes how many times its path was served (1, 2, …) and `{n*K}` that times K,
+/// so counters grow between scrapes.
+pub fn fake_api(routes: Vec<Route>) -> std::net::SocketAddr {
+    let routes = std::sync::Arc::new(routes);
+    let served = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::<
+        String,
+        u64,
+    >::new()));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let routes = routes.clone();
+            let served = served.clone();
+            std::thread::spawn(move || {
+                use std::io::{BufRead, BufReader, Write};
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let target = line.split(' ').nth(1).unwrap_or("/").to_string();
+                    loop {
+                        let mut h = String::new();
+                        if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                            break;
+                        }
+                    }
+                    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+                    let found = routes
+                        .iter()
+                        .find(|(p, q, _, _)| p == path && query.contains(q));
+                    let (status, body) = match found {
+                        Some((p, _, s, serde_json::Value::String(text))) => {
+                            let mut served = served.lock().unwrap();
+                            let n = served.entry(p.clone()).or_insert(0);
+                            *n += 1;
+                            (*s, count(text, *n))
+                        }
+                        Some((_, _, s, b)) => (*s, b.to_string()),
+                        None => (
+                            404,
+                            serde_json::json!({"kind": "Status", "apiVersion": "v1",
+                            "metadata": {}, "status": "Failure", "reason": "NotFound",
+                            "code": 404, "message": "not found"})
+                            .to_string(),
+                        ),
+                    };
+                    let rsp = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if stream.write_all(rsp.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// `text` with `{n}` replaced by `n` and `{n*K}` by `n * K`.
+fn count(text: &str, n: u64) -> String {
+    let mut out = text.replace("{n}", &n.to_string());
+    while let Some(i) = out.find("{n*") {
+        let Some(len) = out[i..].find('}') else { break };
+        let k: u64 = out[i + 3..i + len].parse().unwrap_or(0);
+        out.replace_range(i..=i + len, &(n * k).to_string());
+    }
+    out
+}
+
+/// A kubeconfig in `dir` pointing at `server` (no credentials).
+pub fn kubeconfig(dir: &std::path::Path, server: &str) -> std::path::PathBuf {
+    let path = dir.join("kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: \"{server}\"}}\nusers:\n- name: u\n  user: {{}}\ncontexts:\n- name: c\n  context: {{cluster: fake, user: u}}\ncurrent-context: c\n"
+        ),
+    )
+    .unwrap();
+    path
+}
