@@ -21,6 +21,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let access_log = config
         .access_log
         .then(|| Arc::new(crate::access_log::AccessLog::stdout()));
+    let trace = config
+        .trace
+        .as_ref()
+        .map(|t| crate::trace::Tracing::new(t.sampling));
     let local = crate::metrics::Local {
         namespace: config.namespace.as_str().into(),
         workload: config.workload.as_str().into(),
@@ -77,6 +81,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             opaque_ports: config.opaque_ports.clone(),
             local: local.clone(),
             access_log: access_log.clone(),
+            trace,
         },
     ));
     let refresh: admin::Refresh = {
@@ -99,6 +104,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             connect_timeout: config.connect_timeout,
             local,
             access_log,
+            trace,
         },
     ));
 

@@ -76,6 +76,22 @@ pub struct Config {
     pub opaque_ports: Vec<crate::init::rules::PortRange>,
     /// Write one JSON access-log line per request on stdout.
     pub access_log: bool,
+    /// Distributed tracing; `None` (no collector) turns it off.
+    pub trace: Option<TraceConfig>,
+}
+
+/// Where and how much to trace (`MESH_PROXY_TRACE_*`).
+#[derive(Clone, Debug)]
+pub struct TraceConfig {
+    /// The OTLP/gRPC collector, as `host:port` or a URL.
+    pub collector: String,
+    /// The share of new traces sampled, 0.0 to 1.0; a caller's sampling
+    /// decision is honoured (parent-based).
+    pub sampling: f64,
+    /// How long spans wait in the batch before export (must be > 0).
+    pub batch_delay: Duration,
+    /// How long one export may take.
+    pub export_timeout: Duration,
 }
 
 impl Config {
@@ -201,6 +217,31 @@ impl Config {
             }
         };
 
+        let trace = match get("MESH_PROXY_TRACE_COLLECTOR") {
+            None => None,
+            Some(collector) => {
+                let sampling = match get("MESH_PROXY_TRACE_SAMPLING") {
+                    None => 1.0,
+                    Some(v) => v
+                        .trim()
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|r| (0.0..=1.0).contains(r))
+                        .ok_or(ConfigError::Invalid {
+                            name: "MESH_PROXY_TRACE_SAMPLING",
+                            value: v,
+                            reason: "expected a ratio from 0.0 to 1.0".into(),
+                        })?,
+                };
+                Some(TraceConfig {
+                    collector: collector.trim().to_string(),
+                    sampling,
+                    batch_delay: millis("MESH_PROXY_TRACE_BATCH_DELAY_MS", 5_000)?,
+                    export_timeout: Duration::from_secs(10),
+                })
+            }
+        };
+
         Ok(Config {
             outbound_addr: addr("MESH_PROXY_OUTBOUND_ADDR", "127.0.0.1:4140")?,
             inbound_addr: addr("MESH_PROXY_INBOUND_ADDR", "0.0.0.0:4143")?,
@@ -226,6 +267,7 @@ impl Config {
             detect_timeout: millis("MESH_PROXY_DETECT_TIMEOUT_MS", 10_000)?,
             opaque_ports,
             access_log,
+            trace,
         })
     }
 }
@@ -267,6 +309,18 @@ mod tests {
         assert_eq!(c.worker_threads, 1);
         assert!(c.opaque_ports.is_empty());
         assert_eq!(c.detect_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn tracing_is_off_without_a_collector() {
+        let mut m = base();
+        m.insert("MESH_PROXY_TRACE_SAMPLING", "0.5".into());
+        assert!(parse(&m).expect("valid").trace.is_none());
+        m.insert("MESH_PROXY_TRACE_COLLECTOR", "otel.mesh-system:4317".into());
+        let t = parse(&m).expect("valid").trace.expect("on");
+        assert_eq!(t.collector, "otel.mesh-system:4317");
+        assert_eq!(t.sampling, 0.5);
+        assert_eq!(t.batch_delay, Duration::from_secs(5));
     }
 
     #[test]
@@ -318,6 +372,18 @@ mod tests {
         m.insert("MESH_PROXY_OPAQUE_PORTS", "3306,x".into());
         let e = parse(&m).expect_err("invalid").to_string();
         assert!(e.starts_with("MESH_PROXY_OPAQUE_PORTS:"), "{e}");
+
+        let mut m = base();
+        m.insert("MESH_PROXY_TRACE_COLLECTOR", "127.0.0.1:4317".into());
+        m.insert("MESH_PROXY_TRACE_SAMPLING", "1.5".into());
+        let e = parse(&m).expect_err("invalid").to_string();
+        assert!(e.starts_with("MESH_PROXY_TRACE_SAMPLING:"), "{e}");
+
+        let mut m = base();
+        m.insert("MESH_PROXY_TRACE_COLLECTOR", "127.0.0.1:4317".into());
+        m.insert("MESH_PROXY_TRACE_BATCH_DELAY_MS", "0".into());
+        let e = parse(&m).expect_err("invalid").to_string();
+        assert!(e.starts_with("MESH_PROXY_TRACE_BATCH_DELAY_MS:"), "{e}");
 
         let mut m = base();
         m.insert("MESH_PROXY_IDENTITY", "orders".into());

@@ -22,5 +22,6 @@ pub mod metrics;
 pub mod orig_dst;
 pub mod outbound;
 pub mod tls;
+pub mod trace;
 pub mod transport_header;
 pub mod upgrade;

@@ -15,16 +15,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let filter = std::env::var("MESH_PROXY_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let _ = rustls::crypto::ring::default_provider().install_default();
-
     let rt = if config.worker_threads == 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -42,11 +32,97 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(mesh_proxy::app::run(config)) {
+    // The exporter's gRPC channel needs the runtime.
+    let traces = match rt.block_on(async { Traces::new(&config) }) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("mesh-proxy: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logs(&traces);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let result = rt.block_on(async {
+        let result = mesh_proxy::app::run(config).await;
+        traces.shutdown().await;
+        result
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("mesh-proxy: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// The log subscriber: formatted logs on stderr (`MESH_PROXY_LOG`), and the
+/// request spans to the OpenTelemetry layer when tracing is on. Request spans
+/// never reach the log formatter.
+fn init_logs(traces: &Traces) {
+    use tracing_subscriber::prelude::*;
+    let filter = std::env::var("MESH_PROXY_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".into());
+    // Static directives keep callsite interest cached (no per-event checks).
+    let mut filter = tracing_subscriber::EnvFilter::new(filter);
+    if let Ok(off) = format!("{}=off", mesh_proxy::trace::TARGET).parse() {
+        filter = filter.add_directive(off);
+    }
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_filter(filter);
+    tracing_subscriber::registry()
+        .with(fmt)
+        .with(traces.layer())
+        .init();
+}
+
+/// The span exporter, when `MESH_PROXY_TRACE_COLLECTOR` is set.
+struct Traces(Option<opentelemetry_sdk::trace::SdkTracerProvider>);
+
+impl Traces {
+    fn new(
+        config: &mesh_proxy::config::Config,
+    ) -> Result<Self, mesh_proxy::trace::export::ExportError> {
+        use mesh_proxy::trace::export;
+        let Some(trace) = &config.trace else {
+            return Ok(Traces(None));
+        };
+        let who = export::Workload {
+            namespace: &config.namespace,
+            workload: &config.workload,
+            identity: &config.identity,
+        };
+        export::provider(trace, &who).map(|p| Traces(Some(p)))
+    }
+
+    fn layer<S>(&self) -> Option<impl tracing_subscriber::Layer<S>>
+    where
+        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    {
+        use opentelemetry::trace::TracerProvider as _;
+        use tracing_subscriber::{filter::Targets, Layer as _};
+        let provider = self.0.as_ref()?;
+        let layer = tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer(mesh_proxy::trace::export::SERVICE_NAME))
+            .with_location(false)
+            .with_threads(false)
+            .with_tracked_inactivity(false)
+            .with_level(false)
+            .with_target(false)
+            .with_filter(
+                Targets::new().with_target(mesh_proxy::trace::TARGET, tracing::Level::INFO),
+            );
+        Some(layer)
+    }
+
+    /// Flushes the last spans (the export needs the runtime running).
+    async fn shutdown(self) {
+        if let Some(p) = self.0 {
+            let _ = tokio::task::spawn_blocking(move || p.shutdown()).await;
         }
     }
 }

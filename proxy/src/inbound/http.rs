@@ -7,6 +7,7 @@ use crate::{
     body::ProxyBody,
     errors::{is_grpc, ProxyError},
     metrics::{Direction, Metrics, Recorder},
+    trace::{self, Tracing},
     upgrade::{is_upgrade, splice, strip_hop_headers},
 };
 use http::{header::HOST, HeaderValue, Request, Response, Uri, Version};
@@ -24,29 +25,51 @@ pub struct Connection {
     pub client_id: HeaderValue,
     pub recorder: Arc<Recorder>,
     pub access_log: Option<Arc<AccessLog>>,
+    /// Request spans, when tracing is on.
+    pub trace: Option<Tracing>,
 }
 
 impl Connection {
     /// Serves one request; failures become responses.
     pub async fn handle(
         self,
-        req: Request<hyper::body::Incoming>,
+        mut req: Request<hyper::body::Incoming>,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let start = Instant::now();
         let grpc = is_grpc(&req);
         // Only built when the access log is on.
         let logged = self.access_log.as_ref().map(|_| {
-            let authority = req
-                .uri()
-                .authority()
-                .map(|a| a.to_string())
-                .or_else(|| Some(req.headers().get(HOST)?.to_str().ok()?.to_string()))
-                .unwrap_or_default();
+            let authority = authority_of(&req).unwrap_or_default();
             (
                 req.method().clone(),
                 req.uri().path().to_string(),
                 authority,
             )
+        });
+        // Only made when tracing is on.
+        let span = self.trace.map(|t| {
+            let labels = self.recorder.labels();
+            // Taken out (no allocation) so the method and path stay borrowed.
+            let mut headers = std::mem::take(req.headers_mut());
+            let authority = match req.uri().authority() {
+                Some(a) => std::borrow::Cow::Borrowed(a.as_str()),
+                None => headers
+                    .get(HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map_or(std::borrow::Cow::Borrowed(""), |h| h.to_string().into()),
+            };
+            let start = trace::Start {
+                method: req.method(),
+                path: req.uri().path(),
+                authority: &authority,
+                route: "",
+                dst_service: &labels.dst_service.0,
+                client_id: &labels.src_identity.0,
+                server_id: &labels.dst_identity.0,
+            };
+            let span = t.server(&mut headers, &start);
+            *req.headers_mut() = headers;
+            span
         });
         let mut failure = None;
         let rsp = match self.forward(req).await {
@@ -61,6 +84,9 @@ impl Connection {
         };
         let status = rsp.status().as_u16();
         let elapsed = start.elapsed();
+        if let Some(span) = span {
+            span.finish(status, failure.as_ref(), Some(self.app.addr), None);
+        }
         if let (Some(log), Some((method, path, authority))) = (&self.access_log, &logged) {
             let labels = self.recorder.labels();
             log.write(&access_log::Entry {
@@ -129,6 +155,14 @@ impl Connection {
         strip_hop_headers(rsp.headers_mut(), false);
         Ok(rsp.map(ProxyBody::from))
     }
+}
+
+/// The request's authority, from its URI or `Host`.
+fn authority_of<B>(req: &Request<B>) -> Option<String> {
+    req.uri()
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| Some(req.headers().get(HOST)?.to_str().ok()?.to_string()))
 }
 
 /// The pooled client needs an absolute URI; the connector ignores it and

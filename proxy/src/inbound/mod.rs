@@ -26,6 +26,7 @@ pub struct Inbound {
     apps: app::AppClients,
     local: crate::metrics::Local,
     access_log: Option<Arc<crate::access_log::AccessLog>>,
+    trace: Option<crate::trace::Tracing>,
 }
 
 /// How the inbound side reaches the app and what it records.
@@ -40,6 +41,8 @@ pub struct InboundSettings {
     pub local: crate::metrics::Local,
     /// Where access log lines go, when enabled.
     pub access_log: Option<Arc<crate::access_log::AccessLog>>,
+    /// Request spans, when tracing is on.
+    pub trace: Option<crate::trace::Tracing>,
 }
 
 impl Inbound {
@@ -58,6 +61,7 @@ impl Inbound {
             apps: app::AppClients::new(settings.app_ip, settings.connect_timeout),
             local: settings.local,
             access_log: settings.access_log,
+            trace: settings.trace,
         }
     }
 
@@ -142,6 +146,7 @@ impl Inbound {
                 .map_err(|_| ("client identity", "identity is not a header value".into()))?,
             recorder: Arc::new(self.metrics.recorder(labels)),
             access_log: self.access_log.clone(),
+            trace: self.trace,
         };
         let io = TokioIo::new(tls);
         match header.protocol {

@@ -16,6 +16,7 @@ use crate::{
     discovery::PolicyWatch,
     errors::{is_grpc, ProxyError},
     metrics::{Direction, Recorder, RequestLabels, Str},
+    trace,
     upgrade::{is_upgrade, strip_hop_headers},
 };
 use http::{header::HOST, uri::Authority, HeaderValue, Request, Response, Uri, Version};
@@ -130,7 +131,7 @@ impl Connection {
     /// Serves one request; errors become responses, never panics.
     pub async fn handle(
         self,
-        req: Request<hyper::body::Incoming>,
+        mut req: Request<hyper::body::Incoming>,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let grpc = is_grpc(&req);
         let ob = &self.outbound;
@@ -168,6 +169,23 @@ impl Connection {
             .access_log
             .as_ref()
             .map(|_| (req.method().clone(), req.uri().path().to_string()));
+        // Only made when tracing is on.
+        let span = ob.trace.map(|t| {
+            // Taken out (no allocation) so the method and path stay borrowed.
+            let mut headers = std::mem::take(req.headers_mut());
+            let start = trace::Start {
+                method: req.method(),
+                path: req.uri().path(),
+                authority: authority.as_str(),
+                route: &route.name.0,
+                dst_service: &name.0,
+                client_id: &ob.identity.0,
+                server_id: "",
+            };
+            let span = t.client(&mut headers, &start);
+            *req.headers_mut() = headers;
+            span
+        });
         let tried = route.retries.then(Tried::default);
         let result = if is_upgrade(&req) {
             upgrade(req, route).await
@@ -197,6 +215,14 @@ impl Connection {
         };
         let status = rsp.status().as_u16();
         let elapsed = start.elapsed();
+        if let Some(span) = span {
+            span.finish(
+                status,
+                failure.as_ref(),
+                upstream,
+                Some(&labels.dst_identity.0),
+            );
+        }
         if let (Some(log), Some((method, path))) = (&ob.access_log, &logged) {
             let attempts = tried.as_ref().map_or(
                 u32::from(upstream.is_some() || failure.is_none()),

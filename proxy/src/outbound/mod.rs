@@ -34,6 +34,8 @@ pub struct OutboundSettings {
     pub local: crate::metrics::Local,
     /// Where access log lines go, when enabled.
     pub access_log: Option<Arc<crate::access_log::AccessLog>>,
+    /// Request spans, when tracing is on.
+    pub trace: Option<crate::trace::Tracing>,
 }
 
 use crate::{
@@ -72,6 +74,7 @@ pub struct Outbound {
     pub(crate) opaque_ports: Vec<crate::init::rules::PortRange>,
     pub(crate) local: crate::metrics::Local,
     pub(crate) access_log: Option<Arc<crate::access_log::AccessLog>>,
+    pub(crate) trace: Option<crate::trace::Tracing>,
 }
 
 impl Outbound {
@@ -111,6 +114,7 @@ impl Outbound {
             opaque_ports: settings.opaque_ports,
             local: settings.local,
             access_log: settings.access_log,
+            trace: settings.trace,
         }
     }
 
