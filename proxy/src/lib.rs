@@ -21,6 +21,7 @@ pub mod metered;
 pub mod metrics;
 pub mod orig_dst;
 pub mod outbound;
+pub mod process;
 pub mod tls;
 pub mod trace;
 pub mod transport_header;

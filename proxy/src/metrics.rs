@@ -167,6 +167,7 @@ pub struct Metrics {
     pub tcp_open_connections: Family<TcpLabels, Gauge>,
     pub tcp_read_bytes: Family<TcpLabels, Counter>,
     pub tcp_write_bytes: Family<TcpLabels, Counter>,
+    process: crate::process::ProcessMetrics,
 }
 
 impl Default for Metrics {
@@ -280,14 +281,19 @@ impl Metrics {
             tcp_open_connections,
             tcp_read_bytes,
             tcp_write_bytes,
+            process: crate::process::ProcessMetrics::new(),
         }
     }
 
-    /// Renders the Prometheus text format.
+    /// Renders the Prometheus text format (the `process_*` families read at this moment).
     pub fn encode(&self) -> String {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
+        self.process.refresh();
         let mut out = String::with_capacity(4096);
         // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = encode_registry(&mut out, &self.registry);
+        let _ = encode_registry(&mut out, &self.process.registry);
+        let _ = encode_eof(&mut out);
         out
     }
 
