@@ -185,6 +185,15 @@ async fn http1_http2_grpc_and_upgrade_travel_through_both_proxies() {
         api.contains("src_namespace=\"demo\",src_workload=\"\",dst_identity=\"spiffe://cluster.local/ns/demo/sa/api\",dst_namespace=\"demo\""),
         "{api}"
     );
+    // The unary gRPC call is counted with its status (OK) on both sides, once its
+    // trailers passed.
+    for (side, text) in [("client", &m), ("server", &api)] {
+        assert!(
+            text.contains("dst_service=\"api.demo.svc.cluster.local:8080\"")
+                && text.contains("grpc_status=\"0\",classification=\"success\"} 1"),
+            "{side}: {text}"
+        );
+    }
     assert!(s.echo.hits.load(std::sync::atomic::Ordering::Relaxed) >= 3);
     let _ = (&s.mesh, &s.grpc);
 }

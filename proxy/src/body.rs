@@ -21,6 +21,8 @@ pub enum ProxyBody {
     Incoming(hyper::body::Incoming),
     /// A body that can be sent again by a retry.
     Replay(Box<crate::outbound::retry::replay::ReplayBody>),
+    /// A gRPC response body whose trailers complete its metrics.
+    Grpc(Box<crate::grpc_status::GrpcBody>),
 }
 
 impl ProxyBody {
@@ -49,6 +51,7 @@ impl Body for ProxyBody {
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Incoming(b) => Pin::new(b).poll_frame(cx),
             ProxyBody::Replay(b) => Pin::new(b.as_mut()).poll_frame(cx),
+            ProxyBody::Grpc(b) => Pin::new(b.as_mut()).poll_frame(cx),
         }
     }
 
@@ -58,6 +61,7 @@ impl Body for ProxyBody {
             ProxyBody::Full(b) => b.is_none(),
             ProxyBody::Incoming(b) => b.is_end_stream(),
             ProxyBody::Replay(b) => b.is_end_stream(),
+            ProxyBody::Grpc(b) => b.is_end_stream(),
         }
     }
 
@@ -67,6 +71,7 @@ impl Body for ProxyBody {
             ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             ProxyBody::Incoming(b) => b.size_hint(),
             ProxyBody::Replay(b) => b.size_hint(),
+            ProxyBody::Grpc(b) => b.size_hint(),
         }
     }
 }

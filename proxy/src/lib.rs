@@ -14,6 +14,7 @@ pub mod connect;
 pub mod detect;
 pub mod discovery;
 pub mod errors;
+pub mod grpc_status;
 pub mod identity;
 pub mod inbound;
 pub mod init;

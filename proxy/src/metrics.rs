@@ -110,12 +110,28 @@ pub struct TrafficLabels {
     pub reason: &'static str,
 }
 
+/// A gRPC status code label: empty for HTTP responses that are not gRPC.
+#[derive(Clone, Copy, Debug, Default, Hash, PartialEq, Eq)]
+pub struct GrpcCode(pub Option<u16>);
+
+impl EncodeLabelValue for GrpcCode {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        match self.0 {
+            Some(code) => write!(encoder, "{code}"),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Labels of a response.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResponseLabels {
     #[prometheus(flatten)]
     pub request: RequestLabels,
     pub status_code: u16,
+    /// The gRPC status (from the trailers, or the headers of a trailers-only
+    /// response); empty when the response is not gRPC.
+    pub grpc_status: GrpcCode,
     pub classification: Classification,
 }
 
@@ -314,8 +330,10 @@ impl Metrics {
         }
     }
 
-    fn response_counter(&self, labels: &RequestLabels, status: u16) -> Counter {
-        let classification = if status < 500 {
+    fn response_counter(&self, labels: &RequestLabels, status: u16, grpc: GrpcCode) -> Counter {
+        // A gRPC call fails when its status is not OK, whatever the HTTP status.
+        let success = status < 500 && grpc.0.is_none_or(|c| c == 0);
+        let classification = if success {
             Classification::success
         } else {
             Classification::failure
@@ -323,6 +341,7 @@ impl Metrics {
         self.responses.get_or_create_owned(&ResponseLabels {
             request: labels.clone(),
             status_code: status,
+            grpc_status: grpc,
             classification,
         })
     }
@@ -346,8 +365,28 @@ impl Recorder {
 
     /// Records one request, its response status and latency.
     pub fn record(&self, metrics: &Metrics, status: u16, elapsed: std::time::Duration) {
+        self.record_request(elapsed);
+        self.record_response(metrics, status);
+    }
+
+    /// Records one request and the latency of its response headers (the response
+    /// itself is counted when its status is known).
+    pub fn record_request(&self, elapsed: std::time::Duration) {
         self.requests.inc();
         self.latency.observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a gRPC response once its status is known (trailers, or `None` when the
+    /// stream ended without one).
+    pub fn record_grpc(&self, metrics: &Metrics, status: u16, code: Option<u16>) {
+        // gRPC without a status (a reset stream) counts as UNKNOWN (2).
+        metrics
+            .response_counter(&self.labels, status, GrpcCode(Some(code.unwrap_or(2))))
+            .inc();
+    }
+
+    /// Counts an HTTP response.
+    pub fn record_response(&self, metrics: &Metrics, status: u16) {
         let mut last = match self.last.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -357,7 +396,7 @@ impl Recorder {
                 c.inc();
             }
             _ => {
-                let c = metrics.response_counter(&self.labels, status);
+                let c = metrics.response_counter(&self.labels, status, GrpcCode(None));
                 c.inc();
                 *last = Some((status, c));
             }
@@ -401,11 +440,11 @@ mod tests {
         let text = m.encode();
         assert!(text.contains("mesh_requests_total{direction=\"outbound\",dst_service=\"web.demo.svc.cluster.local:80\""), "{text}");
         assert!(
-            text.contains("status_code=\"503\",classification=\"failure\"} 2"),
+            text.contains("status_code=\"503\",grpc_status=\"\",classification=\"failure\"} 2"),
             "{text}"
         );
         assert!(
-            text.contains("status_code=\"200\",classification=\"success\"} 1"),
+            text.contains("status_code=\"200\",grpc_status=\"\",classification=\"success\"} 1"),
             "{text}"
         );
         assert!(text.contains("route=\"default\"} 3"), "{text}");

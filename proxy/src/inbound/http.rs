@@ -104,6 +104,14 @@ impl Connection {
                 flags: access_log::flags(failure.as_ref(), status, 1),
             });
         }
+        if grpc {
+            self.recorder.record_request(elapsed);
+            return Ok(crate::grpc_status::track(
+                rsp,
+                self.recorder.clone(),
+                self.metrics.clone(),
+            ));
+        }
         self.recorder.record(&self.metrics, status, elapsed);
         Ok(rsp)
     }

@@ -243,7 +243,12 @@ impl Connection {
                 flags: access_log::flags(failure.as_ref(), status, attempts),
             });
         }
-        self.recorder(labels).record(&ob.metrics, status, elapsed);
+        let recorder = self.recorder(labels);
+        if grpc {
+            recorder.record_request(elapsed);
+            return Ok(crate::grpc_status::track(rsp, recorder, ob.metrics.clone()));
+        }
+        recorder.record(&ob.metrics, status, elapsed);
         Ok(rsp)
     }
 }
