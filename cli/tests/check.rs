@@ -206,9 +206,34 @@ fn missing_gateway_crds_and_an_unready_pod_fail_with_hints() {
     );
 }
 
+/// A workload certificate chain (leaf, issuer) from the issuer Secret of `docs`.
+fn chain_from(docs: &[Value]) -> String {
+    use base64::Engine;
+    let secret = object(docs, "Secret", "mesh-identity-issuer");
+    let field = |k: &str| {
+        let b64 = secret["data"][k].as_str().unwrap();
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let (cert, key) = (field("tls.crt"), field("tls.key"));
+    let issuer =
+        rcgen::Issuer::from_ca_cert_pem(&cert, rcgen::KeyPair::from_pem(&key).unwrap()).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        "spiffe://cluster.local/ns/shop/sa/web".try_into().unwrap(),
+    )];
+    let leaf = params.signed_by(&leaf_key, &issuer).unwrap();
+    format!("{}{}", leaf.pem(), cert)
+}
+
 /// Three injected pods: web-1 fine, api-1 with its proxy not ready, old-1 on another
-/// version with an expired certificate.
-fn data_plane_routes() -> Vec<Route> {
+/// version with an expired certificate from another CA.
+fn data_plane_routes(docs: &[Value], other: &[Value]) -> Vec<Route> {
     let version = format!("v{}", env!("CARGO_PKG_VERSION"));
     let pod = |name: &str, ready: bool, tag: &str| {
         json!({"metadata": {"name": name, "namespace": "shop"},
@@ -229,12 +254,23 @@ fn data_plane_routes() -> Vec<Route> {
     };
     let future = 4_102_444_800; // 2100-01-01
     let mut r: Vec<Route> = vec![("/api/v1/pods".into(), "", 200, list)];
-    for (name, expiry) in [("web-1", future), ("api-1", future), ("old-1", 1_000)] {
+    let (ours, theirs) = (chain_from(docs), chain_from(other));
+    for (name, expiry, chain) in [
+        ("web-1", future, &ours),
+        ("api-1", future, &ours),
+        ("old-1", 1_000, &theirs),
+    ] {
         r.push((
             format!("/api/v1/namespaces/shop/pods/{name}:4191/proxy/metrics"),
             "",
             200,
             metrics(expiry),
+        ));
+        r.push((
+            format!("/api/v1/namespaces/shop/pods/{name}:4191/proxy/certificate"),
+            "",
+            200,
+            Value::String(chain.clone()),
         ));
     }
     r
@@ -242,10 +278,10 @@ fn data_plane_routes() -> Vec<Route> {
 
 #[test]
 fn proxy_checks_name_unready_outdated_and_expired_proxies() {
-    let docs = installed();
+    let (docs, other) = (installed(), installed());
     let mut r = routes(true, true);
     r.extend(install_routes(&docs, &docs));
-    r.extend(data_plane_routes());
+    r.extend(data_plane_routes(&docs, &other));
     let addr = fake_api(r);
     let (code, out) = mesh_check(&format!("http://{addr}"), &["--proxy"]);
     assert_eq!(code, 1, "{out}");

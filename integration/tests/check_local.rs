@@ -72,6 +72,7 @@ async fn local_checks_pass_then_name_each_broken_thing() {
         "√ the running issuer is valid for at least 60 days",
         "√ proxy web-1 is ready",
         "√ proxy api-1 has a valid certificate",
+        "√ proxy web-1's certificate chains to the trust anchors",
     ] {
         assert!(out.contains(line), "{line:?} missing:\n{out}");
     }

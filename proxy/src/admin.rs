@@ -1,7 +1,9 @@
 //! The admin server on 4191: `/live` (the process runs), `/ready` (200 only
-//! once the first certificate is installed) and `/metrics`.
+//! once the first certificate is installed), `/metrics`, and `/certificate`
+//! (the current certificate chain as PEM, public data, so `mesh check` can
+//! verify it chains to the trust anchors).
 
-use crate::{body::ProxyBody, metrics::Metrics};
+use crate::{body::ProxyBody, metrics::Metrics, tls::CertStore};
 use http::{header::CONTENT_TYPE, HeaderValue, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::{convert::Infallible, sync::Arc};
@@ -16,6 +18,7 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     ready: watch::Receiver<bool>,
     refresh: Refresh,
+    certs: Arc<CertStore>,
 ) {
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
@@ -24,12 +27,17 @@ pub async fn serve(
         let metrics = metrics.clone();
         let ready = ready.clone();
         let refresh = refresh.clone();
+        let certs = certs.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 if req.uri().path() == "/metrics" {
                     refresh();
                 }
-                let rsp = respond(&req, &metrics, *ready.borrow());
+                let rsp = if req.uri().path() == "/certificate" {
+                    certificate(&certs)
+                } else {
+                    respond(&req, &metrics, *ready.borrow())
+                };
                 async move { Ok::<_, Infallible>(rsp) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
@@ -37,6 +45,32 @@ pub async fn serve(
                 .await;
         });
     }
+}
+
+/// The current chain (leaf first) as PEM, or 503 before the first certificate.
+fn certificate(certs: &CertStore) -> Response<ProxyBody> {
+    let Some(key) = certs.current() else {
+        let mut rsp = Response::new(ProxyBody::full("no certificate yet\n"));
+        *rsp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        return rsp;
+    };
+    Response::new(ProxyBody::full(chain_pem(&key.cert)))
+}
+
+/// DER certificates as PEM blocks.
+fn chain_pem(chain: &[rustls::pki_types::CertificateDer<'_>]) -> String {
+    use base64::Engine;
+    let mut out = String::new();
+    for der in chain {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+        out.push_str("-----BEGIN CERTIFICATE-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            out.push_str(std::str::from_utf8(line).unwrap_or_default());
+            out.push('\n');
+        }
+        out.push_str("-----END CERTIFICATE-----\n");
+    }
+    out
 }
 
 fn respond<B>(req: &Request<B>, metrics: &Metrics, ready: bool) -> Response<ProxyBody> {
@@ -79,5 +113,20 @@ mod tests {
         assert_eq!(respond(&req, &m, true).status(), StatusCode::OK);
         let req = Request::get("/nope").body(()).unwrap();
         assert_eq!(respond(&req, &m, true).status(), StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn certificate_chains_are_pem() {
+        let pem = chain_pem(&[
+            rustls::pki_types::CertificateDer::from(vec![1u8; 100]),
+            rustls::pki_types::CertificateDer::from(vec![2u8; 3]),
+        ]);
+        assert_eq!(pem.matches("-----BEGIN CERTIFICATE-----").count(), 2);
+        assert!(pem.lines().all(|l| l.len() <= 64 || l.starts_with("-----")));
+        assert!(pem.contains("\nAgIC\n"));
+        assert_eq!(
+            certificate(&CertStore::default()).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
     }
 }

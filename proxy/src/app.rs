@@ -93,6 +93,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         metrics.clone(),
         ready_rx.clone(),
         refresh,
+        certs.clone(),
     ));
     let inbound = Arc::new(Inbound::new(
         tls::server_config(certs.clone(), roots)?,

@@ -9,7 +9,7 @@ use kube::Client;
 
 use crate::kube_pods::{self, PROXY};
 
-use super::local::metric;
+use super::local::{chains_to, metric};
 use super::Check;
 
 const GROUP: &str = "data-plane";
@@ -19,8 +19,9 @@ fn expected_tag() -> String {
     format!("v{}", env!("CARGO_PKG_VERSION"))
 }
 
-/// Runs the data-plane checks.
-pub async fn checks(client: &Client) -> Vec<Check> {
+/// Runs the data-plane checks; `anchors` (PEM) are the trust anchors proxies'
+/// certificates must chain to, when known.
+pub async fn checks(client: &Client, anchors: Option<&str>) -> Vec<Check> {
     let injected = match kube_pods::injected(client, None).await {
         Ok(p) => p,
         Err(e) => {
@@ -44,6 +45,7 @@ pub async fn checks(client: &Client) -> Vec<Check> {
     let mut out = vec![ready_check(&injected), version_check(&injected)];
     let mut expired = Vec::new();
     let mut unreadable = Vec::new();
+    let mut foreign = Vec::new();
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
@@ -64,25 +66,41 @@ pub async fn checks(client: &Client) -> Vec<Check> {
             Some(_) => expired.push(format!("{ns}/{name}")),
             None => unreadable.push(format!("{ns}/{name}")),
         }
+        if let Some(anchors) = anchors {
+            let chain = kube_pods::admin_get(client, &ns, &name, "/certificate")
+                .await
+                .unwrap_or_default();
+            if chains_to(&chain, anchors).is_err() {
+                foreign.push(format!("{ns}/{name}"));
+            }
+        }
     }
     let desc = format!("{} proxies have a valid certificate", injected.len());
-    out.push(if expired.is_empty() && unreadable.is_empty() {
-        Check::ok(GROUP, desc)
-    } else {
-        let mut what = Vec::new();
-        if !expired.is_empty() {
-            what.push(format!("expired: {}", expired.join(", ")));
-        }
-        if !unreadable.is_empty() {
-            what.push(format!("metrics unreadable: {}", unreadable.join(", ")));
-        }
-        Check::fail(
-            GROUP,
-            desc,
-            what.join("; "),
-            "look at the proxy's log (kubectl logs POD -c mesh-proxy) and at mesh-identity",
-        )
-    });
+    out.push(
+        if expired.is_empty() && unreadable.is_empty() && foreign.is_empty() {
+            Check::ok(GROUP, desc)
+        } else {
+            let mut what = Vec::new();
+            if !expired.is_empty() {
+                what.push(format!("expired: {}", expired.join(", ")));
+            }
+            if !unreadable.is_empty() {
+                what.push(format!("metrics unreadable: {}", unreadable.join(", ")));
+            }
+            if !foreign.is_empty() {
+                what.push(format!(
+                    "not chaining to the current trust anchors: {}",
+                    foreign.join(", ")
+                ));
+            }
+            Check::fail(
+                GROUP,
+                desc,
+                what.join("; "),
+                "look at the proxy's log (kubectl logs POD -c mesh-proxy) and at mesh-identity",
+            )
+        },
+    );
     out
 }
 

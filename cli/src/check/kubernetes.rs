@@ -77,7 +77,8 @@ pub async fn checks(client: Result<Client, String>, settings: &Settings) -> Vec<
     out.extend(webhook_checks(&client, &settings.namespace).await);
     out.extend(identity_checks(&client, &settings.namespace).await);
     if settings.proxies {
-        out.extend(super::data_plane::checks(&client).await);
+        let anchors = trust_anchors(&client, &settings.namespace).await;
+        out.extend(super::data_plane::checks(&client, anchors.as_deref()).await);
     }
     out
 }
@@ -296,6 +297,14 @@ async fn identity_checks(client: &Client, ns: &str) -> Vec<Check> {
         ),
     });
     out
+}
+
+/// The trust anchors the install published, if readable.
+async fn trust_anchors(client: &Client, ns: &str) -> Option<String> {
+    use crate::install::identity::{TRUST_ROOTS_CONFIG_MAP, TRUST_ROOTS_KEY};
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let cm = maps.get_opt(TRUST_ROOTS_CONFIG_MAP).await.ok()??;
+    cm.data?.get(TRUST_ROOTS_KEY).cloned()
 }
 
 /// A Secret's key as text.

@@ -51,8 +51,9 @@ pub async fn checks(s: &Settings) -> Vec<Check> {
     }
     out.extend(identity_files(s, SystemTime::now()));
     out.extend(running_issuer(&c, &targets).await);
+    let anchors = std::fs::read_to_string(s.identity_dir.join(TRUST_ANCHORS)).ok();
     for t in targets.iter().filter(|t| t.label("job") == JOB_PROXY) {
-        out.extend(proxy(&c, t).await);
+        out.extend(proxy(&c, t, anchors.as_deref()).await);
     }
     out
 }
@@ -191,21 +192,18 @@ pub fn validity_check(
     }
 }
 
-/// Whether the first certificate of `cert_pem` is signed by a certificate of `ca_pem`
-/// (names and signature).
-pub fn signed_by(cert_pem: &str, ca_pem: &str) -> Result<(), String> {
-    let certs = |pem: &str| -> Result<Vec<Vec<u8>>, String> {
-        x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes())
-            .map(|p| p.map(|p| p.contents).map_err(|e| e.to_string()))
-            .collect()
-    };
-    let leaf_der = certs(cert_pem)?
-        .into_iter()
-        .next()
-        .ok_or("no certificate")?;
-    let (_, leaf) = x509_parser::parse_x509_certificate(&leaf_der).map_err(|e| e.to_string())?;
-    for der in certs(ca_pem)? {
-        let Ok((_, ca)) = x509_parser::parse_x509_certificate(&der) else {
+/// The DER certificates of a PEM text.
+fn ders(pem: &str) -> Result<Vec<Vec<u8>>, String> {
+    x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes())
+        .map(|p| p.map(|p| p.contents).map_err(|e| e.to_string()))
+        .collect()
+}
+
+/// Whether `leaf` is signed by one of `cas` (names and signature).
+fn signed_by_der(leaf: &[u8], cas: &[Vec<u8>]) -> Result<(), String> {
+    let (_, leaf) = x509_parser::parse_x509_certificate(leaf).map_err(|e| e.to_string())?;
+    for der in cas {
+        let Ok((_, ca)) = x509_parser::parse_x509_certificate(der) else {
             continue;
         };
         if ca.subject().as_raw() == leaf.issuer().as_raw()
@@ -215,9 +213,29 @@ pub fn signed_by(cert_pem: &str, ca_pem: &str) -> Result<(), String> {
         }
     }
     Err(format!(
-        "{} is not signed by any of these certificates",
+        "{} is not signed by any of the given certificates",
         leaf.subject()
     ))
+}
+
+/// Whether the first certificate of `cert_pem` is signed by a certificate of `ca_pem`.
+pub fn signed_by(cert_pem: &str, ca_pem: &str) -> Result<(), String> {
+    let leaf = ders(cert_pem)?.into_iter().next().ok_or("no certificate")?;
+    signed_by_der(&leaf, &ders(ca_pem)?)
+}
+
+/// Whether a chain (leaf first, then its issuer) leads to one of `anchors_pem`.
+pub fn chains_to(chain_pem: &str, anchors_pem: &str) -> Result<(), String> {
+    let chain = ders(chain_pem)?;
+    let anchors = ders(anchors_pem)?;
+    match chain.as_slice() {
+        [] => Err("no certificate".into()),
+        [leaf] => signed_by_der(leaf, &anchors),
+        [leaf, issuer, ..] => {
+            signed_by_der(leaf, std::slice::from_ref(issuer))?;
+            signed_by_der(issuer, &anchors)
+        }
+    }
 }
 
 /// The issuer the running identity service signs with, from its metrics.
@@ -252,7 +270,7 @@ pub(super) fn metric(text: &str, name: &str) -> Option<f64> {
         .ok()
 }
 
-async fn proxy(c: &HttpClient, t: &Target) -> Vec<Check> {
+async fn proxy(c: &HttpClient, t: &Target, anchors: Option<&str>) -> Vec<Check> {
     let pod = match t.label("pod") {
         "" => t.addr.to_string(),
         p => p.to_string(),
@@ -304,6 +322,22 @@ async fn proxy(c: &HttpClient, t: &Target) -> Vec<Check> {
             ),
         },
     );
+    if let Some(anchors) = anchors {
+        let desc = format!("proxy {pod}'s certificate chains to the trust anchors");
+        let chain = get(c, &format!("http://{}/certificate", t.addr))
+            .await
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        out.push(match chains_to(&chain, anchors) {
+            Ok(()) => Check::ok(PROXIES, desc),
+            Err(e) => Check::fail(
+                PROXIES,
+                desc,
+                e,
+                "the proxy holds a certificate from another CA: restart it to get a new one",
+            ),
+        });
+    }
     out
 }
 
