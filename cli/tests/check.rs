@@ -182,6 +182,7 @@ fn missing_gateway_crds_and_an_unready_pod_fail_with_hints() {
     common::assert_golden("check-broken.txt", &out);
     let (code, json) = mesh_check(&format!("http://{addr}"), &["-o", "json"]);
     assert_eq!(code, 1);
+    common::assert_golden("check-broken.json", &json);
     let v: Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["success"], false);
     let crds = v["categories"]
