@@ -462,8 +462,8 @@ async fn inbound_policy_default_and_stream_stays_open() {
     let mut stream = client.watch(target).await.unwrap().into_inner();
     let p = next(&mut stream).await;
     assert_eq!(p.protocol(), Protocol::Detect);
-    assert_eq!(p.tls_mode(), TlsMode::Strict);
-    assert!(p.authorizations.is_empty());
+    assert_eq!(p.tls_mode(), TlsMode::Default);
+    assert!(p.policies.is_empty());
     let open = tokio::time::timeout(Duration::from_millis(300), stream.message()).await;
     assert!(open.is_err(), "stream did not stay open: {open:?}");
 

@@ -6,7 +6,7 @@ use std::pin::Pin;
 
 use futures::Stream;
 use mesh_proto::policy::{
-    inbound_policy_server::InboundPolicy, Action, InboundTarget, Protocol, ServerPolicy, TlsMode,
+    inbound_policy_server::InboundPolicy, InboundTarget, Protocol, ServerPolicy, TlsMode,
 };
 use tonic::{Request, Response, Status};
 
@@ -44,10 +44,10 @@ struct WatchState {
 pub fn default_server_policy() -> ServerPolicy {
     ServerPolicy {
         protocol: Protocol::Detect.into(),
-        tls_mode: TlsMode::Strict.into(),
-        authorizations: Vec::new(),
-        default_action: Action::Allow.into(),
+        tls_mode: TlsMode::Default.into(),
+        policies: Vec::new(),
         labels: Default::default(),
+        tls_mode_source: String::new(),
     }
 }
 
