@@ -111,6 +111,7 @@ fn routes(gateway: bool, identity_ready: bool) -> Vec<Route> {
         ),
     ];
     for name in [
+        "authorizationpolicies.policy.mesh.dev",
         "httpfaults.policy.mesh.dev",
         "trafficpolicies.policy.mesh.dev",
         "workloadentries.policy.mesh.dev",

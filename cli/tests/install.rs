@@ -91,7 +91,7 @@ fn install_crds_matches_golden() {
         .iter()
         .map(|d| kind(d).to_string())
         .collect();
-    assert_eq!(kinds, ["CustomResourceDefinition"; 3]);
+    assert_eq!(kinds, ["CustomResourceDefinition"; 4]);
 }
 
 #[test]

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -185,9 +186,134 @@ pub struct WorkloadEntrySpec {
     pub proxy_inbound_address: Option<String>,
 }
 
+// Like the other kinds, objects are validated by the manifest parser (`resources::authz`),
+// which also rejects unknown fields; the schema only describes the shape.
+/// Who may call the workloads of a namespace, a Service (port) or a label selector, and
+/// the mTLS mode they require.
+#[derive(CustomResource, Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[kube(
+    group = "policy.mesh.dev",
+    version = "v1alpha1",
+    kind = "AuthorizationPolicy",
+    plural = "authorizationpolicies",
+    namespaced,
+    doc = "Allows, denies or audits the callers of the workloads a Service, a label selector or the whole namespace selects, and sets their mTLS mode."
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthorizationPolicySpec {
+    /// The Service whose workloads the policy applies to (optionally one Service port);
+    /// exclusive with `selector`. Neither: every workload of the namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_ref: Option<AuthzTargetRef>,
+    /// The workloads the policy applies to, by label; exclusive with `targetRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<WorkloadSelector>,
+    /// `allow`, `deny` or `audit` (any case); may be left out only by a policy that sets
+    /// `mtls` and has no rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// The mTLS mode the workloads require: `strict` or `permissive`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtls: Option<String>,
+    /// The policy matches a caller when any rule does; an allow policy without rules
+    /// allows nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<AuthzRule>,
+}
+
+/// The Service an AuthorizationPolicy applies to.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+pub struct AuthzTargetRef {
+    /// API group of the target; empty (core) for a Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Kind of the target: `Service`.
+    pub kind: String,
+    /// Name of the Service, in the policy's namespace.
+    pub name: String,
+    /// A Service port (number or name): the policy then applies only to the workload port
+    /// it sends to. Absent: every port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<IntOrString>,
+}
+
+/// A label selector over the workloads of the policy's namespace.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadSelector {
+    /// Labels a workload must all have; empty selects every workload.
+    #[serde(default)]
+    pub match_labels: BTreeMap<String, String>,
+}
+
+/// One rule: matches when one of `from` and one of `to` match (empty: any).
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+pub struct AuthzRule {
+    /// Who calls; absent or empty matches any caller.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from: Vec<AuthzSource>,
+    /// What is called; absent or empty matches any operation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to: Vec<AuthzOperation>,
+}
+
+/// Callers; every field set must match.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthzSource {
+    /// SPIFFE ID patterns (`spiffe://...`, `*` matches any run of characters; `*` alone
+    /// is any identity).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identities: Vec<String>,
+    /// Namespaces of the caller's identity, or `*`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+    /// Service accounts of the caller's identity: `name` (in the policy's namespace) or
+    /// `namespace/name`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_accounts: Vec<String>,
+    /// Client networks: CIDRs, or IP addresses (single hosts).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<String>,
+    /// Also match callers without a mesh identity (plaintext); not with identities,
+    /// namespaces or serviceAccounts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unauthenticated: Option<bool>,
+}
+
+/// Operations; every field set must match.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+pub struct AuthzOperation {
+    /// Request paths.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<AuthzPath>,
+    /// HTTP methods (any case).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// Workload (container) ports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u16>,
+}
+
+/// A request path match: exactly one of `exact` and `prefix`, starting with `/`.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+pub struct AuthzPath {
+    /// The whole path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    /// A path prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+}
+
 /// Every CRD of the mesh, ordered by name.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    let mut crds = vec![HTTPFault::crd(), TrafficPolicy::crd(), WorkloadEntry::crd()];
+    let mut crds = vec![
+        AuthorizationPolicy::crd(),
+        HTTPFault::crd(),
+        TrafficPolicy::crd(),
+        WorkloadEntry::crd(),
+    ];
     crds.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     crds
 }
@@ -201,6 +327,45 @@ pub fn to_yaml(crd: &CustomResourceDefinition) -> Result<String, serde_yaml::Err
 mod tests {
     use super::*;
 
+    /// The CRD types carry every field the parser reads: an object read through them (what
+    /// the API server keeps after pruning to the schema) parses to the same policy.
+    #[test]
+    fn authorization_policy_fields_survive_the_crd_shape() {
+        let yaml = r#"
+apiVersion: policy.mesh.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: p, namespace: shop}
+spec:
+  targetRef: {group: "", kind: Service, name: ledger, port: http}
+  action: allow
+  mtls: strict
+  rules:
+    - from:
+        - identities: ["spiffe://cluster.local/ns/shop/sa/a"]
+          namespaces: [shop]
+          serviceAccounts: [payments]
+          networks: [10.0.0.0/8]
+        - unauthenticated: true
+      to:
+        - paths: [{exact: /a}, {prefix: /b/}]
+          methods: [GET]
+          ports: [8080]
+"#;
+        let through_crd = |yaml: &str| {
+            let typed: AuthorizationPolicy = serde_yaml::from_str(yaml).unwrap();
+            let json = serde_json::to_value(&typed).unwrap();
+            let api_version = "policy.mesh.dev/v1alpha1";
+            crate::kubernetes::convert::object(api_version, "AuthorizationPolicy", json).unwrap()
+        };
+        let direct = |yaml: &str| crate::resources::parse_documents(yaml).unwrap().resources;
+        assert_eq!(through_crd(yaml), direct(yaml));
+        // A selector too (exclusive with targetRef, so another object).
+        let target = "targetRef: {group: \"\", kind: Service, name: ledger, port: http}";
+        assert!(yaml.contains(target));
+        let yaml = yaml.replace(target, "selector: {matchLabels: {app: ledger}}");
+        assert_eq!(through_crd(&yaml), direct(&yaml));
+    }
+
     #[test]
     fn crds_are_namespaced_v1alpha1_in_our_group() {
         let crds = all();
@@ -211,6 +376,7 @@ mod tests {
         assert_eq!(
             names,
             [
+                "authorizationpolicies.policy.mesh.dev",
                 "httpfaults.policy.mesh.dev",
                 "trafficpolicies.policy.mesh.dev",
                 "workloadentries.policy.mesh.dev"

@@ -1,9 +1,10 @@
 //! The configuration resources the controller understands (DESIGN §5), as serde types in
 //! their Kubernetes YAML shape, and the parser that turns a multi-document YAML file into
-//! them. Traffic kinds (Gateway API routes, `TrafficPolicy`, `HTTPFault`) are validated
-//! while parsing, so a file with an invalid object is rejected whole and its last good
+//! them. Traffic and policy kinds (Gateway API routes, `TrafficPolicy`, `HTTPFault`,
+//! `AuthorizationPolicy`) are validated while parsing, so a file with an invalid object is rejected whole and its last good
 //! version stays in force. Errors name the document, the object and the field path.
 
+pub mod authz;
 mod parse;
 pub mod retry;
 pub mod route;
@@ -17,6 +18,7 @@ use std::net::{IpAddr, SocketAddr};
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
+pub use self::authz::{AuthorizationPolicy, AuthzTarget, ServicePortRef};
 pub use self::parse::{parse_documents, parse_object, IgnoredObject, ParseError, ParsedFile};
 pub use self::route::{BackendRef, ParentRef, Route, RouteKind, RouteRule};
 pub use self::traffic::{HttpFault, TrafficPolicy};
@@ -39,6 +41,8 @@ pub enum Resource {
     TrafficPolicy(TrafficPolicy),
     /// A `policy.mesh.dev/v1alpha1` `HTTPFault`.
     HttpFault(HttpFault),
+    /// A `policy.mesh.dev/v1alpha1` `AuthorizationPolicy`.
+    AuthorizationPolicy(AuthorizationPolicy),
     /// A `discovery.k8s.io/v1` `EndpointSlice` (Kubernetes source only).
     EndpointSlice(EndpointSlice),
 }
@@ -52,6 +56,7 @@ impl Resource {
             Resource::Route(r) => &r.metadata,
             Resource::TrafficPolicy(r) => &r.metadata,
             Resource::HttpFault(r) => &r.metadata,
+            Resource::AuthorizationPolicy(r) => &r.metadata,
             Resource::EndpointSlice(r) => &r.metadata,
         }
     }
@@ -64,6 +69,7 @@ impl Resource {
             Resource::Route(r) => r.kind.kind(),
             Resource::TrafficPolicy(_) => "TrafficPolicy",
             Resource::HttpFault(_) => "HTTPFault",
+            Resource::AuthorizationPolicy(_) => "AuthorizationPolicy",
             Resource::EndpointSlice(_) => "EndpointSlice",
         }
     }

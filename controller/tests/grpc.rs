@@ -15,7 +15,7 @@ use mesh_controller::source::{DirOptions, DirWatch};
 use mesh_proto::destination::destination_client::DestinationClient;
 use mesh_proto::destination::{update, GetDestination, Update};
 use mesh_proto::policy::inbound_policy_client::InboundPolicyClient;
-use mesh_proto::policy::{InboundTarget, Protocol, TlsMode};
+use mesh_proto::policy::{Action, InboundTarget, Protocol, TlsMode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
 use tonic::Streaming;
@@ -473,6 +473,64 @@ async fn inbound_policy_default_and_stream_stays_open() {
     };
     let status = client.watch(bad).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
+}
+
+/// An AuthorizationPolicy on port 80 of Service `web` (the workload's `http` port, 8080).
+fn authz(action: &str, namespaces: &str) -> String {
+    format!(
+        "apiVersion: policy.mesh.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: web-callers, namespace: prod}}\nspec:\n  targetRef: {{kind: Service, name: web, port: 80}}\n  action: {action}\n  mtls: strict\n  rules:\n    - from: [{{namespaces: [{namespaces}]}}]\n      to: [{{methods: [get]}}]\n"
+    )
+}
+
+#[tokio::test]
+async fn inbound_policy_follows_authorization_policy_changes() {
+    let w1 = workload("w1", "10.0.0.1");
+    let fx = Fixture::start(&[
+        ("svc.yaml", SERVICE),
+        ("w1.yaml", &w1),
+        ("authz.yaml", &authz("allow", "prod")),
+    ])
+    .await;
+    let mut client = InboundPolicyClient::new(fx.channel.clone());
+    let watch = |port| InboundTarget {
+        workload: "prod/w1".into(),
+        port,
+    };
+    let mut stream = client.watch(watch(8080)).await.unwrap().into_inner();
+    let p = next(&mut stream).await;
+    assert_eq!(p.protocol(), Protocol::Detect);
+    assert_eq!(p.tls_mode(), TlsMode::Strict);
+    assert_eq!(p.tls_mode_source, "prod/web-callers");
+    assert_eq!(p.policies.len(), 1, "{p:?}");
+    assert_eq!(p.policies[0].name, "web-callers");
+    assert_eq!(p.policies[0].action(), Action::Allow);
+    assert_eq!(p.policies[0].rules[0].from[0].namespaces, ["prod"]);
+    assert_eq!(p.policies[0].rules[0].to[0].methods, ["GET"]);
+
+    // Another port of the same workload is not the Service port's target.
+    let mut other = client.watch(watch(9999)).await.unwrap().into_inner();
+    let p = next(&mut other).await;
+    assert_eq!(p.tls_mode(), TlsMode::Default);
+    assert!(p.policies.is_empty());
+
+    // The policy changes: the stream sends the new one.
+    write(fx.dir.path(), "authz.yaml", &authz("DENY", "\"*\""));
+    let p = next(&mut stream).await;
+    assert_eq!(p.policies[0].action(), Action::Deny);
+    assert_eq!(p.policies[0].rules[0].from[0].namespaces, ["*"]);
+
+    // An invalid edit keeps the last good version: nothing is sent.
+    write(fx.dir.path(), "authz.yaml", &authz("permit", "prod"));
+    let quiet = tokio::time::timeout(Duration::from_millis(400), stream.message()).await;
+    assert!(quiet.is_err(), "unexpected message: {quiet:?}");
+
+    // The policy goes away: back to the default.
+    std::fs::remove_file(fx.dir.path().join("authz.yaml")).unwrap();
+    let p = next(&mut stream).await;
+    assert_eq!(p.tls_mode(), TlsMode::Default);
+    assert!(p.policies.is_empty());
+    let quiet = tokio::time::timeout(Duration::from_millis(300), other.message()).await;
+    assert!(quiet.is_err(), "port 9999 changed: {quiet:?}");
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! The Kubernetes source against a fake API server speaking list/watch JSON: watch events
-//! and a `410 Gone` relist reach a live `Destination.Get` stream, and every API call the
-//! source makes is one the RBAC rules grant (and every rule is used).
+//! and a `410 Gone` relist reach a live `Destination.Get` stream, AuthorizationPolicy
+//! events reach a live `InboundPolicy.Watch` stream, and every API call the source makes
+//! is one the RBAC rules grant (and every rule is used).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -13,12 +14,15 @@ use mesh_controller::metrics::Metrics;
 use mesh_kube_fake::KubeApi;
 use mesh_proto::destination::destination_client::DestinationClient;
 use mesh_proto::destination::{update, GetDestination, Update};
+use mesh_proto::policy::inbound_policy_client::InboundPolicyClient;
+use mesh_proto::policy::{Action, InboundTarget, ServerPolicy, TlsMode};
 use serde_json::{json, Value};
 
 const SERVICES: &str = "/api/v1/services";
 const PODS: &str = "/api/v1/pods";
 const NAMESPACES: &str = "/api/v1/namespaces";
 const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
+const AUTHZ: &str = "/apis/policy.mesh.dev/v1alpha1/authorizationpolicies";
 const PATHS: &[&str] = &[
     SERVICES,
     PODS,
@@ -29,6 +33,7 @@ const PATHS: &[&str] = &[
     "/apis/policy.mesh.dev/v1alpha1/trafficpolicies",
     "/apis/policy.mesh.dev/v1alpha1/httpfaults",
     "/apis/policy.mesh.dev/v1alpha1/workloadentries",
+    AUTHZ,
 ];
 
 fn service() -> Value {
@@ -64,9 +69,14 @@ fn slice(pods: &[(&str, &str)]) -> Value {
 
 /// `mesh_controller_source_events_total{source="kubernetes",kind="Service",event}`.
 fn service_events(metrics: &Metrics, event: &str) -> f64 {
+    source_events(metrics, "Service", event)
+}
+
+/// `mesh_controller_source_events_total{source="kubernetes",kind,event}`.
+fn source_events(metrics: &Metrics, kind: &str, event: &str) -> f64 {
     let text = metrics.render(&Default::default());
     let series = format!(
-        "mesh_controller_source_events_total{{source=\"kubernetes\",kind=\"Service\",event=\"{event}\"}} "
+        "mesh_controller_source_events_total{{source=\"kubernetes\",kind=\"{kind}\",event=\"{event}\"}} "
     );
     text.lines()
         .find_map(|l| l.strip_prefix(&series))
@@ -276,5 +286,101 @@ async fn watch_events_and_a_relist_reach_a_live_destination_stream() {
             }
         }
     }
+    drop(source);
+}
+
+fn authorization_policy(action: &str) -> Value {
+    json!({"apiVersion": "policy.mesh.dev/v1alpha1", "kind": "AuthorizationPolicy",
+        "metadata": {"name": "web-callers", "namespace": "shop", "uid": "a1"},
+        "spec": {"targetRef": {"kind": "Service", "name": "web", "port": "http"},
+            "action": action, "mtls": "strict",
+            "rules": [{"from": [{"serviceAccounts": ["web", "ops/deployer"]}],
+                "to": [{"paths": [{"prefix": "/api/"}]}]}]}})
+}
+
+async fn next_policy(stream: &mut tonic::Streaming<ServerPolicy>) -> ServerPolicy {
+    tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("a policy within 10 s")
+        .expect("stream ok")
+        .expect("stream open")
+}
+
+#[tokio::test]
+async fn authorization_policy_events_reach_a_live_inbound_policy_stream() {
+    let api = KubeApi::start(PATHS).await;
+    api.apply(SERVICES, service());
+    api.apply(PODS, pod("web-1", "10.0.0.1"));
+    let writer = IndexWriter::new(IndexConfig::default());
+    let reader = writer.subscribe();
+    let metrics = Arc::clone(writer.metrics());
+    let source = KubeSource::start(api.client(), writer, Duration::from_secs(10)).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(mesh_controller::grpc::serve(
+        listener,
+        reader,
+        Arc::clone(&metrics),
+        std::future::pending(),
+    ));
+    let mut client = InboundPolicyClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    // The pod's index name is the pod name; Service port `http` sends to 8080.
+    let mut stream = client
+        .watch(InboundTarget {
+            workload: "shop/web-1".into(),
+            port: 8080,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let p = next_policy(&mut stream).await;
+    assert_eq!(p.tls_mode(), TlsMode::Default);
+    assert!(p.policies.is_empty());
+
+    // ADDED: compiled through the same parser as manifest files.
+    api.apply(AUTHZ, authorization_policy("allow"));
+    let p = next_policy(&mut stream).await;
+    assert_eq!(p.tls_mode(), TlsMode::Strict);
+    assert_eq!(p.tls_mode_source, "shop/web-callers");
+    assert_eq!(p.policies.len(), 1, "{p:?}");
+    assert_eq!(p.policies[0].name, "web-callers");
+    assert_eq!(p.policies[0].action(), Action::Allow);
+    assert_eq!(
+        p.policies[0].rules[0].from[0].service_accounts,
+        ["shop/web", "ops/deployer"]
+    );
+
+    // MODIFIED.
+    api.apply(AUTHZ, authorization_policy("Deny"));
+    assert_eq!(
+        next_policy(&mut stream).await.policies[0].action(),
+        Action::Deny
+    );
+
+    // MODIFIED to an invalid object: counted, and the last good version stays.
+    api.apply(AUTHZ, authorization_policy("permit"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while source_events(&metrics, "AuthorizationPolicy", "error") < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "invalid object not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let quiet = tokio::time::timeout(Duration::from_millis(300), stream.message()).await;
+    assert!(quiet.is_err(), "unexpected message: {quiet:?}");
+
+    // DELETED: back to the default policy.
+    api.delete(AUTHZ, "shop", "web-callers");
+    let p = next_policy(&mut stream).await;
+    assert_eq!(p.tls_mode(), TlsMode::Default);
+    assert!(p.policies.is_empty());
+    assert_eq!(source_events(&metrics, "AuthorizationPolicy", "apply"), 2.0);
+    assert_eq!(
+        source_events(&metrics, "AuthorizationPolicy", "delete"),
+        1.0
+    );
     drop(source);
 }

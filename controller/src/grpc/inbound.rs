@@ -1,17 +1,19 @@
-//! The `InboundPolicy` gRPC service: the server-side policy of a workload port. For now
-//! every port gets the default policy (detect the protocol, strict mTLS, allow); the stream
-//! stays open so later policy resources can push changes.
+//! The `InboundPolicy` gRPC service: the server-side policy of a workload port, compiled
+//! from the AuthorizationPolicies that apply to it ([`Index::server_policy`]): their mTLS
+//! mode and their rules. A port no policy selects gets [`default_server_policy`] (detect
+//! the protocol; the proxy's default inbound policy decides the rest). The stream sends a
+//! complete policy first and then again whenever an index change alters it.
 
 use std::pin::Pin;
 
 use futures::Stream;
-use mesh_proto::policy::{
-    inbound_policy_server::InboundPolicy, InboundTarget, Protocol, ServerPolicy, TlsMode,
-};
+use mesh_proto::policy::{inbound_policy_server::InboundPolicy, InboundTarget, ServerPolicy};
 use tonic::{Request, Response, Status};
 
 use crate::index::{Index, IndexReader};
 use crate::metrics::{Api, ApiMetrics, Metrics, StreamMetrics};
+
+pub use crate::index::default_server_policy;
 
 /// The `InboundPolicy` service, answering from the index.
 #[derive(Clone, Debug)]
@@ -40,20 +42,13 @@ struct WatchState {
     metrics: StreamMetrics,
 }
 
-/// The policy of a port no resource selects.
-pub fn default_server_policy() -> ServerPolicy {
-    ServerPolicy {
-        protocol: Protocol::Detect.into(),
-        tls_mode: TlsMode::Default.into(),
-        policies: Vec::new(),
-        labels: Default::default(),
-        tls_mode_source: String::new(),
+/// The policy of `port` on `workload` (`namespace/name`). A workload without a namespace
+/// matches no resource: it gets the default policy.
+fn server_policy(index: &Index, workload: &str, port: u16) -> ServerPolicy {
+    match workload.split_once('/') {
+        Some((namespace, name)) => index.server_policy(namespace, name, port),
+        None => default_server_policy(),
     }
-}
-
-/// The policy of `port` on `workload` (`namespace/name`).
-fn server_policy(_index: &Index, _workload: &str, _port: u16) -> ServerPolicy {
-    default_server_policy()
 }
 
 #[tonic::async_trait]

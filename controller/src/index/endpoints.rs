@@ -241,7 +241,7 @@ fn unmeshed(ns: &str, addr: SocketAddr, hint: ProtocolHint) -> WeightedAddr {
 
 /// The workload port a Service port sends to on `w`, or `None` when `w` lacks the named
 /// port.
-fn resolve_target_port(port: &ServicePort, w: &WorkloadEntry) -> Option<u16> {
+pub(super) fn resolve_target_port(port: &ServicePort, w: &WorkloadEntry) -> Option<u16> {
     match &port.target_port {
         None => Some(port.port),
         Some(TargetPort::Number(n)) => Some(*n),

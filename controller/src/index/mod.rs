@@ -2,6 +2,7 @@
 //! namespace and name, plus the pure lookups the gRPC servers answer from. No I/O: sources
 //! write through an [`IndexWriter`]; servers read snapshots through an [`IndexReader`].
 
+mod authz;
 mod endpoints;
 mod policy;
 mod rebuild;
@@ -18,9 +19,11 @@ use mesh_proto::destination::Fault;
 
 use crate::metrics::Metrics;
 use crate::resources::{
-    EndpointSlice, Resource, Route, RouteKind, Service, ServicePort, TrafficPolicy, WorkloadEntry,
+    AuthorizationPolicy, EndpointSlice, Resource, Route, RouteKind, Service, ServicePort,
+    TrafficPolicy, WorkloadEntry,
 };
 
+pub use self::authz::{compile_server_policy, default_server_policy, AppliedAuthz};
 pub use self::endpoints::{
     annotated_opaque, protocol_hint, service_port_hint, EndpointSet, Resolution,
 };
@@ -89,11 +92,13 @@ pub struct ObjectCounts {
     pub faults: usize,
     /// EndpointSlices.
     pub endpoint_slices: usize,
+    /// AuthorizationPolicies.
+    pub authorization_policies: usize,
 }
 
 impl ObjectCounts {
     /// The counts by Kubernetes kind, in a fixed order.
-    pub fn by_kind(&self) -> [(&'static str, usize); 7] {
+    pub fn by_kind(&self) -> [(&'static str, usize); 8] {
         [
             ("Service", self.services),
             ("WorkloadEntry", self.workloads),
@@ -102,6 +107,7 @@ impl ObjectCounts {
             ("TrafficPolicy", self.traffic_policies),
             ("HTTPFault", self.faults),
             ("EndpointSlice", self.endpoint_slices),
+            ("AuthorizationPolicy", self.authorization_policies),
         ]
     }
 }
@@ -124,6 +130,8 @@ pub struct Index {
     faults: BTreeMap<Key, Fault>,
     /// EndpointSlices by their Service's key, derived from `files`.
     slices: BTreeMap<Key, Vec<EndpointSlice>>,
+    /// AuthorizationPolicies by key, derived from `files`.
+    authz: BTreeMap<Key, AuthorizationPolicy>,
 }
 
 // === impl Index ===
@@ -140,6 +148,7 @@ impl Index {
             traffic_policies: BTreeMap::new(),
             faults: BTreeMap::new(),
             slices: BTreeMap::new(),
+            authz: BTreeMap::new(),
         }
     }
 
@@ -204,6 +213,7 @@ impl Index {
             traffic_policies: self.traffic_policies.len(),
             faults: self.faults.len(),
             endpoint_slices: self.slices.values().map(Vec::len).sum(),
+            authorization_policies: self.authz.len(),
         }
     }
 

@@ -1,8 +1,9 @@
 //! Derivation of the per-kind maps from the index's files, after every file change:
 //! duplicates are resolved (the later file wins), each Service gets at most one
 //! TrafficPolicy (the oldest, by file path and position), and references that cannot be
-//! resolved (a route's missing HTTPFault) are logged here, once per change, rather than on
-//! every policy computation.
+//! resolved (a route's missing HTTPFault, an AuthorizationPolicy's missing Service or
+//! Service port) are logged here, once per change, rather than on every policy
+//! computation.
 
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
@@ -19,6 +20,7 @@ impl Index {
         self.traffic_policies.clear();
         self.faults.clear();
         self.slices.clear();
+        self.authz.clear();
         // TrafficPolicies by their own key first (duplicates by name), then by Service.
         let mut policies: BTreeMap<(String, String), (Origin, TrafficPolicy)> = BTreeMap::new();
         for (file, resources) in &self.files {
@@ -47,6 +49,9 @@ impl Index {
                         policies.insert((ns, name), (origin, tp.clone())).is_some()
                     }
                     Resource::HttpFault(f) => self.faults.insert((ns, name), f.fault).is_some(),
+                    Resource::AuthorizationPolicy(p) => {
+                        self.authz.insert((ns, name), p.clone()).is_some()
+                    }
                     Resource::EndpointSlice(slice) => {
                         self.slices
                             .entry((ns, slice.service.clone()))
@@ -85,6 +90,7 @@ impl Index {
                 ),
             }
         }
+        self.warn_unresolved_authz_targets();
         for IndexedRoute { route, .. } in self.routes.values() {
             let ns = &route.metadata.namespace;
             for (i, rule) in route.rules.iter().enumerate() {

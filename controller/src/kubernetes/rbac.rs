@@ -33,7 +33,12 @@ pub const CONTROLLER_RULES: &[ApiRule] = &[
     },
     ApiRule {
         group: "policy.mesh.dev",
-        resources: &["httpfaults", "trafficpolicies", "workloadentries"],
+        resources: &[
+            "authorizationpolicies",
+            "httpfaults",
+            "trafficpolicies",
+            "workloadentries",
+        ],
         verbs: &["list", "watch"],
     },
 ];

@@ -74,6 +74,12 @@ const PARSED_KINDS: &[ParsedKind] = &[
         kind: "WorkloadEntry",
         plural: "workloadentries",
     },
+    ParsedKind {
+        group: "policy.mesh.dev",
+        version: "v1alpha1",
+        kind: "AuthorizationPolicy",
+        plural: "authorizationpolicies",
+    },
 ];
 
 /// Converts one object to the resources stored under its key.

@@ -154,6 +154,7 @@ fn object_gauges_follow_the_counts_given_at_scrape_time() {
         workloads: 5,
         http_routes: 2,
         endpoint_slices: 4,
+        authorization_policies: 6,
         ..ObjectCounts::default()
     };
     let text = m.render(&counts);
@@ -170,6 +171,7 @@ fn object_gauges_follow_the_counts_given_at_scrape_time() {
     assert_eq!(kind("TrafficPolicy"), Some(0.0));
     assert_eq!(kind("HTTPFault"), Some(0.0));
     assert_eq!(kind("EndpointSlice"), Some(4.0));
+    assert_eq!(kind("AuthorizationPolicy"), Some(6.0));
     let text = m.render(&ObjectCounts::default());
     assert_eq!(
         sample(&text, "mesh_controller_index_objects{kind=\"Service\"}"),

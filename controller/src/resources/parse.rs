@@ -5,7 +5,9 @@
 use serde::Deserialize;
 
 use super::validate::Invalid;
-use super::{default_namespace, route, traffic, ObjectMeta, Resource, CORE_V1, POLICY_V1ALPHA1};
+use super::{
+    authz, default_namespace, route, traffic, ObjectMeta, Resource, CORE_V1, POLICY_V1ALPHA1,
+};
 
 /// Why a YAML file could not be turned into resources.
 #[derive(Debug, thiserror::Error)]
@@ -32,7 +34,8 @@ pub enum ParseError {
         /// What is wrong with it.
         message: String,
     },
-    /// A traffic object (route, TrafficPolicy, HTTPFault) has an invalid field.
+    /// A traffic or policy object (route, TrafficPolicy, HTTPFault, AuthorizationPolicy)
+    /// has an invalid field.
     #[error("document {doc}: {resource}: {path}: {message}")]
     Invalid {
         /// 1-based index of the document in the file.
@@ -158,6 +161,10 @@ fn parse_value(
         (POLICY_V1ALPHA1, "HTTPFault") => {
             let fault = traffic_object(doc, prefix, value, traffic::http_fault)?;
             out.resources.push(Resource::HttpFault(fault));
+        }
+        (POLICY_V1ALPHA1, "AuthorizationPolicy") => {
+            let policy = traffic_object(doc, prefix, value, authz::authorization_policy)?;
+            out.resources.push(Resource::AuthorizationPolicy(policy));
         }
         (_, "List") => {
             let items = match value.get("items") {
