@@ -29,6 +29,11 @@ pub const PROXY_CPU_LIMIT: &str = "config.mesh.dev/proxy-cpu-limit";
 pub const PROXY_MEMORY_REQUEST: &str = "config.mesh.dev/proxy-memory-request";
 /// Memory limit of the proxy container.
 pub const PROXY_MEMORY_LIMIT: &str = "config.mesh.dev/proxy-memory-limit";
+/// What the proxy allows on ports no AuthorizationPolicy allows anything on:
+/// `allow-all` (permissive mTLS), `allow-authenticated` or `deny` (strict).
+pub const DEFAULT_INBOUND_POLICY: &str = "config.mesh.dev/default-inbound-policy";
+/// The values [`DEFAULT_INBOUND_POLICY`] takes.
+pub const DEFAULT_INBOUND_POLICIES: &[&str] = &["allow-all", "allow-authenticated", "deny"];
 /// The proxy's log filter (`MESH_PROXY_LOG`).
 pub const PROXY_LOG_LEVEL: &str = "config.mesh.dev/proxy-log-level";
 
@@ -52,6 +57,8 @@ pub(super) struct Overrides {
     pub limits: BTreeMap<String, String>,
     /// The proxy's log filter.
     pub log_level: String,
+    /// The proxy's default inbound policy, when annotated.
+    pub default_inbound_policy: Option<String>,
     /// The pod carries [`WORKLOAD_ANNOTATION`]: the proxy's workload name comes from it
     /// (else from the pod name).
     pub workload_annotation: bool,
@@ -103,6 +110,11 @@ impl Overrides {
             }
         }
         let log_level = get(PROXY_LOG_LEVEL).unwrap_or(&cfg.log_level).to_string();
+        let default_inbound_policy = match get(DEFAULT_INBOUND_POLICY) {
+            Some(v) if DEFAULT_INBOUND_POLICIES.contains(&v) => Some(v.to_string()),
+            Some(v) => return Err(invalid(DEFAULT_INBOUND_POLICY, v)),
+            None => None,
+        };
         Ok(Self {
             skip_inbound,
             skip_outbound,
@@ -110,6 +122,7 @@ impl Overrides {
             requests,
             limits,
             log_level,
+            default_inbound_policy,
             workload_annotation: false,
         })
     }

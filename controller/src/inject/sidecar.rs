@@ -168,6 +168,8 @@ fn env(cfg: &InjectConfig, o: &Overrides) -> Vec<EnvVar> {
         } else {
             field("MESH_PROXY_WORKLOAD", "metadata.name")
         },
+        // The name the controller knows the pod by, for inbound policies.
+        field("MESH_PROXY_POD_NAME", "metadata.name"),
         field("MESH_PROXY_SERVICE_ACCOUNT", "spec.serviceAccountName"),
         value(
             "MESH_PROXY_IDENTITY_TOKEN_FILE",
@@ -181,6 +183,9 @@ fn env(cfg: &InjectConfig, o: &Overrides) -> Vec<EnvVar> {
     ];
     if let Some(ports) = &o.opaque_ports {
         env.push(value("MESH_PROXY_OPAQUE_PORTS", ports.clone()));
+    }
+    if let Some(policy) = &o.default_inbound_policy {
+        env.push(value("MESH_PROXY_DEFAULT_INBOUND_POLICY", policy.clone()));
     }
     env
 }

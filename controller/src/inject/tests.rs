@@ -131,6 +131,14 @@ fn skip_reasons() {
         skip(inject_pod(&bad, &spec, &none, true, &cfg)),
         SkipReason::InvalidAnnotation { .. }
     ));
+    let (bad, _) = pod(&[(DEFAULT_INBOUND_POLICY, "allow-some")]);
+    assert_eq!(
+        skip(inject_pod(&bad, &spec, &none, true, &cfg)),
+        SkipReason::InvalidAnnotation {
+            name: DEFAULT_INBOUND_POLICY.to_string(),
+            value: "allow-some".to_string()
+        }
+    );
     for reason in [
         SkipReason::Disabled,
         SkipReason::NotEnabled,
@@ -191,6 +199,11 @@ fn native_sidecar_layout() {
     );
     assert_eq!(env(proxy, "MESH_PROXY_LOG").as_deref(), Some("info"));
     assert_eq!(env(proxy, "MESH_PROXY_OPAQUE_PORTS"), None);
+    assert_eq!(
+        env(proxy, "MESH_PROXY_POD_NAME").as_deref(),
+        Some("fieldRef:metadata.name")
+    );
+    assert_eq!(env(proxy, "MESH_PROXY_DEFAULT_INBOUND_POLICY"), None);
     let requests = proxy
         .resources
         .as_ref()
@@ -226,7 +239,10 @@ fn annotations_override_defaults() {
         (PROXY_CPU_REQUEST, "250m"),
         (PROXY_MEMORY_LIMIT, "128Mi"),
     ]);
-    let namespace = BTreeMap::from([(PROXY_LOG_LEVEL.to_string(), "debug".to_string())]);
+    let namespace = BTreeMap::from([
+        (PROXY_LOG_LEVEL.to_string(), "debug".to_string()),
+        (DEFAULT_INBOUND_POLICY.to_string(), "deny".to_string()),
+    ]);
     let (_, spec) = injected(inject_pod(&meta, &spec, &namespace, true, &cfg));
     let init = container(&spec, INIT_CONTAINER);
     assert_eq!(
@@ -248,6 +264,10 @@ fn annotations_override_defaults() {
         Some("5432")
     );
     assert_eq!(env(proxy, "MESH_PROXY_LOG").as_deref(), Some("debug"));
+    assert_eq!(
+        env(proxy, "MESH_PROXY_DEFAULT_INBOUND_POLICY").as_deref(),
+        Some("deny")
+    );
     let resources = proxy.resources.as_ref().expect("resources");
     let get = |m: &Option<BTreeMap<String, _>>, k: &str| {
         m.as_ref()
