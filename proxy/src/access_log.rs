@@ -32,6 +32,9 @@ pub struct Entry<'a> {
     pub server_id: &'a str,
     /// Response flags (`-` when none).
     pub flags: &'a str,
+    /// Inbound: the authorization policy that allowed or denied the request
+    /// (not logged when empty).
+    pub policy: &'a str,
 }
 
 /// The response flag of a proxy error: `NR` no route or endpoint, `UF` upstream
@@ -53,6 +56,7 @@ pub fn flag(error: &ProxyError) -> &'static str {
         ProxyError::RequestTimeout(_) | ProxyError::BackendTimeout(_) => "UT",
         ProxyError::BreakerOpen(_) => "UO",
         ProxyError::Fault(_) => "FI",
+        ProxyError::Unauthorized(_) => "DENY",
     }
 }
 
@@ -136,6 +140,9 @@ pub fn render(e: &Entry<'_>, now: SystemTime) -> String {
     field(&mut s, "client_id", e.client_id);
     field(&mut s, "server_id", e.server_id);
     field(&mut s, "flags", e.flags);
+    if !e.policy.is_empty() {
+        field(&mut s, "policy", e.policy);
+    }
     s.push_str("}\n");
     s
 }
@@ -178,6 +185,7 @@ mod tests {
             client_id: "spiffe://cluster.local/ns/shop/sa/a",
             server_id: "",
             flags: flags(None, 503, 3),
+            policy: "",
         };
         let line = render(&e, UNIX_EPOCH + Duration::from_millis(1_700_000_000_123));
         assert!(line.ends_with("}\n") && line.matches('\n').count() == 1);
@@ -208,6 +216,7 @@ mod tests {
             "UT"
         );
         assert_eq!(flag(&ProxyError::BreakerOpen("x".into())), "UO");
+        assert_eq!(flag(&ProxyError::Unauthorized("p".into())), "DENY");
         assert_eq!(flags(None, 200, 2), "-");
         assert_eq!(flags(None, 500, 1), "-");
     }

@@ -6,7 +6,7 @@ use crate::{
     config::{grpc_url, Config},
     discovery::Resolver,
     identity::{self, IdentityClient},
-    inbound::{Inbound, InboundSettings},
+    inbound::{policy::InboundPolicies, Inbound, InboundSettings},
     metrics::Metrics,
     outbound::{EndpointClient, EndpointSettings, Outbound, OutboundSettings},
     tls::{self, CertStore},
@@ -70,6 +70,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         metrics.clone(),
     )
     .context("MESH_PROXY_DESTINATION_ADDR")?;
+    let resolver_channel = resolver.channel();
     let outbound = Arc::new(Outbound::new(
         resolver,
         metrics.clone(),
@@ -95,13 +96,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         refresh,
         certs.clone(),
     ));
+    let policies = InboundPolicies::new(
+        resolver_channel,
+        format!("{}/{}", config.namespace, config.pod_name),
+        config.default_inbound_policy,
+        metrics.clone(),
+        config.discovery_timeout,
+    );
     let inbound = Arc::new(Inbound::new(
         tls::server_config(certs.clone(), roots)?,
         metrics.clone(),
         &config.identity,
+        policies,
         InboundSettings {
             app_ip: config.app_ip,
             header_timeout: config.header_timeout,
+            detect_timeout: config.detect_timeout,
+            opaque_ports: config.opaque_ports.clone(),
             connect_timeout: config.connect_timeout,
             local,
             access_log,

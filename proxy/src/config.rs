@@ -58,8 +58,16 @@ pub struct Config {
     pub token: TokenSource,
     /// The workload's namespace (for metrics and the controller's logs).
     pub namespace: String,
-    /// The workload's name (pod or WorkloadEntry), for the controller's logs.
+    /// The workload's name for metrics (the owning Deployment's, or the
+    /// WorkloadEntry's).
     pub workload: String,
+    /// The pod or WorkloadEntry name the controller knows this proxy by
+    /// (`MESH_PROXY_POD_NAME`, defaulting to the workload name): inbound
+    /// policies are watched for `namespace/pod_name`.
+    pub pod_name: String,
+    /// What happens on a port no authorization policy allows anything on,
+    /// and its mTLS mode when no policy sets one.
+    pub default_inbound_policy: crate::inbound::authz::DefaultPolicy,
     /// Tokio worker threads; 1 runs a single-threaded runtime.
     pub worker_threads: usize,
     /// Timeout for connecting to a peer or the application.
@@ -205,6 +213,18 @@ impl Config {
             }
         };
 
+        let default_inbound_policy = match get("MESH_PROXY_DEFAULT_INBOUND_POLICY") {
+            None => Default::default(),
+            Some(v) => {
+                crate::inbound::authz::DefaultPolicy::parse(&v).ok_or(ConfigError::Invalid {
+                    name: "MESH_PROXY_DEFAULT_INBOUND_POLICY",
+                    value: v,
+                    reason: "expected allow-all, allow-authenticated or deny".into(),
+                })?
+            }
+        };
+        let workload = get("MESH_PROXY_WORKLOAD").unwrap_or_else(|| "unknown".into());
+
         let access_log = match get("MESH_PROXY_ACCESS_LOG").as_deref().map(str::trim) {
             None | Some("off") => false,
             Some("json") => true,
@@ -258,7 +278,9 @@ impl Config {
             trust_anchors_pem,
             identity,
             token,
-            workload: get("MESH_PROXY_WORKLOAD").unwrap_or_else(|| "unknown".into()),
+            pod_name: get("MESH_PROXY_POD_NAME").unwrap_or_else(|| workload.clone()),
+            workload,
+            default_inbound_policy,
             namespace,
             worker_threads,
             connect_timeout: millis("MESH_PROXY_CONNECT_TIMEOUT_MS", 1_000)?,
@@ -367,6 +389,14 @@ mod tests {
         m.insert("MESH_PROXY_ACCESS_LOG", "yes".into());
         let e = parse(&m).expect_err("invalid").to_string();
         assert!(e.starts_with("MESH_PROXY_ACCESS_LOG:"), "{e}");
+
+        let mut m = base();
+        m.insert("MESH_PROXY_DEFAULT_INBOUND_POLICY", "allow-some".into());
+        let e = parse(&m).expect_err("invalid").to_string();
+        assert!(
+            e.starts_with("MESH_PROXY_DEFAULT_INBOUND_POLICY:") && e.contains("allow-all"),
+            "{e}"
+        );
 
         let mut m = base();
         m.insert("MESH_PROXY_OPAQUE_PORTS", "3306,x".into());

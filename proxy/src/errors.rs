@@ -40,6 +40,8 @@ pub enum ProxyError {
     NoBackends(String),
     #[error("fault injected: {0}")]
     Fault(StatusCode),
+    #[error("denied by authorization policy {0}")]
+    Unauthorized(String),
 }
 
 impl ProxyError {
@@ -56,6 +58,7 @@ impl ProxyError {
             | ProxyError::BackendTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::NoBackends(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::Fault(s) => *s,
+            ProxyError::Unauthorized(_) => StatusCode::FORBIDDEN,
             ProxyError::Connect { .. }
             | ProxyError::Tls { .. }
             | ProxyError::Upstream { .. }
@@ -82,6 +85,7 @@ impl ProxyError {
             ProxyError::AllEjected(_) => "all endpoints ejected",
             ProxyError::NoBackends(_) => "no backends",
             ProxyError::Fault(_) => "fault injected",
+            ProxyError::Unauthorized(_) => "unauthorized",
         }
     }
 
@@ -150,5 +154,10 @@ mod tests {
         let e = ProxyError::ConnectTimeout("x".into());
         assert_eq!(e.to_response(false).status(), StatusCode::GATEWAY_TIMEOUT);
         assert_eq!(e.to_response(true).headers()["grpc-status"], "4");
+        let e = ProxyError::Unauthorized("ledger-callers".into());
+        let rsp = e.to_response(false);
+        assert_eq!(rsp.status(), StatusCode::FORBIDDEN);
+        assert_eq!(rsp.headers()[PROXY_ERROR_HEADER], "unauthorized");
+        assert_eq!(e.to_response(true).headers()["grpc-status"], "7");
     }
 }

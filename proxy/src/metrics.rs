@@ -142,6 +142,15 @@ pub struct ErrorLabels {
     pub reason: &'static str,
 }
 
+/// Labels of an inbound authorization decision.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthzLabels {
+    /// `allow`, `deny` or `audit`.
+    pub decision: &'static str,
+    /// The AuthorizationPolicy that decided, or `default:<policy>`.
+    pub policy: Str,
+}
+
 /// Labels of the balancer's endpoint counts.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BalancerLabels {
@@ -183,6 +192,7 @@ pub struct Metrics {
     pub tcp_open_connections: Family<TcpLabels, Gauge>,
     pub tcp_read_bytes: Family<TcpLabels, Counter>,
     pub tcp_write_bytes: Family<TcpLabels, Counter>,
+    pub authz: Family<AuthzLabels, Counter>,
     process: crate::process::ProcessMetrics,
 }
 
@@ -213,6 +223,12 @@ impl Metrics {
         let tcp_open_connections = Family::<TcpLabels, Gauge>::default();
         let tcp_read_bytes = Family::<TcpLabels, Counter>::default();
         let tcp_write_bytes = Family::<TcpLabels, Counter>::default();
+        let authz = Family::<AuthzLabels, Counter>::default();
+        registry.register(
+            "authz",
+            "Inbound authorization decisions, by decision and policy",
+            authz.clone(),
+        );
         registry.register("tcp_open", "TCP connections accepted", tcp_open.clone());
         registry.register("tcp_close", "TCP connections closed", tcp_close.clone());
         registry.register(
@@ -297,6 +313,7 @@ impl Metrics {
             tcp_open_connections,
             tcp_read_bytes,
             tcp_write_bytes,
+            authz,
             process: crate::process::ProcessMetrics::new(),
         }
     }

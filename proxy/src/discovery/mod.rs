@@ -5,7 +5,7 @@
 
 mod cache;
 pub mod policy;
-mod reconnect;
+pub(crate) mod reconnect;
 mod watch;
 
 use crate::metrics::{ControlLabels, Metrics};
@@ -196,6 +196,7 @@ impl<P: Send + Sync + 'static> PolicyResolver<P> {
 
 /// Resolves targets through the destination controller.
 pub struct Resolver<T> {
+    channel: Channel,
     client: DestinationClient<Channel>,
     context: String,
     new_endpoint: NewEndpoint<T>,
@@ -221,12 +222,18 @@ impl<T: Send + Sync + 'static> Resolver<T> {
             component: "destination",
         });
         Ok(Resolver {
-            client: DestinationClient::new(channel),
+            client: DestinationClient::new(channel.clone()),
+            channel,
             context,
             new_endpoint,
             metrics,
             cache: cache::WatchCache::new(cache::DEFAULT_IDLE),
         })
+    }
+
+    /// The controller channel, shared with the inbound policy watches.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
     }
 
     /// Calls `f` with each watched target and its current endpoints.

@@ -1,7 +1,9 @@
-//! Inbound requests: restore the caller's HTTP version, set
+//! Inbound requests: authorize, restore the caller's HTTP version, set
 //! `x-mesh-client-id`, forward to the application, record metrics.
 
 use super::app::AppClient;
+use super::authz::{Call, Caller};
+use super::policy::PortPolicy;
 use crate::{
     access_log::{self, AccessLog},
     body::ProxyBody,
@@ -22,7 +24,17 @@ const ORIG_PROTO: &str = "x-mesh-orig-proto";
 pub struct Connection {
     pub app: AppClient,
     pub metrics: Arc<Metrics>,
-    pub client_id: HeaderValue,
+    /// `x-mesh-client-id` (`None` for plaintext callers: the header is removed).
+    pub client_id: Option<HeaderValue>,
+    /// The caller's verified identity, for authorization.
+    pub identity: Option<crate::metrics::Str>,
+    /// The caller's address, for network rules.
+    pub peer: std::net::IpAddr,
+    /// The application port.
+    pub port: u16,
+    /// The port's authorization policy (read per request, so changes apply
+    /// to the next request).
+    pub policy: PortPolicy,
     pub recorder: Arc<Recorder>,
     pub access_log: Option<Arc<AccessLog>>,
     /// Request spans, when tracing is on.
@@ -71,8 +83,32 @@ impl Connection {
             *req.headers_mut() = headers;
             span
         });
+        let authz = self.policy.borrow().clone();
+        let decision = authz.decide(
+            &Caller {
+                identity: self.identity.as_ref().map(|s| &*s.0),
+                addr: self.peer,
+            },
+            &Call {
+                port: self.port,
+                http: Some((req.method(), req.uri().path())),
+            },
+        );
+        let (allowed, policy) = (decision.allowed, decision.policy);
+        let result = if allowed {
+            self.forward(req).await
+        } else {
+            tracing::info!(
+                policy = %policy.0,
+                client = self.identity.as_ref().map_or("-", |s| &*s.0),
+                addr = %self.peer,
+                port = self.port,
+                "request denied"
+            );
+            Err(ProxyError::Unauthorized(policy.0.to_string()))
+        };
         let mut failure = None;
-        let rsp = match self.forward(req).await {
+        let rsp = match result {
             Ok(rsp) => rsp,
             Err(error) => {
                 tracing::info!(%error, "inbound request failed");
@@ -102,6 +138,7 @@ impl Connection {
                 client_id: &labels.src_identity.0,
                 server_id: &labels.dst_identity.0,
                 flags: access_log::flags(failure.as_ref(), status, 1),
+                policy: &policy.0,
             });
         }
         if grpc {
@@ -126,7 +163,9 @@ impl Connection {
         };
         // A caller cannot choose its own identity.
         req.headers_mut().remove(CLIENT_ID);
-        req.headers_mut().insert(CLIENT_ID, self.client_id.clone());
+        if let Some(id) = &self.client_id {
+            req.headers_mut().insert(CLIENT_ID, id.clone());
+        }
 
         if is_upgrade(&req) {
             let downstream = hyper::upgrade::on(&mut req);

@@ -1,19 +1,33 @@
-//! The inbound side: peers connect to 4143 with mutual TLS, send the
+//! The inbound side. Peers connect to 4143 with mutual TLS, send the
 //! transport header, then HTTP/2 (or HTTP/1.1 for upgrades, or opaque
 //! bytes); requests go to the application on `<app ip>:<port>` carrying the
-//! caller's SPIFFE ID in `x-mesh-client-id`.
+//! caller's SPIFFE ID in `x-mesh-client-id`. Connections iptables redirected
+//! from an application port come from outside the mesh: plaintext, served
+//! only where the port's mTLS mode is permissive. Every request (or opaque
+//! connection) is authorized by the port's policy first.
 
 mod app;
+pub mod authz;
 mod http;
+pub mod policy;
 
+use self::authz::{Call, Caller, TlsMode};
+use self::policy::{InboundPolicies, PortPolicy};
 use crate::{
+    detect::{self, Protocol},
+    init::rules::PortRange,
     metered::Metered,
     metrics::{Direction, Metrics, RequestLabels, Str, TcpLabels},
     tls::spiffe::spiffe_id,
     transport_header::{SessionProtocol, TransportHeader},
 };
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use std::{net::IpAddr, sync::Arc, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
@@ -23,7 +37,10 @@ pub struct Inbound {
     metrics: Arc<Metrics>,
     identity: Str,
     header_timeout: Duration,
+    detect_timeout: Duration,
+    opaque_ports: Vec<PortRange>,
     apps: app::AppClients,
+    policies: InboundPolicies,
     local: crate::metrics::Local,
     access_log: Option<Arc<crate::access_log::AccessLog>>,
     trace: Option<crate::trace::Tracing>,
@@ -35,6 +52,10 @@ pub struct InboundSettings {
     pub app_ip: IpAddr,
     /// How long a peer may take for its handshake and transport header.
     pub header_timeout: Duration,
+    /// How long a plaintext client may take to show its protocol.
+    pub detect_timeout: Duration,
+    /// Ports whose plaintext traffic is opaque (no detection).
+    pub opaque_ports: Vec<PortRange>,
     /// Connect timeout to the app.
     pub connect_timeout: Duration,
     /// This proxy's workload (the destination labels of its requests).
@@ -45,12 +66,25 @@ pub struct InboundSettings {
     pub trace: Option<crate::trace::Tracing>,
 }
 
+/// A connection's failure: (metric reason, message).
+type Refusal = (&'static str, String);
+
+/// Who is on the other end of a connection, once known.
+struct Peer {
+    addr: SocketAddr,
+    /// The verified SPIFFE ID (`None`: plaintext).
+    identity: Option<Str>,
+    /// The target the peer's proxy named (`""` for plaintext).
+    dst_service: Str,
+}
+
 impl Inbound {
     /// Builds the inbound side.
     pub fn new(
         tls: Arc<rustls::ServerConfig>,
         metrics: Arc<Metrics>,
         identity: &str,
+        policies: InboundPolicies,
         settings: InboundSettings,
     ) -> Self {
         Inbound {
@@ -58,15 +92,19 @@ impl Inbound {
             metrics,
             identity: identity.into(),
             header_timeout: settings.header_timeout,
+            detect_timeout: settings.detect_timeout,
+            opaque_ports: settings.opaque_ports,
             apps: app::AppClients::new(settings.app_ip, settings.connect_timeout),
+            policies,
             local: settings.local,
             access_log: settings.access_log,
             trace: settings.trace,
         }
     }
 
-    /// Accepts peer connections forever.
+    /// Accepts connections forever.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let listen_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
         loop {
             let (tcp, peer) = match listener.accept().await {
                 Ok(c) => c,
@@ -79,7 +117,16 @@ impl Inbound {
             let _ = tcp.set_nodelay(true);
             let this = self.clone();
             tokio::spawn(async move {
-                if let Err(reason) = this.connection(tcp).await {
+                // Peers dial the inbound port itself; a connection redirected
+                // from an application port comes from outside the mesh.
+                let redirected = crate::orig_dst::original_dst(&tcp)
+                    .map(|a| a.port())
+                    .filter(|p| *p != listen_port);
+                let result = match redirected {
+                    Some(port) => this.plaintext(tcp, peer, port).await,
+                    None => this.mutual_tls(tcp, peer).await,
+                };
+                if let Err(reason) = result {
                     this.metrics.error(Direction::inbound, reason.0);
                     tracing::info!(%peer, error = %reason.1, "inbound connection refused");
                 }
@@ -87,8 +134,8 @@ impl Inbound {
         }
     }
 
-    /// Handles one connection; the error is (metric reason, message).
-    async fn connection(&self, tcp: TcpStream) -> Result<(), (&'static str, String)> {
+    /// A peer proxy's connection: handshake, transport header, session.
+    async fn mutual_tls(&self, tcp: TcpStream, addr: SocketAddr) -> Result<(), Refusal> {
         let tcp = Metered::new(
             tcp,
             self.metrics.clone(),
@@ -116,70 +163,158 @@ impl Inbound {
             let header = TransportHeader::read(&mut tls)
                 .await
                 .map_err(|e| ("transport header", e.to_string()))?;
-            Ok::<_, (&'static str, String)>((tls, client_id, header))
+            Ok::<_, Refusal>((tls, client_id, header))
         };
         let (mut tls, client_id, header) = tokio::time::timeout(self.header_timeout, preamble)
             .await
             .map_err(|_| ("timeout", "no handshake and header in time".to_string()))??;
+        let dst_service = Str::from(header.name.as_str());
         tls.get_mut().0.open(TcpLabels {
             direction: Direction::inbound,
-            dst_service: Str::from(header.name.as_str()),
+            dst_service: dst_service.clone(),
             tls: true,
         });
+        let protocol = match header.protocol {
+            SessionProtocol::Http2 => Protocol::Http2,
+            SessionProtocol::Http1 => Protocol::Http1,
+            SessionProtocol::Opaque => Protocol::Opaque,
+        };
+        let peer = Peer {
+            addr,
+            identity: Some(Str::from(client_id.as_str())),
+            dst_service,
+        };
+        let policy = self.policies.get(header.port).await;
+        self.session(TokioIo::new(tls), protocol, header.port, peer, policy)
+            .await
+    }
 
+    /// A client outside the mesh, redirected from application port `port`.
+    async fn plaintext(&self, tcp: TcpStream, addr: SocketAddr, port: u16) -> Result<(), Refusal> {
+        let policy = self.policies.get(port).await;
+        {
+            let authz = policy.borrow();
+            if authz.tls_mode() == TlsMode::Strict {
+                let by = authz.refuse_plaintext();
+                return Err((
+                    "plaintext refused",
+                    format!(
+                        "plaintext connection to port {port} refused: mTLS is strict ({})",
+                        by.0
+                    ),
+                ));
+            }
+        }
+        let protocol = if detect::skips_detection(port, &self.opaque_ports) {
+            Protocol::Opaque
+        } else {
+            detect::detect(&tcp, self.detect_timeout)
+                .await
+                .map_err(|e| ("detect", e.to_string()))?
+        };
+        let mut tcp = Metered::new(tcp, self.metrics.clone(), TcpLabels::default());
+        tcp.open(TcpLabels {
+            direction: Direction::inbound,
+            dst_service: Str::default(),
+            tls: false,
+        });
+        let peer = Peer {
+            addr,
+            identity: None,
+            dst_service: Str::default(),
+        };
+        self.session(TokioIo::new(tcp), protocol, port, peer, policy)
+            .await
+    }
+
+    /// Serves one session to application port `port`.
+    async fn session<I>(
+        &self,
+        io: TokioIo<I>,
+        protocol: Protocol,
+        port: u16,
+        peer: Peer,
+        policy: PortPolicy,
+    ) -> Result<(), Refusal>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        if protocol == Protocol::Opaque {
+            let authz = policy.borrow().clone();
+            let caller = Caller {
+                identity: peer.identity.as_ref().map(|s| &*s.0),
+                addr: peer.addr.ip(),
+            };
+            let decision = authz.decide(&caller, &Call { port, http: None });
+            if !decision.allowed {
+                return Err((
+                    "unauthorized",
+                    format!(
+                        "opaque connection to port {port} from {} denied by {}",
+                        caller.identity.unwrap_or("a plaintext client"),
+                        decision.policy.0
+                    ),
+                ));
+            }
+            let mut app = self
+                .apps
+                .connect(port)
+                .await
+                .map_err(|e| ("app connect", e.to_string()))?;
+            let mut io = io.into_inner();
+            return tokio::io::copy_bidirectional(&mut io, &mut app)
+                .await
+                .map(|_| ())
+                .map_err(|e| ("opaque", e.to_string()));
+        }
+        let src_identity = peer.identity.clone().unwrap_or_default();
         let labels = RequestLabels {
             direction: Direction::inbound,
-            dst_service: Str::from(header.name.as_str()),
-            src_identity: Str::from(client_id.as_str()),
-            src_namespace: crate::metrics::identity_namespace(&client_id),
+            dst_service: peer.dst_service,
+            src_namespace: crate::metrics::identity_namespace(&src_identity.0),
+            src_identity,
             src_workload: Str::default(),
             dst_identity: self.identity.clone(),
             dst_namespace: self.local.namespace.clone(),
             dst_workload: self.local.workload.clone(),
-            tls: true,
+            tls: peer.identity.is_some(),
             route: Str::default(),
         };
+        let client_id = match &peer.identity {
+            Some(id) => Some(
+                ::http::HeaderValue::from_str(&id.0)
+                    .map_err(|_| ("client identity", "identity is not a header value".into()))?,
+            ),
+            None => None,
+        };
         let conn = http::Connection {
-            app: self.apps.for_port(header.port),
+            app: self.apps.for_port(port),
             metrics: self.metrics.clone(),
-            client_id: ::http::HeaderValue::from_str(&client_id)
-                .map_err(|_| ("client identity", "identity is not a header value".into()))?,
+            client_id,
+            identity: peer.identity,
+            peer: peer.addr.ip(),
+            port,
+            policy,
             recorder: Arc::new(self.metrics.recorder(labels)),
             access_log: self.access_log.clone(),
             trace: self.trace,
         };
-        let io = TokioIo::new(tls);
-        match header.protocol {
-            SessionProtocol::Http2 => {
-                let svc = hyper::service::service_fn(move |req| conn.clone().handle(req));
-                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .adaptive_window(true)
-                    .serve_connection(io, svc)
-                    .await
-                    .map_err(|e| ("http", e.to_string()))
-            }
-            SessionProtocol::Http1 => {
-                let svc = hyper::service::service_fn(move |req| conn.clone().handle(req));
-                hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .serve_connection(io, svc)
-                    .with_upgrades()
-                    .await
-                    .map_err(|e| ("http", e.to_string()))
-            }
-            SessionProtocol::Opaque => {
-                let mut app = self
-                    .apps
-                    .connect(header.port)
-                    .await
-                    .map_err(|e| ("app connect", e.to_string()))?;
-                let mut io = io.into_inner();
-                tokio::io::copy_bidirectional(&mut io, &mut app)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| ("opaque", e.to_string()))
-            }
+        if protocol == Protocol::Http2 {
+            let svc = hyper::service::service_fn(move |req| conn.clone().handle(req));
+            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .adaptive_window(true)
+                .serve_connection(io, svc)
+                .await
+                .map_err(|e| ("http", e.to_string()))
+        } else {
+            let svc = hyper::service::service_fn(move |req| conn.clone().handle(req));
+            hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .serve_connection(io, svc)
+                .with_upgrades()
+                .await
+                .map_err(|e| ("http", e.to_string()))
         }
     }
 }

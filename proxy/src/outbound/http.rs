@@ -241,6 +241,7 @@ impl Connection {
                 client_id: &ob.identity.0,
                 server_id: &labels.dst_identity.0,
                 flags: access_log::flags(failure.as_ref(), status, attempts),
+                policy: "",
             });
         }
         let recorder = self.recorder(labels);
