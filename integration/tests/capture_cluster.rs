@@ -4,7 +4,9 @@
 //! their app, their `mesh-proxy` (uid 2102) and the rules `mesh-proxy init`
 //! installs. A fourth namespace, outside the mesh, runs a plain server.
 //! Apps make plain `connect()`s to Service and pod addresses; a raw capture
-//! on the bridge checks what crosses the wire.
+//! on the bridge checks what crosses the wire. Last, the mTLS modes: a
+//! plaintext client outside the mesh is served while B is permissive and
+//! refused once a policy makes it strict.
 
 use mesh_identity::{files, token};
 use mesh_integration::{
@@ -447,6 +449,54 @@ fn pods_reach_services_through_their_proxies_over_mtls() {
     assert!(
         !proxy_b.contains("inbound connection refused"),
         "proxy b refused a peer:\n{proxy_b}"
+    );
+
+    // mTLS modes. By default (allow-all) B's ports are permissive: a
+    // plaintext client outside the mesh is served, without an identity.
+    let v = client(
+        &ext,
+        py,
+        &script,
+        &["get", "198.18.0.3", "8080", "ext", "10"],
+    );
+    let (out, _) = ok_out(&v, "plaintext from outside the mesh, permissive");
+    assert_eq!(out.trim(), "b client=none");
+    // Strict for B: the same client is refused within 2 s of the edit…
+    std::fs::write(
+        manifest_dir.join("b-strict.yaml"),
+        "apiVersion: policy.mesh.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: b-strict, namespace: shop}\nspec:\n  selector: {matchLabels: {app: b}}\n  mtls: strict\n",
+    )
+    .unwrap();
+    let edited = std::time::Instant::now();
+    loop {
+        let v = client(
+            &ext,
+            py,
+            &script,
+            &["get", "198.18.0.3", "8080", "ext", "0.5"],
+        );
+        if v["ok"] == false {
+            break;
+        }
+        assert!(
+            edited.elapsed() < Duration::from_secs(2),
+            "plaintext still served 2 s after strict mode: {v}"
+        );
+    }
+    // …while meshed A still gets through, over mutual TLS.
+    let v = client(
+        a,
+        py,
+        &script,
+        &["get", "198.18.0.3", "8080", &secret, "10"],
+    );
+    let (out, _) = ok_out(&v, "meshed client in strict mode");
+    assert_eq!(out.trim(), format!("b client={a_id}"));
+    let proxy_b = std::fs::read_to_string(dir.path().join("proxy-b.log")).unwrap_or_default();
+    assert!(
+        proxy_b
+            .contains("plaintext connection to port 8080 refused: mTLS is strict (shop/b-strict)"),
+        "{proxy_b}"
     );
     drop(logs);
 }
