@@ -8,7 +8,7 @@ mod token;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mesh_cli::{check, inject, install, stat};
+use mesh_cli::{authz, check, inject, install, stat};
 
 /// The mesh command line.
 #[derive(Debug, Parser)]
@@ -37,6 +37,8 @@ enum Command {
     Uninject(inject::UninjectArgs),
     /// Golden metrics per resource, from Prometheus or the proxies themselves.
     Stat(stat::Args),
+    /// The authorization policies that apply to a workload, port by port.
+    Authz(authz::Args),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +56,7 @@ fn main() -> ExitCode {
         Command::Inject(args) => inject::run(args),
         Command::Uninject(args) => inject::run_uninject(args),
         Command::Stat(args) => stat::run(args),
+        Command::Authz(args) => authz::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
