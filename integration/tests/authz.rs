@@ -244,7 +244,11 @@ async fn payments_may_call_ledger_nothing_else_may() {
     );
 
     // …and in the access log and the proxy's log.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !ledger.proxy.proc.log_text().contains("\"path\":\"/steal\"") && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let lines = log_lines(&ledger.proxy);
     let denied = lines
         .iter()
@@ -289,6 +293,35 @@ async fn orders_may_read_the_balance_but_not_transfer() {
     assert_eq!(status(&orders, "POST", "/balance").await.0, 403);
     assert_eq!(status(&orders, "GET", "/balance/history").await.0, 403);
     assert_eq!(status(&payments, "POST", "/transfer").await.0, 200);
+    // Paths are matched (and forwarded) normalized: dot segments, doubled
+    // slashes and encoded letters do not get around a rule.
+    assert_eq!(status(&orders, "GET", "/x/../balance").await.0, 200);
+    for sneaky in [
+        "/balance/../transfer",
+        "//transfer",
+        "/%74ransfer",
+        "/./transfer",
+    ] {
+        assert_eq!(status(&orders, "POST", sneaky).await.0, 403, "{sneaky}");
+    }
+    mesh.write(
+        "deny.yaml",
+        "apiVersion: policy.mesh.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: no-admin, namespace: shop}\nspec:\n  targetRef: {kind: Service, name: ledger}\n  action: deny\n  rules:\n  - to: [{paths: [{prefix: /admin}]}]\n",
+    );
+    until_status(&payments, "/admin", 403, Duration::from_secs(5)).await;
+    for sneaky in [
+        "/public/../admin",
+        "//admin/x",
+        "/%61dmin",
+        "/public/%2e%2e/admin",
+    ] {
+        assert_eq!(status(&payments, "GET", sneaky).await.0, 403, "{sneaky}");
+    }
+    assert_eq!(
+        status(&payments, "GET", "/admin%2Fx").await,
+        (400, "bad path".into())
+    );
+    assert_eq!(status(&payments, "GET", "/public/x").await.0, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -385,6 +418,79 @@ async fn another_trust_domain_is_refused_in_strict_and_permissive_modes() {
             !out.contains("200"),
             "{mode}: a client of another trust domain got through: {out}"
         );
+        // The same identity signed by this mesh's own CA: the handshake
+        // succeeds, the trust domain still does not match.
+        let out = opaque_session(ledger.proxy.inbound, &mesh.identity_dir, foreign_id, port).await;
+        assert!(
+            out.is_empty(),
+            "{mode}: another trust domain signed by our CA got through: {out}"
+        );
     }
     assert_eq!(ledger.echo.hits.load(Ordering::SeqCst), 2);
+    let log = ledger.proxy.proc.log_text();
+    assert!(
+        log.contains(
+            "client spiffe://other.example/ns/shop/sa/payments is not in this mesh's trust domain"
+        ),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_opaque_session_is_closed_when_a_policy_denies_it() {
+    let mesh = Mesh::start("1h").await;
+    let ledger = ledger(&mesh).await;
+    let port = ledger.echo.addr.port();
+    let both = allow_policy(
+        "ledger-callers",
+        "  - from:\n    - serviceAccounts: [payments, orders]\n",
+    );
+    mesh.write("policy.yaml", &both);
+    let third = mesh.proxy("shop", "audit", "audit-1").await;
+    until_status(&third, "/", 403, Duration::from_secs(5)).await;
+
+    // Orders keeps an opaque session (HTTP/1.1 keep-alive as raw bytes).
+    let tcp = TcpStream::connect(ledger.proxy.inbound).await.unwrap();
+    let cert = client_cert(&mesh.identity_dir, &spiffe("shop", "orders"));
+    let connector = tokio_rustls::TlsConnector::from(client_config(Some(cert)));
+    let name = rustls::pki_types::ServerName::try_from("proxy.mesh.local").unwrap();
+    let mut tls = connector.connect(name, tcp).await.expect("handshake");
+    let mut header = b"mesh\x01\x02".to_vec();
+    header.extend_from_slice(&port.to_be_bytes());
+    header.extend_from_slice(&0u16.to_be_bytes());
+    tls.write_all(&header).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    for _ in 0..2 {
+        tls.write_all(b"GET /k HTTP/1.1\r\nHost: ledger\r\n\r\n")
+            .await
+            .unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf))
+            .await
+            .expect("answer in time")
+            .unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+    }
+
+    mesh.write("policy.yaml", &only_payments());
+    let changed = Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(2), tls.read(&mut buf))
+        .await
+        .expect("the denied session was not closed within 2 s")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the session still carried bytes after the change");
+    println!("session closed {:?} after the change", changed.elapsed());
+    assert!(
+        ledger
+            .proxy
+            .metric_sum(
+                "mesh_authz_total",
+                &["decision=\"deny\"", "policy=\"ledger-callers\""]
+            )
+            .await
+            >= 1.0
+    );
 }

@@ -294,6 +294,8 @@ fn pods_reach_services_through_their_proxies_over_mtls() {
             ("MESH_PROXY_SERVICE_ACCOUNT", name.to_string()),
             ("MESH_PROXY_WORKLOAD", name.to_string()),
             ("MESH_PROXY_DETECT_TIMEOUT_MS", DETECT_MS.to_string()),
+            // As the injector writes it from a readiness probe on /ready.
+            ("MESH_PROXY_INBOUND_PROBES", "8080:/ready".to_string()),
             ("MESH_PROXY_LOG", "info,mesh_proxy=debug".to_string()),
         ];
         procs.push(spawn_in(
@@ -483,6 +485,27 @@ fn pods_reach_services_through_their_proxies_over_mtls() {
             "plaintext still served 2 s after strict mode: {v}"
         );
     }
+    // …except for the app's probe endpoint, which the kubelet reaches in
+    // plaintext (from outside the mesh) whatever the mode…
+    let v = client(
+        &ext,
+        py,
+        &script,
+        &["get", "198.18.0.3", "8080", "probe", "5", "/ready"],
+    );
+    let (out, _) = ok_out(&v, "probe on a strict port");
+    assert_eq!(out.trim(), "b client=none");
+    // …but only the probe: another path on the same port gets 403.
+    let v = client(
+        &ext,
+        py,
+        &script,
+        &["get", "198.18.0.3", "8080", "probe", "0.5", "/admin"],
+    );
+    assert!(
+        v["ok"] == false && v["out"].as_str().unwrap_or_default().contains("status 403"),
+        "{v}"
+    );
     // …while meshed A still gets through, over mutual TLS.
     let v = client(
         a,
@@ -492,10 +515,19 @@ fn pods_reach_services_through_their_proxies_over_mtls() {
     );
     let (out, _) = ok_out(&v, "meshed client in strict mode");
     assert_eq!(out.trim(), format!("b client={a_id}"));
+    // A port without probes refuses plaintext connections outright.
+    let v = client(
+        &ext,
+        py,
+        &script,
+        &["talk", "198.18.0.3", "7000", "hello", "0.5"],
+    );
+    assert_eq!(v["ok"], false, "plaintext echo on a strict port: {v}");
     let proxy_b = std::fs::read_to_string(dir.path().join("proxy-b.log")).unwrap_or_default();
     assert!(
         proxy_b
-            .contains("plaintext connection to port 8080 refused: mTLS is strict (shop/b-strict)"),
+            .contains("plaintext connection to port 7000 refused: mTLS is strict (shop/b-strict)")
+            && proxy_b.contains("request denied policy=shop/b-strict"),
         "{proxy_b}"
     );
     drop(logs);

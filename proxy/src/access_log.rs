@@ -39,7 +39,8 @@ pub struct Entry<'a> {
 
 /// The response flag of a proxy error: `NR` no route or endpoint, `UF` upstream
 /// connection failure, `UT` upstream timeout, `UO` overflow (limits), `FI` fault
-/// injected, `DENY` refused by policy.
+/// injected, `DENY` refused by policy, `DPE` a request path the proxy
+/// refused (downstream protocol error).
 pub fn flag(error: &ProxyError) -> &'static str {
     match error {
         ProxyError::NoAuthority
@@ -57,6 +58,7 @@ pub fn flag(error: &ProxyError) -> &'static str {
         ProxyError::BreakerOpen(_) => "UO",
         ProxyError::Fault(_) => "FI",
         ProxyError::Unauthorized(_) => "DENY",
+        ProxyError::BadPath(_) => "DPE",
     }
 }
 

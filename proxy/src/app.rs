@@ -113,6 +113,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             header_timeout: config.header_timeout,
             detect_timeout: config.detect_timeout,
             opaque_ports: config.opaque_ports.clone(),
+            probes: config.inbound_probes.clone(),
             connect_timeout: config.connect_timeout,
             local,
             access_log,

@@ -68,6 +68,11 @@ pub struct Config {
     /// What happens on a port no authorization policy allows anything on,
     /// and its mTLS mode when no policy sets one.
     pub default_inbound_policy: crate::inbound::authz::DefaultPolicy,
+    /// The application's HTTP probe endpoints (`MESH_PROXY_INBOUND_PROBES`,
+    /// `port:/path` pairs the injector takes from the pod's probes): plaintext
+    /// `GET`/`HEAD` requests to them are always allowed, so kubelet probes work
+    /// on strict ports and under a `deny` default.
+    pub inbound_probes: Vec<(u16, String)>,
     /// Tokio worker threads; 1 runs a single-threaded runtime.
     pub worker_threads: usize,
     /// Timeout for connecting to a peer or the application.
@@ -224,6 +229,14 @@ impl Config {
             }
         };
         let workload = get("MESH_PROXY_WORKLOAD").unwrap_or_else(|| "unknown".into());
+        let inbound_probes = match get("MESH_PROXY_INBOUND_PROBES") {
+            None => Vec::new(),
+            Some(v) => parse_probes(&v).map_err(|reason| ConfigError::Invalid {
+                name: "MESH_PROXY_INBOUND_PROBES",
+                value: v.clone(),
+                reason,
+            })?,
+        };
 
         let access_log = match get("MESH_PROXY_ACCESS_LOG").as_deref().map(str::trim) {
             None | Some("off") => false,
@@ -281,6 +294,7 @@ impl Config {
             pod_name: get("MESH_PROXY_POD_NAME").unwrap_or_else(|| workload.clone()),
             workload,
             default_inbound_policy,
+            inbound_probes,
             namespace,
             worker_threads,
             connect_timeout: millis("MESH_PROXY_CONNECT_TIMEOUT_MS", 1_000)?,
@@ -292,6 +306,28 @@ impl Config {
             trace,
         })
     }
+}
+
+/// Parses `8080:/healthz,8080:/ready` (an empty list is fine).
+fn parse_probes(v: &str) -> Result<Vec<(u16, String)>, String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|item| {
+            let (port, path) = item
+                .split_once(':')
+                .ok_or_else(|| format!("{item:?}: expected port:/path"))?;
+            let port = port
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("{item:?}: bad port"))?;
+            if !path.starts_with('/') {
+                return Err(format!("{item:?}: the path must start with /"));
+            }
+            Ok((port, path.to_string()))
+        })
+        .collect()
 }
 
 /// Turns `host:port` into an `http://` URL; URLs pass through unchanged.
@@ -389,6 +425,22 @@ mod tests {
         m.insert("MESH_PROXY_ACCESS_LOG", "yes".into());
         let e = parse(&m).expect_err("invalid").to_string();
         assert!(e.starts_with("MESH_PROXY_ACCESS_LOG:"), "{e}");
+
+        let mut m = base();
+        m.insert(
+            "MESH_PROXY_INBOUND_PROBES",
+            "8080:/healthz, 9090:/ready".into(),
+        );
+        assert_eq!(
+            parse(&m).unwrap().inbound_probes,
+            [(8080, "/healthz".to_string()), (9090, "/ready".to_string())]
+        );
+        m.insert("MESH_PROXY_INBOUND_PROBES", "8080:healthz".into());
+        let e = parse(&m).expect_err("invalid").to_string();
+        assert!(
+            e.starts_with("MESH_PROXY_INBOUND_PROBES:") && e.contains("must start with /"),
+            "{e}"
+        );
 
         let mut m = base();
         m.insert("MESH_PROXY_DEFAULT_INBOUND_POLICY", "allow-some".into());

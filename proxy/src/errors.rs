@@ -42,6 +42,8 @@ pub enum ProxyError {
     Fault(StatusCode),
     #[error("denied by authorization policy {0}")]
     Unauthorized(String),
+    #[error("bad request path: {0}")]
+    BadPath(crate::inbound::authz::path::BadPath),
 }
 
 impl ProxyError {
@@ -59,6 +61,7 @@ impl ProxyError {
             ProxyError::NoBackends(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::Fault(s) => *s,
             ProxyError::Unauthorized(_) => StatusCode::FORBIDDEN,
+            ProxyError::BadPath(_) => StatusCode::BAD_REQUEST,
             ProxyError::Connect { .. }
             | ProxyError::Tls { .. }
             | ProxyError::Upstream { .. }
@@ -86,6 +89,7 @@ impl ProxyError {
             ProxyError::NoBackends(_) => "no backends",
             ProxyError::Fault(_) => "fault injected",
             ProxyError::Unauthorized(_) => "unauthorized",
+            ProxyError::BadPath(_) => "bad path",
         }
     }
 

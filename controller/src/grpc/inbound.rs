@@ -68,6 +68,17 @@ impl InboundPolicy for InboundPolicyService {
                 Status::invalid_argument(format!("invalid port {port} for {workload:?}"))
             })?;
         tracing::debug!(%workload, port, "InboundPolicy.Watch");
+        let known = workload
+            .split_once('/')
+            .is_some_and(|(ns, name)| self.index.borrow().workload_ports(ns, name).is_some());
+        if !known {
+            // Until the workload appears, only namespace-wide policies apply.
+            tracing::warn!(
+                %workload,
+                port,
+                "InboundPolicy.Watch for a workload the index does not know (yet)"
+            );
+        }
         let state = WatchState {
             index: self.index.clone(),
             workload,

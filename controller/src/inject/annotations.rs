@@ -59,6 +59,8 @@ pub(super) struct Overrides {
     pub log_level: String,
     /// The proxy's default inbound policy, when annotated.
     pub default_inbound_policy: Option<String>,
+    /// The app's HTTP probe endpoints (`port:/path,…`), when it has any.
+    pub probes: Option<String>,
     /// The pod carries [`WORKLOAD_ANNOTATION`]: the proxy's workload name comes from it
     /// (else from the pod name).
     pub workload_annotation: bool,
@@ -123,6 +125,7 @@ impl Overrides {
             limits,
             log_level,
             default_inbound_policy,
+            probes: None,
             workload_annotation: false,
         })
     }

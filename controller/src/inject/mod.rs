@@ -5,6 +5,7 @@
 
 mod annotations;
 mod patch;
+mod probes;
 mod sidecar;
 pub mod workloads;
 
@@ -168,6 +169,7 @@ pub fn inject_pod(
     };
     let workload = workload_name(meta);
     overrides.workload_annotation = workload.is_some();
+    overrides.probes = probes::probe_endpoints(&spec.containers);
 
     let mut spec = spec.clone();
     let init = sidecar::init_container(cfg, &overrides);

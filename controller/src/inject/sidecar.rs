@@ -187,6 +187,9 @@ fn env(cfg: &InjectConfig, o: &Overrides) -> Vec<EnvVar> {
     if let Some(policy) = &o.default_inbound_policy {
         env.push(value("MESH_PROXY_DEFAULT_INBOUND_POLICY", policy.clone()));
     }
+    if let Some(probes) = &o.probes {
+        env.push(value("MESH_PROXY_INBOUND_PROBES", probes.clone()));
+    }
     env
 }
 

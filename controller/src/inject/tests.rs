@@ -471,3 +471,25 @@ fn the_workload_name_comes_from_the_owner_or_the_annotation() {
         .as_ref()
         .is_none_or(|a| !a.contains_key(WORKLOAD_ANNOTATION)));
 }
+
+#[test]
+fn http_probes_of_the_app_reach_the_proxy() {
+    use k8s_openapi::api::core::v1::{HTTPGetAction, Probe};
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let (meta, mut spec) = pod(&[]);
+    spec.containers[0].readiness_probe = Some(Probe {
+        http_get: Some(HTTPGetAction {
+            port: IntOrString::Int(8080),
+            path: Some("/ready".into()),
+            ..HTTPGetAction::default()
+        }),
+        ..Probe::default()
+    });
+    let cfg = InjectConfig::default();
+    let (_, spec) = injected(inject_pod(&meta, &spec, &BTreeMap::new(), true, &cfg));
+    let proxy = container(&spec, PROXY_CONTAINER);
+    assert_eq!(
+        env(proxy, "MESH_PROXY_INBOUND_PROBES").as_deref(),
+        Some("8080:/ready")
+    );
+}

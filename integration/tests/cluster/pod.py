@@ -8,7 +8,7 @@ nothing outlives the test even if the Rust side is killed.
   pod.py banner PORTS SECS             TCP servers on PORTS (comma list) that greet first
   pod.py echo-peer PORT SECS           echo server that prefixes the peer IP it sees
   pod.py ready URL SECS                waits for URL to answer 200
-  pod.py get HOST PORT MARKER SECS     HTTP GET with header x-marker; prints a JSON result
+  pod.py get HOST PORT MARKER SECS [PATH]  HTTP GET with header x-marker; prints a JSON result
   pod.py talk HOST PORT MSG SECS       connect, send MSG, read the echo; JSON result
   pod.py greet HOST PORT SECS          connect, read the banner without sending; JSON result
   pod.py capture DEV FILE STOPFILE SECS  raw frames of DEV into FILE until STOPFILE exists
@@ -97,9 +97,9 @@ def until(secs, attempt):
     print(json.dumps({"ok": False, "out": last, "secs": 0}))
 
 
-def get(host, port, marker):
+def get(host, port, marker, path="/"):
     c = http.client.HTTPConnection(host, port, timeout=5)
-    c.request("GET", "/", headers={"x-marker": marker})
+    c.request("GET", path, headers={"x-marker": marker})
     r = c.getresponse()
     body = r.read().decode()
     if r.status != 200:
@@ -172,7 +172,8 @@ def main(argv):
     elif cmd == "ready":
         ready(args[0], float(args[1]))
     elif cmd == "get":
-        until(float(args[3]), lambda: get(args[0], int(args[1]), args[2]))
+        path = args[4] if len(args) > 4 else "/"
+        until(float(args[3]), lambda: get(args[0], int(args[1]), args[2], path))
     elif cmd == "talk":
         until(float(args[3]), lambda: talk(args[0], int(args[1]), args[2]))
     elif cmd == "greet":

@@ -3,7 +3,7 @@
 //! last endpoint set and reconnects with backoff, so traffic never depends on
 //! the control plane being up.
 
-mod cache;
+pub(crate) mod cache;
 pub mod policy;
 pub(crate) mod reconnect;
 mod watch;

@@ -8,6 +8,7 @@
 
 mod cidr;
 mod matcher;
+pub mod path;
 
 use crate::metrics::{AuthzLabels, Metrics, Str};
 use mesh_proto::policy::{self as pb, ServerPolicy};
@@ -62,7 +63,8 @@ pub enum TlsMode {
 /// Who is calling.
 #[derive(Clone, Copy, Debug)]
 pub struct Caller<'a> {
-    /// The verified SPIFFE ID; `None` for plaintext callers.
+    /// The verified SPIFFE ID (of this proxy's trust domain; the inbound side
+    /// refuses others); `None` for plaintext callers.
     pub identity: Option<&'a str>,
     /// The client's address.
     pub addr: IpAddr,
@@ -113,12 +115,13 @@ struct Policy {
 
 impl Policy {
     fn matches(&self, caller: &Caller<'_>, call: &Call<'_>) -> bool {
-        // Deny rules ignore HTTP-only conditions on opaque connections
-        // (fail closed); allow rules with them never match there.
-        let lenient = self.action == pb::Action::Deny;
+        // Deny rules ignore HTTP-only conditions on opaque connections, and
+        // treat entries they cannot compile as matching; allow rules do the
+        // opposite. Both fail closed.
+        let deny = self.action == pb::Action::Deny;
         self.rules.iter().any(|(from, to)| {
-            (from.is_empty() || from.iter().any(|s| s.matches(caller)))
-                && (to.is_empty() || to.iter().any(|o| o.matches(call, lenient)))
+            (from.is_empty() || from.iter().any(|s| s.matches(caller, deny)))
+                && (to.is_empty() || to.iter().any(|o| o.matches(call, deny)))
         })
     }
 }
@@ -139,6 +142,9 @@ pub struct ServerAuthz {
     default: DefaultPolicy,
     default_allow: Outcome,
     default_deny: Outcome,
+    /// The allow outcome of the application's probe endpoints.
+    probe: Outcome,
+    uses_paths: bool,
 }
 
 impl ServerAuthz {
@@ -198,6 +204,13 @@ impl ServerAuthz {
             .map(|p| &*p.outcome.policy.0)
             .collect();
         let not_allowed = Str::from(allow_names.join(",").as_str());
+        let uses_paths = policy.is_some_and(|p| {
+            p.policies
+                .iter()
+                .flat_map(|ap| &ap.rules)
+                .flat_map(|r| &r.to)
+                .any(|o| !o.paths.is_empty())
+        });
         ServerAuthz {
             received: policy.is_some(),
             tls,
@@ -208,6 +221,8 @@ impl ServerAuthz {
             default,
             default_allow: Outcome::new(metrics, "allow", default_name.clone()),
             default_deny: Outcome::new(metrics, "deny", default_name),
+            probe: Outcome::new(metrics, "allow", Str::from("probe")),
+            uses_paths,
         }
     }
 
@@ -222,44 +237,78 @@ impl ServerAuthz {
         &self.tls_outcome.policy
     }
 
-    /// Decides whether `caller` may make `call`, counting the decision (and
-    /// every audit policy that matched, which is also logged).
+    /// Counts and returns the allowance of a request to a probe endpoint.
+    pub fn allow_probe(&self) -> Decision<'_> {
+        self.count(true, &self.probe)
+    }
+
+    /// Whether any policy on the port looks at request paths (then requests
+    /// are matched, and forwarded, with a normalized path).
+    pub fn uses_paths(&self) -> bool {
+        self.uses_paths
+    }
+
+    /// Decides whether `caller` may make `call`, counting the decision and
+    /// every audit policy that matched (which is also logged).
     pub fn decide(&self, caller: &Caller<'_>, call: &Call<'_>) -> Decision<'_> {
+        for p in &self.policies {
+            if p.action == pb::Action::Audit && p.matches(caller, call) {
+                p.outcome.counter.inc();
+                tracing::info!(
+                    policy = %p.outcome.policy.0,
+                    client = caller.identity.unwrap_or("-"),
+                    addr = %caller.addr,
+                    port = call.port,
+                    path = call.http.map_or("-", |(_, p)| p),
+                    "audit policy matched"
+                );
+            }
+        }
+        let (allowed, outcome) = self.evaluate(caller, call);
+        self.count(allowed, outcome)
+    }
+
+    /// Whether `caller` may still make `call` (an open opaque session after
+    /// a policy change); counts only a denial.
+    pub fn recheck(&self, caller: &Caller<'_>, call: &Call<'_>) -> Decision<'_> {
+        let (allowed, outcome) = self.evaluate(caller, call);
+        if !allowed {
+            outcome.counter.inc();
+        }
+        Decision {
+            allowed,
+            policy: &outcome.policy,
+        }
+    }
+
+    /// The decision and the outcome that made it, counting nothing.
+    fn evaluate(&self, caller: &Caller<'_>, call: &Call<'_>) -> (bool, &Outcome) {
+        // The mode may have turned strict after a plaintext connection opened.
+        if caller.identity.is_none() && self.tls == TlsMode::Strict {
+            return (false, &self.tls_outcome);
+        }
         let mut allowed_by = None;
         for p in &self.policies {
             match p.action {
-                pb::Action::Deny if p.matches(caller, call) => {
-                    return self.count(false, &p.outcome);
-                }
+                pb::Action::Deny if p.matches(caller, call) => return (false, &p.outcome),
                 pb::Action::Allow if allowed_by.is_none() && p.matches(caller, call) => {
                     allowed_by = Some(&p.outcome);
-                }
-                pb::Action::Audit if p.matches(caller, call) => {
-                    p.outcome.counter.inc();
-                    tracing::info!(
-                        policy = %p.outcome.policy.0,
-                        client = caller.identity.unwrap_or("-"),
-                        addr = %caller.addr,
-                        port = call.port,
-                        path = call.http.map_or("-", |(_, p)| p),
-                        "audit policy matched"
-                    );
                 }
                 _ => {}
             }
         }
         if let Some(outcome) = allowed_by {
-            return self.count(true, outcome);
+            return (true, outcome);
         }
         if self.any_allow {
-            return self.count(false, &self.not_allowed);
+            return (false, &self.not_allowed);
         }
         match self.default {
-            DefaultPolicy::AllowAll => self.count(true, &self.default_allow),
+            DefaultPolicy::AllowAll => (true, &self.default_allow),
             DefaultPolicy::AllowAuthenticated if caller.identity.is_some() => {
-                self.count(true, &self.default_allow)
+                (true, &self.default_allow)
             }
-            _ => self.count(false, &self.default_deny),
+            _ => (false, &self.default_deny),
         }
     }
 

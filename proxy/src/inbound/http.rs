@@ -2,7 +2,7 @@
 //! `x-mesh-client-id`, forward to the application, record metrics.
 
 use super::app::AppClient;
-use super::authz::{Call, Caller};
+use super::authz::{path, Call, Caller};
 use super::policy::PortPolicy;
 use crate::{
     access_log::{self, AccessLog},
@@ -28,6 +28,8 @@ pub struct Connection {
     pub client_id: Option<HeaderValue>,
     /// The caller's verified identity, for authorization.
     pub identity: Option<crate::metrics::Str>,
+    /// Plaintext callers: the port's probe paths (always allowed).
+    pub probes: Option<Arc<[String]>>,
     /// The caller's address, for network rules.
     pub peer: std::net::IpAddr,
     /// The application port.
@@ -83,19 +85,31 @@ impl Connection {
             *req.headers_mut() = headers;
             span
         });
-        let authz = self.policy.borrow().clone();
-        let decision = authz.decide(
-            &Caller {
-                identity: self.identity.as_ref().map(|s| &*s.0),
-                addr: self.peer,
-            },
-            &Call {
-                port: self.port,
-                http: Some((req.method(), req.uri().path())),
-            },
-        );
+        let authz = self.policy.current();
+        // Path rules see (and the app gets) the normalized path.
+        let bad_path = if authz.uses_paths() {
+            normalize_path(&mut req).err()
+        } else {
+            None
+        };
+        let decision = if self.is_probe(&req) {
+            authz.allow_probe()
+        } else {
+            authz.decide(
+                &Caller {
+                    identity: self.identity.as_ref().map(|s| &*s.0),
+                    addr: self.peer,
+                },
+                &Call {
+                    port: self.port,
+                    http: Some((req.method(), req.uri().path())),
+                },
+            )
+        };
         let (allowed, policy) = (decision.allowed, decision.policy);
-        let result = if allowed {
+        let result = if let Some(bad) = bad_path {
+            Err(ProxyError::BadPath(bad))
+        } else if allowed {
             self.forward(req).await
         } else {
             tracing::info!(
@@ -153,6 +167,18 @@ impl Connection {
         Ok(rsp)
     }
 
+    /// A plaintext `GET`/`HEAD` of one of the application's probe endpoints.
+    fn is_probe<B>(&self, req: &Request<B>) -> bool {
+        let Some(probes) = &self.probes else {
+            return false;
+        };
+        (req.method() == http::Method::GET || req.method() == http::Method::HEAD)
+            && req
+                .uri()
+                .path_and_query()
+                .is_some_and(|pq| probes.iter().any(|p| p == pq.as_str() || p == pq.path()))
+    }
+
     async fn forward(
         &self,
         mut req: Request<hyper::body::Incoming>,
@@ -167,6 +193,13 @@ impl Connection {
             req.headers_mut().insert(CLIENT_ID, id.clone());
         }
 
+        // An h2c upgrade would turn the connection into HTTP/2 the proxy
+        // no longer sees, escaping per-request authorization: it is dropped
+        // and the request served as HTTP/1.1.
+        if is_upgrade(&req) && is_h2c(&req) {
+            req.headers_mut().remove(http::header::UPGRADE);
+            req.headers_mut().remove("http2-settings");
+        }
         if is_upgrade(&req) {
             let downstream = hyper::upgrade::on(&mut req);
             let req = absolute(req.map(ProxyBody::from));
@@ -204,6 +237,34 @@ impl Connection {
     }
 }
 
+/// True for `Upgrade: h2c`.
+fn is_h2c<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get_all(http::header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim().eq_ignore_ascii_case("h2c"))
+}
+
+/// Rewrites the request's path to its normal form (the query is kept).
+fn normalize_path<B>(req: &mut Request<B>) -> Result<(), path::BadPath> {
+    let normal = match path::normalize(req.uri().path())? {
+        std::borrow::Cow::Borrowed(_) => return Ok(()),
+        std::borrow::Cow::Owned(p) => p,
+    };
+    let pq = match req.uri().query() {
+        Some(q) => format!("{normal}?{q}"),
+        None => normal,
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query = pq.parse().ok();
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
+    Ok(())
+}
+
 /// The request's authority, from its URI or `Host`.
 fn authority_of<B>(req: &Request<B>) -> Option<String> {
     req.uri()
@@ -239,4 +300,28 @@ fn absolute(mut req: Request<ProxyBody>) -> Request<ProxyBody> {
         *req.uri_mut() = uri;
     }
     req
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn h2c_upgrades_are_recognized() {
+        let req = |v: &str| Request::get("/").header("upgrade", v).body(()).unwrap();
+        assert!(is_h2c(&req("h2c")));
+        assert!(is_h2c(&req("websocket, H2C")));
+        assert!(!is_h2c(&req("websocket")));
+    }
+
+    #[test]
+    fn normalized_paths_keep_the_query() {
+        let mut req = Request::get("http://ledger/a/../b//c?x=1&y=/../z")
+            .body(())
+            .unwrap();
+        normalize_path(&mut req).unwrap();
+        assert_eq!(req.uri().to_string(), "http://ledger/b/c?x=1&y=/../z");
+        let mut req = Request::get("/a%2Fb").body(()).unwrap();
+        assert!(normalize_path(&mut req).is_err());
+    }
 }

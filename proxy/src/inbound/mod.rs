@@ -41,6 +41,8 @@ pub struct Inbound {
     opaque_ports: Vec<PortRange>,
     apps: app::AppClients,
     policies: InboundPolicies,
+    /// The application's probe paths by port.
+    probes: std::collections::HashMap<u16, Arc<[String]>>,
     local: crate::metrics::Local,
     access_log: Option<Arc<crate::access_log::AccessLog>>,
     trace: Option<crate::trace::Tracing>,
@@ -58,12 +60,22 @@ pub struct InboundSettings {
     pub opaque_ports: Vec<PortRange>,
     /// Connect timeout to the app.
     pub connect_timeout: Duration,
+    /// The application's HTTP probe endpoints (`port`, `path`), always
+    /// allowed to plaintext callers.
+    pub probes: Vec<(u16, String)>,
     /// This proxy's workload (the destination labels of its requests).
     pub local: crate::metrics::Local,
     /// Where access log lines go, when enabled.
     pub access_log: Option<Arc<crate::access_log::AccessLog>>,
     /// Request spans, when tracing is on.
     pub trace: Option<crate::trace::Tracing>,
+}
+
+/// The trust domain of a SPIFFE ID (`""` when it is not one).
+fn trust_domain(id: &str) -> &str {
+    id.strip_prefix("spiffe://")
+        .map(|rest| rest.split('/').next().unwrap_or_default())
+        .unwrap_or_default()
 }
 
 /// A connection's failure: (metric reason, message).
@@ -76,6 +88,8 @@ struct Peer {
     identity: Option<Str>,
     /// The target the peer's proxy named (`""` for plaintext).
     dst_service: Str,
+    /// Plaintext: the port's probe paths, if it has any.
+    probes: Option<Arc<[String]>>,
 }
 
 impl Inbound {
@@ -96,6 +110,13 @@ impl Inbound {
             opaque_ports: settings.opaque_ports,
             apps: app::AppClients::new(settings.app_ip, settings.connect_timeout),
             policies,
+            probes: {
+                let mut by_port = std::collections::HashMap::<u16, Vec<String>>::new();
+                for (port, path) in settings.probes {
+                    by_port.entry(port).or_default().push(path);
+                }
+                by_port.into_iter().map(|(p, v)| (p, v.into())).collect()
+            },
             local: settings.local,
             access_log: settings.access_log,
             trace: settings.trace,
@@ -160,6 +181,14 @@ impl Inbound {
                     .ok_or(("tls handshake", "client sent no certificate".to_string()))?;
                 spiffe_id(cert).map_err(|e| ("client identity", e))?
             };
+            // Anchors shared with another trust domain do not make its
+            // workloads ours.
+            if trust_domain(&client_id) != trust_domain(&self.identity.0) {
+                return Err((
+                    "client identity",
+                    format!("client {client_id} is not in this mesh's trust domain"),
+                ));
+            }
             let header = TransportHeader::read(&mut tls)
                 .await
                 .map_err(|e| ("transport header", e.to_string()))?;
@@ -183,7 +212,11 @@ impl Inbound {
             addr,
             identity: Some(Str::from(client_id.as_str())),
             dst_service,
+            probes: None,
         };
+        if header.port == 0 {
+            return Err(("transport header", "target port 0".into()));
+        }
         let policy = self.policies.get(header.port).await;
         self.session(TokioIo::new(tls), protocol, header.port, peer, policy)
             .await
@@ -192,18 +225,23 @@ impl Inbound {
     /// A client outside the mesh, redirected from application port `port`.
     async fn plaintext(&self, tcp: TcpStream, addr: SocketAddr, port: u16) -> Result<(), Refusal> {
         let policy = self.policies.get(port).await;
-        {
-            let authz = policy.borrow();
-            if authz.tls_mode() == TlsMode::Strict {
-                let by = authz.refuse_plaintext();
-                return Err((
-                    "plaintext refused",
-                    format!(
-                        "plaintext connection to port {port} refused: mTLS is strict ({})",
-                        by.0
-                    ),
-                ));
-            }
+        let probes = self.probes.get(&port).cloned();
+        let refuse = || {
+            let authz = policy.current();
+            let by = authz.refuse_plaintext().clone();
+            Err((
+                "plaintext refused",
+                format!(
+                    "plaintext connection to port {port} refused: mTLS is strict ({})",
+                    by.0
+                ),
+            ))
+        };
+        // A strict port still takes plaintext HTTP when it has probe
+        // endpoints; every other request on it is refused one by one.
+        let strict = policy.current().tls_mode() == TlsMode::Strict;
+        if strict && probes.is_none() {
+            return refuse();
         }
         let protocol = if detect::skips_detection(port, &self.opaque_ports) {
             Protocol::Opaque
@@ -212,6 +250,9 @@ impl Inbound {
                 .await
                 .map_err(|e| ("detect", e.to_string()))?
         };
+        if strict && protocol == Protocol::Opaque {
+            return refuse();
+        }
         let mut tcp = Metered::new(tcp, self.metrics.clone(), TcpLabels::default());
         tcp.open(TcpLabels {
             direction: Direction::inbound,
@@ -222,9 +263,68 @@ impl Inbound {
             addr,
             identity: None,
             dst_service: Str::default(),
+            probes,
         };
         self.session(TokioIo::new(tcp), protocol, port, peer, policy)
             .await
+    }
+
+    /// An opaque session: authorized once, then bytes both ways until
+    /// either side closes or a policy change denies the caller (the session
+    /// is then closed).
+    async fn opaque<I>(
+        &self,
+        mut io: I,
+        port: u16,
+        peer: &Peer,
+        mut policy: PortPolicy,
+    ) -> Result<(), Refusal>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let caller = Caller {
+            identity: peer.identity.as_ref().map(|s| &*s.0),
+            addr: peer.addr.ip(),
+        };
+        let call = Call { port, http: None };
+        let denied = |by: &Str| {
+            Err((
+                "unauthorized",
+                format!(
+                    "opaque connection to port {port} from {} denied by {}",
+                    caller.identity.unwrap_or("a plaintext client"),
+                    by.0
+                ),
+            ))
+        };
+        {
+            let authz = policy.current_and_update();
+            let decision = authz.decide(&caller, &call);
+            if !decision.allowed {
+                return denied(decision.policy);
+            }
+        }
+        let mut app = self
+            .apps
+            .connect(port)
+            .await
+            .map_err(|e| ("app connect", e.to_string()))?;
+        let revoked = async {
+            loop {
+                policy.changed().await;
+                let authz = policy.current_and_update();
+                let decision = authz.recheck(&caller, &call);
+                if !decision.allowed {
+                    return decision.policy.clone();
+                }
+            }
+        };
+        tokio::select! {
+            r = tokio::io::copy_bidirectional(&mut io, &mut app) => {
+                r.map(|_| ()).map_err(|e| ("opaque", e.to_string()))
+            }
+            by = revoked => denied(&by),
+        }
     }
 
     /// Serves one session to application port `port`.
@@ -240,32 +340,7 @@ impl Inbound {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         if protocol == Protocol::Opaque {
-            let authz = policy.borrow().clone();
-            let caller = Caller {
-                identity: peer.identity.as_ref().map(|s| &*s.0),
-                addr: peer.addr.ip(),
-            };
-            let decision = authz.decide(&caller, &Call { port, http: None });
-            if !decision.allowed {
-                return Err((
-                    "unauthorized",
-                    format!(
-                        "opaque connection to port {port} from {} denied by {}",
-                        caller.identity.unwrap_or("a plaintext client"),
-                        decision.policy.0
-                    ),
-                ));
-            }
-            let mut app = self
-                .apps
-                .connect(port)
-                .await
-                .map_err(|e| ("app connect", e.to_string()))?;
-            let mut io = io.into_inner();
-            return tokio::io::copy_bidirectional(&mut io, &mut app)
-                .await
-                .map(|_| ())
-                .map_err(|e| ("opaque", e.to_string()));
+            return self.opaque(io.into_inner(), port, &peer, policy).await;
         }
         let src_identity = peer.identity.clone().unwrap_or_default();
         let labels = RequestLabels {
@@ -292,6 +367,7 @@ impl Inbound {
             metrics: self.metrics.clone(),
             client_id,
             identity: peer.identity,
+            probes: peer.probes,
             peer: peer.addr.ip(),
             port,
             policy,

@@ -1,6 +1,7 @@
 //! The inbound policy of each application port: one `InboundPolicy.Watch`
 //! stream per port, started when the port sees its first connection and
-//! kept for the proxy's life (a workload has few ports). Each message is
+//! evicted a minute after its last connection closed (so connections to
+//! many ports, say a port scan, do not pile up streams). Each message is
 //! compiled once ([`ServerAuthz::compile`]) and published through a watch,
 //! so connections read the current policy per request and a change applies
 //! to the next request on every open connection. The last policy stays in
@@ -8,20 +9,48 @@
 
 use super::authz::{DefaultPolicy, ServerAuthz};
 use crate::{
-    discovery::reconnect,
+    discovery::{cache, reconnect},
     metrics::{ControlLabels, Metrics},
 };
 use mesh_proto::policy::{inbound_policy_client::InboundPolicyClient, InboundTarget, ServerPolicy};
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
-use tokio::sync::watch;
+use std::{sync::Arc, time::Duration};
+use tokio::{sync::watch, time::Instant};
 use tonic::transport::Channel;
 
-/// The current policy of one port.
-pub type PortPolicy = watch::Receiver<Arc<ServerAuthz>>;
+/// The current policy of one port, held by each connection to it.
+#[derive(Clone)]
+pub struct PortPolicy {
+    rx: watch::Receiver<Arc<ServerAuthz>>,
+    /// When the watch started (its first answer is awaited once, from then).
+    started: Instant,
+    /// Shared by every holder: the cache keeps the watch while any is alive.
+    users: Arc<()>,
+}
+
+impl cache::Handle for PortPolicy {
+    fn users(&self) -> &Arc<()> {
+        &self.users
+    }
+}
+
+impl PortPolicy {
+    /// The policy now.
+    pub fn current(&self) -> Arc<ServerAuthz> {
+        self.rx.borrow().clone()
+    }
+
+    /// The policy now, marking it seen for [`PortPolicy::changed`].
+    pub fn current_and_update(&mut self) -> Arc<ServerAuthz> {
+        self.rx.borrow_and_update().clone()
+    }
+
+    /// Waits for the next policy; never returns once the watch is gone.
+    pub async fn changed(&mut self) {
+        if self.rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
 
 /// The policies of this workload's ports.
 pub struct InboundPolicies {
@@ -33,7 +62,7 @@ pub struct InboundPolicies {
     /// How long a port's first connection waits for the controller before
     /// the default policy is used.
     first_timeout: Duration,
-    ports: Mutex<HashMap<u16, PortPolicy>>,
+    ports: cache::WatchCache<PortPolicy>,
 }
 
 impl InboundPolicies {
@@ -53,20 +82,21 @@ impl InboundPolicies {
             default,
             metrics,
             first_timeout,
-            ports: Mutex::new(HashMap::new()),
+            ports: cache::WatchCache::new(cache::DEFAULT_IDLE),
         }
     }
 
-    /// The policy of `port`, waiting (once per port, bounded) for the
-    /// controller's first answer; without one the default policy applies
-    /// until it arrives.
+    /// The policy of `port`. Until the controller first answers (waited
+    /// for at most `first_timeout` after the watch started, so only the
+    /// first connections wait) the default policy applies.
     pub async fn get(&self, port: u16) -> PortPolicy {
-        let mut rx = self.watch(port);
-        if !rx.borrow().received {
+        let policy = self.watch(port);
+        if !policy.rx.borrow().received {
+            let mut rx = policy.rx.clone();
+            let until = policy.started + self.first_timeout;
             let first = rx.wait_for(|p| p.received);
-            if tokio::time::timeout(self.first_timeout, first)
-                .await
-                .is_err()
+            if tokio::time::timeout_at(until, first).await.is_err()
+                && Instant::now() < until + Duration::from_millis(100)
             {
                 tracing::warn!(
                     port,
@@ -75,36 +105,33 @@ impl InboundPolicies {
                 );
             }
         }
-        rx
+        policy
     }
 
     fn watch(&self, port: u16) -> PortPolicy {
-        let mut ports = match self.ports.lock() {
-            Ok(p) => p,
-            Err(p) => p.into_inner(),
-        };
-        ports
-            .entry(port)
-            .or_insert_with(|| {
-                let placeholder = ServerAuthz::compile(None, self.default, &self.metrics);
-                let (tx, rx) = watch::channel(Arc::new(placeholder));
-                tokio::spawn(run(
-                    self.client.clone(),
-                    InboundTarget {
-                        workload: self.workload.clone(),
-                        port: u32::from(port),
-                    },
-                    self.default,
-                    tx,
-                    self.metrics.clone(),
-                ));
-                rx
-            })
-            .clone()
+        self.ports.get_or_start(&port.to_string(), || {
+            let placeholder = ServerAuthz::compile(None, self.default, &self.metrics);
+            let (tx, rx) = watch::channel(Arc::new(placeholder));
+            tokio::spawn(run(
+                self.client.clone(),
+                InboundTarget {
+                    workload: self.workload.clone(),
+                    port: u32::from(port),
+                },
+                self.default,
+                tx,
+                self.metrics.clone(),
+            ));
+            PortPolicy {
+                rx,
+                started: Instant::now(),
+                users: Arc::new(()),
+            }
+        })
     }
 }
 
-/// Keeps the watch of one port alive for the proxy's life.
+/// Keeps the watch of one port alive until its last holder is gone.
 async fn run(
     client: InboundPolicyClient<Channel>,
     target: InboundTarget,
@@ -138,8 +165,6 @@ async fn run(
         last = Some(policy);
         tx.send_replace(Arc::new(compiled));
     };
-    // The sender is never dropped by readers going away (ports are kept),
-    // so this runs until the process ends.
-    let never = std::future::pending::<()>();
-    reconnect::run("inbound policy", &name, open, on_message, never, gauge).await;
+    let closed = tx.closed();
+    reconnect::run("inbound policy", &name, open, on_message, closed, gauge).await;
 }

@@ -22,7 +22,7 @@ impl std::str::FromStr for Cidr {
             .trim()
             .parse()
             .map_err(|_| format!("{s:?} is not an address or network"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let max: u8 = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             None => max,
             Some(p) => p
@@ -32,6 +32,16 @@ impl std::str::FromStr for Cidr {
                 .filter(|p| *p <= max)
                 .ok_or_else(|| format!("{s:?}: prefix length must be 0 to {max}"))?,
         };
+        // An IPv4-mapped network is the IPv4 network (callers are compared
+        // in canonical form).
+        if let IpAddr::V6(v6) = addr {
+            if let (Some(v4), true) = (v6.to_ipv4_mapped(), prefix >= 96) {
+                return Ok(Cidr {
+                    addr: IpAddr::V4(v4),
+                    prefix: prefix - 96,
+                });
+            }
+        }
         Ok(Cidr { addr, prefix })
     }
 }
@@ -76,6 +86,8 @@ mod tests {
         assert!(c("2001:db8::/32").contains("2001:db8:1::5".parse().unwrap()));
         assert!(!c("2001:db8::/32").contains("10.0.0.1".parse().unwrap()));
         assert!(c("10.0.0.0/8").contains("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(c("::ffff:10.0.0.0/104").contains("10.9.9.9".parse().unwrap()));
+        assert!(!c("::ffff:10.0.0.0/104").contains("11.0.0.1".parse().unwrap()));
     }
 
     #[test]

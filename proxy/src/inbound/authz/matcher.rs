@@ -13,7 +13,9 @@ pub struct Source {
     service_accounts: Vec<String>,
     networks: Vec<Cidr>,
     unauthenticated: bool,
-    unmatchable: bool,
+    /// An entry did not compile (the controller validates, so only a
+    /// version mismatch gets here).
+    invalid: bool,
 }
 
 impl Source {
@@ -26,7 +28,7 @@ impl Source {
             .filter_map(|n| match n.parse() {
                 Ok(c) => Some(c),
                 Err(error) => {
-                    tracing::warn!(policy, %error, "ignoring an invalid network");
+                    tracing::warn!(policy, %error, "invalid network in a rule");
                     None
                 }
             })
@@ -36,15 +38,16 @@ impl Source {
             namespaces: s.namespaces.clone(),
             service_accounts: s.service_accounts.clone(),
             unauthenticated: s.unauthenticated,
-            // Every network invalid: match nobody rather than everybody.
-            unmatchable: networks.is_empty() && !s.networks.is_empty(),
+            invalid: networks.len() != s.networks.len(),
             networks,
         }
     }
 
-    pub fn matches(&self, caller: &Caller<'_>) -> bool {
-        if self.unmatchable {
-            return false;
+    /// `deny`: a source with an entry it cannot compile matches everyone
+    /// (for an allow policy, no one).
+    pub fn matches(&self, caller: &Caller<'_>, deny: bool) -> bool {
+        if self.invalid {
+            return deny;
         }
         if !self.networks.is_empty() && !self.networks.iter().any(|n| n.contains(caller.addr)) {
             return false;
@@ -55,19 +58,19 @@ impl Source {
         if !self.identities.is_empty() && !self.identities.iter().any(|p| glob(p, id)) {
             return false;
         }
-        let (ns, sa) = ns_sa(id).unwrap_or_default();
-        if !self.namespaces.is_empty() && !self.namespaces.iter().any(|n| n == "*" || n == ns) {
-            return false;
+        if self.namespaces.is_empty() && self.service_accounts.is_empty() {
+            return true;
         }
-        if !self.service_accounts.is_empty()
-            && !self.service_accounts.iter().any(|s| {
-                s.split_once('/')
-                    .is_some_and(|(n, a)| n == ns && a == sa && !ns.is_empty())
-            })
-        {
+        // Namespace and service-account conditions need a well-formed ID.
+        let Some((ns, sa)) = ns_sa(id) else {
             return false;
-        }
-        true
+        };
+        (self.namespaces.is_empty() || self.namespaces.iter().any(|n| n == "*" || n == ns))
+            && (self.service_accounts.is_empty()
+                || self
+                    .service_accounts
+                    .iter()
+                    .any(|s| s.split_once('/') == Some((ns, sa))))
     }
 }
 
@@ -77,29 +80,42 @@ pub struct Operation {
     paths: Vec<pb::path_match::Kind>,
     methods: Vec<http::Method>,
     ports: Vec<u16>,
+    /// An entry did not compile.
+    invalid: bool,
 }
 
 impl Operation {
     pub fn compile(o: &pb::Operation) -> Self {
+        let paths: Vec<_> = o.paths.iter().filter_map(|p| p.kind.clone()).collect();
+        let methods: Vec<_> = o
+            .methods
+            .iter()
+            .filter_map(|m| http::Method::from_bytes(m.as_bytes()).ok())
+            .collect();
+        let ports: Vec<_> = o
+            .ports
+            .iter()
+            .filter_map(|p| u16::try_from(*p).ok().filter(|p| *p != 0))
+            .collect();
         Operation {
-            paths: o.paths.iter().filter_map(|p| p.kind.clone()).collect(),
-            // A method that is not a token can never be requested.
-            methods: o
-                .methods
-                .iter()
-                .filter_map(|m| http::Method::from_bytes(m.as_bytes()).ok())
-                .collect(),
-            ports: o
-                .ports
-                .iter()
-                .filter_map(|p| u16::try_from(*p).ok())
-                .collect(),
+            invalid: paths.len() != o.paths.len()
+                || methods.len() != o.methods.len()
+                || ports.len() != o.ports.len(),
+            paths,
+            methods,
+            ports,
         }
     }
 
-    /// `lenient`: on an opaque connection, path and method conditions are
-    /// ignored instead of failing the match.
-    pub fn matches(&self, call: &Call<'_>, lenient: bool) -> bool {
+    /// `deny` (a deny policy's rule): on an opaque connection, path and
+    /// method conditions are ignored instead of failing the match, and an
+    /// entry that did not compile matches (for an allow policy it never
+    /// does).
+    pub fn matches(&self, call: &Call<'_>, deny: bool) -> bool {
+        if self.invalid {
+            return deny;
+        }
+        let lenient = deny;
         if !self.ports.is_empty() && !self.ports.contains(&call.port) {
             return false;
         }
@@ -128,11 +144,25 @@ fn prefix_match(prefix: &str, path: &str) -> bool {
     }
 }
 
-/// Namespace and service account of `spiffe://<td>/ns/<ns>/sa/<sa>`.
+/// Namespace and service account of exactly `spiffe://<td>/ns/<ns>/sa/<sa>`
+/// (any other shape has neither).
 fn ns_sa(id: &str) -> Option<(&str, &str)> {
-    let rest = id.strip_prefix("spiffe://")?;
-    let (_, rest) = rest.split_once("/ns/")?;
-    rest.split_once("/sa/")
+    let mut parts = id.strip_prefix("spiffe://")?.split('/');
+    match (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) {
+        (Some(td), Some("ns"), Some(ns), Some("sa"), Some(sa), None)
+            if !td.is_empty() && !ns.is_empty() && !sa.is_empty() =>
+        {
+            Some((ns, sa))
+        }
+        _ => None,
+    }
 }
 
 /// Glob matching where `*` matches any run of characters (none included).

@@ -175,12 +175,14 @@ fn empty_rule_sets() {
     let p = server(vec![policy("deny-nothing", pb::Action::Deny, vec![])]);
     let (authz, _) = compile(&p, DefaultPolicy::AllowAll);
     assert!(decide(&authz, Some(PAYMENTS), get("/")).0);
-    // …and a rule with neither `from` nor `to` matches every caller, plaintext too.
-    let p = server(vec![policy(
+    // …and a rule with neither `from` nor `to` matches every caller,
+    // plaintext too (on a permissive port).
+    let mut p = server(vec![policy(
         "allow-any",
         pb::Action::Allow,
         vec![rule(vec![], vec![])],
     )]);
+    p.tls_mode = pb::TlsMode::Permissive.into();
     let (authz, _) = compile(&p, DefaultPolicy::Deny);
     assert!(decide(&authz, None, get("/x")).0);
     // An empty source means any authenticated caller.
@@ -380,4 +382,125 @@ fn tls_mode_from_the_policy_or_the_default() {
         Some(DefaultPolicy::AllowAuthenticated)
     );
     assert_eq!(DefaultPolicy::parse("allow-some"), None);
+}
+
+#[test]
+fn plaintext_callers_are_denied_on_strict_ports_whatever_the_policies() {
+    let mut p = server(vec![policy(
+        "anyone",
+        pb::Action::Allow,
+        vec![rule(vec![], vec![])],
+    )]);
+    p.tls_mode = pb::TlsMode::Strict.into();
+    p.tls_mode_source = "shop/strict".into();
+    let (authz, _) = compile(&p, DefaultPolicy::AllowAll);
+    assert_eq!(
+        decide(&authz, None, get("/")),
+        (false, "shop/strict".into())
+    );
+    assert!(decide(&authz, Some(OPS), get("/")).0);
+}
+
+#[test]
+fn audits_are_counted_even_when_a_deny_decides() {
+    let p = server(vec![
+        policy(
+            "a-deny",
+            pb::Action::Deny,
+            vec![rule(vec![ids(&[ORDERS])], vec![])],
+        ),
+        policy(
+            "z-audit",
+            pb::Action::Audit,
+            vec![rule(vec![ids(&[ORDERS])], vec![])],
+        ),
+    ]);
+    let (authz, metrics) = compile(&p, DefaultPolicy::AllowAll);
+    assert!(!decide(&authz, Some(ORDERS), get("/")).0);
+    assert!(metrics
+        .encode()
+        .contains("mesh_authz_total{decision=\"audit\",policy=\"z-audit\"} 1"));
+}
+
+#[test]
+fn recheck_counts_only_denials() {
+    let p = server(vec![policy(
+        "only-payments",
+        pb::Action::Allow,
+        vec![rule(vec![ids(&[PAYMENTS])], vec![])],
+    )]);
+    let (authz, metrics) = compile(&p, DefaultPolicy::AllowAll);
+    assert!(authz.recheck(&caller(Some(PAYMENTS)), &opaque()).allowed);
+    assert!(!authz.recheck(&caller(Some(ORDERS)), &opaque()).allowed);
+    let text = metrics.encode();
+    assert!(
+        !text.contains("decision=\"allow\",policy=\"only-payments\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("mesh_authz_total{decision=\"deny\",policy=\"only-payments\"} 1"));
+}
+
+#[test]
+fn entries_that_do_not_compile_fail_closed() {
+    let bad_method = || op(vec![], &["GE T"], &[]);
+    // An allow rule with a bad method allows nobody…
+    let p = server(vec![policy(
+        "reads",
+        pb::Action::Allow,
+        vec![rule(vec![ids(&[ORDERS])], vec![bad_method()])],
+    )]);
+    assert!(
+        !decide(
+            &compile(&p, DefaultPolicy::AllowAll).0,
+            Some(ORDERS),
+            get("/")
+        )
+        .0
+    );
+    // …and a deny rule with one denies whoever its sources name.
+    let p = server(vec![policy(
+        "no-orders",
+        pb::Action::Deny,
+        vec![rule(vec![ids(&[ORDERS])], vec![bad_method()])],
+    )]);
+    let (authz, _) = compile(&p, DefaultPolicy::AllowAll);
+    assert!(!decide(&authz, Some(ORDERS), get("/")).0);
+    assert!(decide(&authz, Some(PAYMENTS), get("/")).0);
+    // A deny source with a bad network matches everyone.
+    let p = server(vec![policy(
+        "no-net",
+        pb::Action::Deny,
+        vec![rule(
+            vec![PbSrc {
+                networks: vec!["10.0.0.0/99".into()],
+                ..Default::default()
+            }],
+            vec![],
+        )],
+    )]);
+    assert!(!decide(&compile(&p, DefaultPolicy::AllowAll).0, Some(OPS), get("/")).0);
+}
+
+#[test]
+fn namespace_rules_need_a_well_formed_identity() {
+    let p = server(vec![policy(
+        "shop",
+        pb::Action::Allow,
+        vec![rule(
+            vec![PbSrc {
+                namespaces: vec!["shop".into()],
+                ..Default::default()
+            }],
+            vec![],
+        )],
+    )]);
+    let (authz, _) = compile(&p, DefaultPolicy::AllowAll);
+    assert!(decide(&authz, Some(ORDERS), get("/")).0);
+    for odd in [
+        "spiffe://cluster.local/x/ns/shop/sa/y",
+        "spiffe://cluster.local/ns/shop/sa/a/b",
+        "spiffe:///ns/shop/sa/a",
+    ] {
+        assert!(!decide(&authz, Some(odd), get("/")).0, "{odd}");
+    }
 }
