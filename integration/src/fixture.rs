@@ -210,6 +210,28 @@ impl Mesh {
             .await
     }
 
+    /// Like `proxy`, for an app on `ports`: the proxy fetches their inbound
+    /// policies at startup (`MESH_PROXY_INBOUND_PORTS`, as injected pods do).
+    pub async fn proxy_for_ports(&self, ns: &str, sa: &str, name: &str, ports: &[u16]) -> Proxy {
+        let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+        let token = self.token(ns, sa);
+        for _ in 0..3 {
+            if let Some(p) = self
+                .try_proxy_env(
+                    ns,
+                    sa,
+                    name,
+                    &token,
+                    &[("MESH_PROXY_INBOUND_PORTS", &ports.join(","))],
+                )
+                .await
+            {
+                return p;
+            }
+        }
+        panic!("proxy {name}: no free ports after 3 tries");
+    }
+
     /// Like `proxy`, with the token given. A port taken between choosing it
     /// and the proxy binding it (another process got it) means a retry with
     /// new ports.
@@ -223,6 +245,17 @@ impl Mesh {
     }
 
     async fn try_proxy(&self, ns: &str, sa: &str, name: &str, token: &str) -> Option<Proxy> {
+        self.try_proxy_env(ns, sa, name, token, &[]).await
+    }
+
+    async fn try_proxy_env(
+        &self,
+        ns: &str,
+        sa: &str,
+        name: &str,
+        token: &str,
+        env: &[(&str, &str)],
+    ) -> Option<Proxy> {
         let (outbound, inbound, admin) = (free_addr(), free_addr(), free_addr());
         let mut cmd = Command::new(bin("mesh-proxy"));
         cmd.env("MESH_PROXY_OUTBOUND_ADDR", outbound.to_string())
@@ -239,6 +272,7 @@ impl Mesh {
             .env("MESH_PROXY_SERVICE_ACCOUNT", sa)
             .env("MESH_PROXY_WORKLOAD", name)
             .env("MESH_PROXY_LOG", "info,mesh_proxy=debug");
+        cmd.envs(env.iter().copied());
         let log = self.root.path().join(format!("proxy-{name}.log"));
         let mut proc = Proc::spawn(&format!("mesh-proxy {name}"), cmd, log);
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -306,7 +340,9 @@ impl Mesh {
         behaviour: crate::apps::Behaviour,
     ) -> Replica {
         let echo = crate::apps::echo_with(name, behaviour).await;
-        let proxy = self.proxy("demo", app, name).await;
+        let proxy = self
+            .proxy_for_ports("demo", app, name, &[echo.addr.port()])
+            .await;
         self.write(
             &format!("{name}.yaml"),
             &workload(

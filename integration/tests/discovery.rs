@@ -23,7 +23,9 @@ struct Replica {
 
 async fn replica(mesh: &Mesh, name: &str) -> Replica {
     let app = apps::echo(name).await;
-    let proxy = mesh.proxy("demo", "api", name).await;
+    let proxy = mesh
+        .proxy_for_ports("demo", "api", name, &[app.addr.port()])
+        .await;
     Replica { app, proxy }
 }
 

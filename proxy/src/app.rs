@@ -63,8 +63,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         roots: roots.clone(),
         connect_timeout: config.connect_timeout,
     };
-    let resolver = Resolver::new(
+    let controller = crate::discovery::controller_channel(
         &grpc_url(&config.destination_addr, false),
+        config.connect_timeout,
+    )
+    .await
+    .context("MESH_PROXY_DESTINATION_ADDR")?;
+    let resolver = Resolver::new(
+        controller,
         format!("{} {}", config.identity, config.workload),
         Arc::new(move |meta| EndpointClient::new(meta, &settings)),
         metrics.clone(),
@@ -103,6 +109,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         metrics.clone(),
         config.discovery_timeout,
     );
+    policies.prefetch(&config.inbound_ports);
     let inbound = Arc::new(Inbound::new(
         tls::server_config(certs.clone(), roots)?,
         metrics.clone(),

@@ -73,6 +73,10 @@ pub struct Config {
     /// `GET`/`HEAD` requests to them are always allowed, so kubelet probes work
     /// on strict ports and under a `deny` default.
     pub inbound_probes: Vec<(u16, String)>,
+    /// The application's ports (`MESH_PROXY_INBOUND_PORTS`, the injector
+    /// writes the containers' ports): their inbound policies are fetched at
+    /// startup and kept, so no first request waits for the controller.
+    pub inbound_ports: Vec<u16>,
     /// Tokio worker threads; 1 runs a single-threaded runtime.
     pub worker_threads: usize,
     /// Timeout for connecting to a peer or the application.
@@ -229,6 +233,20 @@ impl Config {
             }
         };
         let workload = get("MESH_PROXY_WORKLOAD").unwrap_or_else(|| "unknown".into());
+        let inbound_ports = match get("MESH_PROXY_INBOUND_PORTS") {
+            None => Vec::new(),
+            Some(v) => v
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(|p| p.parse::<u16>().ok().filter(|p| *p != 0))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| ConfigError::Invalid {
+                    name: "MESH_PROXY_INBOUND_PORTS",
+                    value: v.clone(),
+                    reason: "expected comma-separated ports (1-65535)".into(),
+                })?,
+        };
         let inbound_probes = match get("MESH_PROXY_INBOUND_PROBES") {
             None => Vec::new(),
             Some(v) => parse_probes(&v).map_err(|reason| ConfigError::Invalid {
@@ -295,6 +313,7 @@ impl Config {
             workload,
             default_inbound_policy,
             inbound_probes,
+            inbound_ports,
             namespace,
             worker_threads,
             connect_timeout: millis("MESH_PROXY_CONNECT_TIMEOUT_MS", 1_000)?,

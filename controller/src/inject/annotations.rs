@@ -61,6 +61,8 @@ pub(super) struct Overrides {
     pub default_inbound_policy: Option<String>,
     /// The app's HTTP probe endpoints (`port:/path,…`), when it has any.
     pub probes: Option<String>,
+    /// The app's container ports (`8080,9090`), when it declares any.
+    pub ports: Option<String>,
     /// The pod carries [`WORKLOAD_ANNOTATION`]: the proxy's workload name comes from it
     /// (else from the pod name).
     pub workload_annotation: bool,
@@ -126,6 +128,7 @@ impl Overrides {
             log_level,
             default_inbound_policy,
             probes: None,
+            ports: None,
             workload_annotation: false,
         })
     }

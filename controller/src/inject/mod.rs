@@ -170,6 +170,7 @@ pub fn inject_pod(
     let workload = workload_name(meta);
     overrides.workload_annotation = workload.is_some();
     overrides.probes = probes::probe_endpoints(&spec.containers);
+    overrides.ports = probes::container_ports(&spec.containers);
 
     let mut spec = spec.clone();
     let init = sidecar::init_container(cfg, &overrides);

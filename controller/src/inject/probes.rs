@@ -1,7 +1,8 @@
-//! The application's HTTP probe endpoints, for `MESH_PROXY_INBOUND_PROBES`: kubelet
-//! probes arrive as plaintext from the node, and the proxy lets them through even on
-//! strict ports or under a `deny` default policy (as kubelets cannot present a mesh
-//! identity).
+//! What the proxy learns from the app containers: their HTTP probe endpoints, for
+//! `MESH_PROXY_INBOUND_PROBES` (kubelet probes arrive as plaintext from the node, and
+//! the proxy lets them through even on strict ports or under a `deny` default policy, as
+//! kubelets cannot present a mesh identity), and their ports, for
+//! `MESH_PROXY_INBOUND_PORTS` (whose inbound policies the proxy fetches at startup).
 
 use k8s_openapi::api::core::v1::{Container, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -24,6 +25,27 @@ pub(super) fn probe_endpoints(containers: &[Container]) -> Option<String> {
     out.sort();
     out.dedup();
     (!out.is_empty()).then(|| out.join(","))
+}
+
+/// The TCP container ports of the app containers, sorted, comma-separated; `None` when
+/// they declare none.
+pub(super) fn container_ports(containers: &[Container]) -> Option<String> {
+    let mut ports: Vec<u16> = containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter(|p| p.protocol.as_deref().is_none_or(|p| p == "TCP"))
+        .filter_map(|p| u16::try_from(p.container_port).ok())
+        .filter(|p| *p != 0)
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    (!ports.is_empty()).then(|| {
+        ports
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    })
 }
 
 fn endpoint(c: &Container, probe: &Probe) -> Option<String> {
@@ -96,5 +118,30 @@ mod tests {
             ..Container::default()
         };
         assert_eq!(probe_endpoints(&[unnamed]), None);
+    }
+
+    #[test]
+    fn tcp_container_ports_are_listed() {
+        let port = |p: i32, proto: Option<&str>| ContainerPort {
+            container_port: p,
+            protocol: proto.map(str::to_string),
+            ..ContainerPort::default()
+        };
+        let a = Container {
+            name: "a".into(),
+            ports: Some(vec![
+                port(9090, None),
+                port(8080, Some("TCP")),
+                port(53, Some("UDP")),
+            ]),
+            ..Container::default()
+        };
+        let b = Container {
+            name: "b".into(),
+            ports: Some(vec![port(8080, None)]),
+            ..Container::default()
+        };
+        assert_eq!(container_ports(&[a, b]).as_deref(), Some("8080,9090"));
+        assert_eq!(container_ports(&[]), None);
     }
 }

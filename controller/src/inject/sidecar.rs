@@ -190,6 +190,9 @@ fn env(cfg: &InjectConfig, o: &Overrides) -> Vec<EnvVar> {
     if let Some(probes) = &o.probes {
         env.push(value("MESH_PROXY_INBOUND_PROBES", probes.clone()));
     }
+    if let Some(ports) = &o.ports {
+        env.push(value("MESH_PROXY_INBOUND_PORTS", ports.clone()));
+    }
     env
 }
 

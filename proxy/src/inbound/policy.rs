@@ -63,6 +63,8 @@ pub struct InboundPolicies {
     /// the default policy is used.
     first_timeout: Duration,
     ports: cache::WatchCache<PortPolicy>,
+    /// The watches of the declared ports, held so they are never evicted.
+    declared: std::sync::Mutex<Vec<PortPolicy>>,
 }
 
 impl InboundPolicies {
@@ -83,6 +85,7 @@ impl InboundPolicies {
             metrics,
             first_timeout,
             ports: cache::WatchCache::new(cache::DEFAULT_IDLE),
+            declared: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -106,6 +109,15 @@ impl InboundPolicies {
             }
         }
         policy
+    }
+
+    /// Starts (and keeps) the watches of the application's declared ports.
+    pub fn prefetch(&self, ports: &[u16]) {
+        let held: Vec<PortPolicy> = ports.iter().map(|p| self.watch(*p)).collect();
+        match self.declared.lock() {
+            Ok(mut d) => d.extend(held),
+            Err(p) => p.into_inner().extend(held),
+        }
     }
 
     fn watch(&self, port: u16) -> PortPolicy {
