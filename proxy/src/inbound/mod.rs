@@ -379,7 +379,6 @@ impl Inbound {
             let svc = hyper::service::service_fn(move |req| conn.clone().handle(req));
             hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
-                .adaptive_window(true)
                 .serve_connection(io, svc)
                 .await
                 .map_err(|e| ("http", e.to_string()))

@@ -246,7 +246,6 @@ impl EndpointClient {
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
-            .adaptive_window(true)
             .handshake::<_, ProxyBody>(TokioIo::new(tls))
             .await
             .map_err(|e| ProxyError::Upstream {

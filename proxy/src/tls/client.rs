@@ -23,11 +23,14 @@ pub fn client_config(
         expected: expected_identity.to_string(),
         provider: provider.clone(),
     });
-    let config = ClientConfig::builder_with_provider(provider)
+    let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_client_cert_resolver(certs);
+    // Connections between proxies are long-lived and pooled: resumption
+    // state would only take memory.
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(config))
 }
 

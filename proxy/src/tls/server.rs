@@ -20,5 +20,9 @@ pub fn server_config(
         .with_cert_resolver(certs);
     // Proxies speak the transport header first, so no ALPN is needed.
     config.max_early_data_size = 0;
+    // No session resumption (peers keep their connections): no tickets to
+    // mint, no session cache to hold.
+    config.send_tls13_tickets = 0;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(Arc::new(config))
 }
