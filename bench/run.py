@@ -116,6 +116,30 @@ def peak_rss_kib(pid):
     return 0
 
 
+def rss_by_mapping(pid):
+    """Resident KiB per mapped file (or [heap], [anon], …), largest first."""
+    sizes, name = {}, "?"
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5:
+                name = fields[5] if len(fields) > 5 else "[anon]"
+            elif fields[0] == "Rss:":
+                sizes[name] = sizes.get(name, 0) + int(fields[1])
+    return sorted(sizes.items(), key=lambda kv: -kv[1])
+
+
+def rss_parts(pid):
+    """Current resident memory by kind (KiB): heap and stacks vs. the binary's pages."""
+    parts = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(("RssAnon:", "RssFile:")):
+                key, value = line.split()[:2]
+                parts[key.rstrip(":")] = int(value)
+    return parts
+
+
 UNIT = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
 
 
@@ -265,7 +289,13 @@ spec:
     print(f"proxy pair CPU per request: {cpu_per_req * 1e6:.1f} us "
           f"({sum(x['cpu'] for x in rows['mesh']):.2f} CPU s for {mesh_reqs} requests)")
     for name, pid in pids.items():
-        print(f"{name} peak RSS: {peak_rss_kib(pid) / 1024:.1f} MiB")
+        parts = rss_parts(pid)
+        print(f"{name} peak RSS: {peak_rss_kib(pid) / 1024:.1f} MiB "
+              f"(now: anon {parts.get('RssAnon', 0) / 1024:.1f}, "
+              f"file {parts.get('RssFile', 0) / 1024:.1f})")
+        if os.environ.get("MESH_BENCH_SMAPS"):
+            for path, kib in rss_by_mapping(pid)[:8]:
+                print(f"    {kib / 1024:5.1f} MiB  {path}")
     errors = sum(x["errors"] for x in rows["mesh"]) + one["mesh"]["errors"]
     print(f"mesh non-2xx responses: {errors}")
 

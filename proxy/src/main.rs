@@ -65,11 +65,21 @@ fn init_logs(traces: &Traces) {
     let filter = std::env::var("MESH_PROXY_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| "info".into());
-    // Static directives keep callsite interest cached (no per-event checks).
-    let mut filter = tracing_subscriber::EnvFilter::new(filter);
-    if let Ok(off) = format!("{}=off", mesh_proxy::trace::TARGET).parse() {
-        filter = filter.add_directive(off);
-    }
+    // Per-target levels only (`info,mesh_proxy=debug`): static, so callsite
+    // interest stays cached, and without EnvFilter's regex engine in the
+    // binary. A bad directive falls back to `info` with a warning.
+    let (filter, bad) = match filter.parse::<tracing_subscriber::filter::Targets>() {
+        Ok(t) => (t, None),
+        Err(e) => (
+            tracing_subscriber::filter::Targets::new()
+                .with_default(tracing::level_filters::LevelFilter::INFO),
+            Some(format!("MESH_PROXY_LOG {filter:?}: {e}; using info")),
+        ),
+    };
+    let filter = filter.with_target(
+        mesh_proxy::trace::TARGET,
+        tracing::level_filters::LevelFilter::OFF,
+    );
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -78,6 +88,9 @@ fn init_logs(traces: &Traces) {
         .with(fmt)
         .with(traces.layer())
         .init();
+    if let Some(bad) = bad {
+        tracing::warn!("{bad}");
+    }
 }
 
 /// The span exporter, when `MESH_PROXY_TRACE_COLLECTOR` is set.

@@ -57,9 +57,10 @@ pub fn duration_ms(value: &str, path: &str) -> Result<u32, Invalid> {
         .map_err(|_| Invalid::new(path, format!("duration {value:?} is too long")))
 }
 
-/// Checks that `re` is a valid regular expression (RE2 syntax, as the proxy compiles it).
+/// Checks that `re` is a valid regular expression for the proxy's engine (regex-lite:
+/// RE2-like syntax without Unicode classes such as `\p{L}`).
 pub fn regex(re: &str, path: &str) -> Result<(), Invalid> {
-    regex::Regex::new(re)
+    regex_lite::Regex::new(re)
         .map(drop)
         .map_err(|e| Invalid::new(path, format!("invalid regular expression {re:?}: {e}")))
 }

@@ -19,7 +19,7 @@ use crate::{
     metrics::{Metrics, Str},
 };
 use mesh_proto::destination as pb;
-use regex::Regex;
+use regex_lite::Regex;
 use std::{sync::Arc, time::Duration};
 
 /// A route's tower stack, outermost first: fault injection, the request
@@ -230,8 +230,9 @@ fn balancer(b: pb::Balancer) -> BalancerConfig {
     }
 }
 
+/// `re` compiled to match whole values only.
 fn regex(target: &str, route: &str, re: &str) -> Option<Regex> {
-    match Regex::new(re) {
+    match Regex::new(&format!("^(?:{re})$")) {
         Ok(r) => Some(r),
         Err(error) => {
             tracing::warn!(%target, %route, %error, "dropping a route with a bad regex");

@@ -2,7 +2,7 @@
 //! a match fits when its path, method, headers and query all do.
 
 use http::Request;
-use regex::Regex;
+use regex_lite::Regex;
 
 /// How a path is matched.
 #[derive(Clone, Debug)]
@@ -38,9 +38,10 @@ impl ValueMatch {
     }
 }
 
+/// Regexes are compiled anchored (`^(?:…)$`, see `logical::regex`), so a
+/// match is a match of the whole value.
 fn full_match(r: &Regex, v: &str) -> bool {
-    r.find(v)
-        .is_some_and(|m| m.start() == 0 && m.end() == v.len())
+    r.is_match(v)
 }
 
 /// True when `path` starts with `prefix` at a segment boundary.
@@ -123,7 +124,7 @@ mod tests {
         assert!(m(PathMatch::Prefix("/a/".into())).is_match(&req("/a")));
         assert!(!m(PathMatch::Prefix("/a".into())).is_match(&req("/ab")));
         assert!(m(PathMatch::Prefix("/".into())).is_match(&req("/anything")));
-        let r = Regex::new("/users/[0-9]+").unwrap();
+        let r = Regex::new("^(?:/users/[0-9]+)$").unwrap();
         assert!(m(PathMatch::Regex(r.clone())).is_match(&req("/users/42")));
         assert!(
             !m(PathMatch::Regex(r)).is_match(&req("/users/42/x")),

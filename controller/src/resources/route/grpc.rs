@@ -147,7 +147,9 @@ fn method_path(m: &GrpcRouteRulesMatchesMethod, path: &str) -> Result<path_match
         }
         (Some(s), Some(me), false) => path_match::Kind::Exact(format!("/{s}/{me}")),
         (Some(s), None, false) => path_match::Kind::Prefix(format!("/{s}")),
-        (None, Some(me), false) => path_match::Kind::Regex(format!("/[^/]+/{}", regex::escape(me))),
+        (None, Some(me), false) => {
+            path_match::Kind::Regex(format!("/[^/]+/{}", regex_lite::escape(me)))
+        }
         (Some(s), Some(me), true) => path_match::Kind::Regex(format!("/(?:{s})/(?:{me})")),
         (Some(s), None, true) => path_match::Kind::Regex(format!("/(?:{s})/[^/]+")),
         (None, Some(me), true) => path_match::Kind::Regex(format!("/[^/]+/(?:{me})")),
