@@ -3,9 +3,12 @@
 
 client (wrk) -> outbound proxy -> mTLS -> inbound proxy -> nginx
 client (wrk) -> nginx
+client (wrk) -> nginx (proxy) -> mTLS -> nginx (proxy) -> nginx   (the reference pair)
 
 Each proxy runs one worker thread. Prints requests/s, p50/p99 latency, the
-proxies' CPU seconds per request and peak RSS, and the ratios. Everything
+proxies' CPU seconds per request (also against the nginx pair doing the same
+job: HTTP/1.1 in, mutual TLS 1.3 with certificates of the mesh's CA between
+the two, pooled keep-alive connections, one worker each) and peak RSS. Everything
 runs on loopback; every load is bounded in time; only processes this script
 started are stopped, by PID.
 """
@@ -164,10 +167,67 @@ def wrk(port, conns, host=None):
     }
 
 
+def issue_cert(work, ident, name):
+    """A certificate for `name` from the mesh's issuer (openssl), as chain and key files."""
+    key, csr, crt = (os.path.join(work, f"{name}.{ext}") for ext in ("key", "csr", "crt"))
+    ext = os.path.join(work, f"{name}.ext")
+    with open(ext, "w") as f:
+        f.write(f"subjectAltName=DNS:{name}\nextendedKeyUsage=serverAuth,clientAuth\n")
+    run = lambda *a: subprocess.run(a, check=True, capture_output=True)
+    run("openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+        "-nodes", "-keyout", key, "-subj", f"/CN={name}", "-out", csr)
+    run("openssl", "x509", "-req", "-in", csr, "-CA", os.path.join(ident, "issuer.crt"),
+        "-CAkey", os.path.join(ident, "issuer.key"), "-CAcreateserial", "-days", "1",
+        "-extfile", ext, "-out", crt)
+    chain = os.path.join(work, f"{name}.pem")
+    with open(chain, "w") as out:
+        for part in (crt, os.path.join(ident, "issuer.crt")):
+            with open(part) as f:
+                out.write(f.read())
+    return chain, key
+
+
+def nginx_pair(work, ident, nginx, app_port):
+    """Two nginx reverse proxies doing the mesh's job; returns (front port, procs)."""
+    anchors = os.path.join(ident, "trust-anchors.pem")
+    front, back = free_port(), free_port()
+    a_pem, a_key = issue_cert(work, ident, "nginx-a")
+    b_pem, b_key = issue_cert(work, ident, "nginx-b")
+    head = "worker_processes 1; daemon off; pid {work}/{n}.pid; error_log {work}/{n}-error.log;\n" \
+           "events {{ worker_connections 1024; }}\n"
+    confs = {
+        "nginx-a": head.format(work=work, n="nginx-a") + f"""http {{ access_log off; keepalive_requests 1000000;
+  upstream b {{ server 127.0.0.1:{back}; keepalive 64; keepalive_requests 1000000; }}
+  server {{ listen 127.0.0.1:{front};
+    location / {{ proxy_pass https://b; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_ssl_certificate {a_pem}; proxy_ssl_certificate_key {a_key};
+      proxy_ssl_trusted_certificate {anchors}; proxy_ssl_verify on; proxy_ssl_verify_depth 3;
+      proxy_ssl_name nginx-b; proxy_ssl_protocols TLSv1.3; }} }} }}
+""",
+        "nginx-b": head.format(work=work, n="nginx-b") + f"""http {{ access_log off; keepalive_requests 1000000;
+  upstream app {{ server 127.0.0.1:{app_port}; keepalive 64; keepalive_requests 1000000; }}
+  server {{ listen 127.0.0.1:{back} ssl; ssl_protocols TLSv1.3;
+    ssl_certificate {b_pem}; ssl_certificate_key {b_key};
+    ssl_client_certificate {anchors}; ssl_verify_client on; ssl_verify_depth 3;
+    location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }} }} }}
+""",
+    }
+    procs = []
+    for n, text in confs.items():
+        conf = os.path.join(work, f"{n}.conf")
+        with open(conf, "w") as f:
+            f.write(text)
+        procs.append(spawn(n, [nginx, "-c", conf, "-p", work], log_dir=work))
+    wait_port(back, "nginx-b")
+    wait_port(front, "nginx-a")
+    wait_ok(front, "/", what="request through the nginx pair")
+    return front, procs
+
+
 def main():
-    for tool in ("wrk", "nginx"):
+    for tool in ("wrk", "nginx", "openssl"):
         if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
-            sys.exit(f"bench: {tool} is missing; install it with `apt-get install -y wrk nginx-light`")
+            sys.exit(f"bench: {tool} is missing; install it with `apt-get install -y wrk nginx-light openssl`")
     for b in ("mesh-proxy", "mesh-identity", "mesh-controller"):
         if not os.path.exists(os.path.join(BIN, b)):
             sys.exit(f"bench: {BIN}/{b} missing; run `cargo build --release --bins` (make bench does)")
@@ -191,6 +251,8 @@ http {{ access_log off; keepalive_requests 1000000;
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     nginx_proc = spawn("nginx", [nginx, "-c", conf, "-p", work], log_dir=work)
     wait_port(nginx_port, "nginx")
+
+    pair_port, pair_procs = nginx_pair(work, ident, nginx, nginx_port)
 
     id_port, ctl_port = free_port(), free_port()
     spawn("identity", [os.path.join(BIN, "mesh-identity"), "--dir", ident, "--addr",
@@ -248,23 +310,28 @@ spec:
     wait_ok(cports["out"], "/", HOST, "request through the proxies")
 
     pids = {"client-proxy": client.pid, "server-proxy": server.pid}
-    rows = {"direct": [], "mesh": []}
+    rows = {"direct": [], "mesh": [], "nginx-pair": []}
     print(f"bench: wrk -t1 -c{CONNS} -d{DURATION}s, {ROUNDS} interleaved rounds; proxies 1 worker each; "
           f"logs in {work}")
     for r in range(ROUNDS):
-        for mode in ("direct", "mesh"):
+        for mode in ("direct", "mesh", "nginx-pair"):
             before = {k: cpu_seconds(p) for k, p in pids.items()}
+            pair_before = sum(tree_cpu_seconds(p.pid) for p in pair_procs)
             nginx_before = tree_cpu_seconds(nginx_proc.pid)
             if mode == "direct":
                 res = wrk(nginx_port, CONNS)
-            else:
+            elif mode == "mesh":
                 res = wrk(cports["out"], CONNS, HOST)
+            else:
+                res = wrk(pair_port, CONNS)
             res["cpu"] = sum(cpu_seconds(p) - before[k] for k, p in pids.items())
+            res["pair_cpu"] = sum(tree_cpu_seconds(p.pid) for p in pair_procs) - pair_before
             res["nginx_cpu"] = tree_cpu_seconds(nginx_proc.pid) - nginx_before
             rows[mode].append(res)
-            print(f"  round {r + 1} {mode:6}: {res['rps']:9.0f} req/s  p50 {res['p50'] * 1e6:7.0f} us  "
+            print(f"  round {r + 1} {mode:10}: {res['rps']:9.0f} req/s  p50 {res['p50'] * 1e6:7.0f} us  "
                   f"p99 {res['p99'] * 1e6:7.0f} us  non-2xx {res['errors']}  {res['socket_errors']}")
-    one = {"direct": wrk(nginx_port, 1), "mesh": wrk(cports["out"], 1, HOST)}
+    one = {"direct": wrk(nginx_port, 1), "mesh": wrk(cports["out"], 1, HOST),
+           "nginx-pair": wrk(pair_port, 1)}
 
     def med(mode, key):
         vals = sorted(x[key] for x in rows[mode])
@@ -282,12 +349,19 @@ spec:
     d1, m1 = one["direct"]["p50"] * 1e6, one["mesh"]["p50"] * 1e6
     print(f"{'p50 us (1 conn)':28}{d1:12.0f}{m1:12.0f}{m1 / max(d1, 1e-9):10.2f}")
     print(f"added median latency at 1 connection: {m1 - d1:.0f} us (proxy pair)")
+    n1 = one["nginx-pair"]["p50"] * 1e6
+    print(f"added median latency at 1 connection, nginx pair: {n1 - d1:.0f} us")
     for mode in ("direct", "mesh"):
         reqs = sum(x["requests"] for x in rows[mode])
         ngx = sum(x["nginx_cpu"] for x in rows[mode]) / max(reqs, 1)
         print(f"nginx (server) CPU per request, {mode}: {ngx * 1e6:.1f} us")
     print(f"proxy pair CPU per request: {cpu_per_req * 1e6:.1f} us "
           f"({sum(x['cpu'] for x in rows['mesh']):.2f} CPU s for {mesh_reqs} requests)")
+    pair_reqs = sum(x["requests"] for x in rows["nginx-pair"])
+    pair_cpu = sum(x["pair_cpu"] for x in rows["nginx-pair"]) / max(pair_reqs, 1)
+    print(f"nginx pair CPU per request: {pair_cpu * 1e6:.1f} us "
+          f"(req/s {med('nginx-pair', 'rps'):.0f}); mesh / nginx pair: "
+          f"{cpu_per_req / max(pair_cpu, 1e-12):.2f} (target <= 0.8)")
     for name, pid in pids.items():
         parts = rss_parts(pid)
         print(f"{name} peak RSS: {peak_rss_kib(pid) / 1024:.1f} MiB "
