@@ -119,28 +119,39 @@ async fn grpc_call(proxy: &Proxy) -> Result<(), tonic::Status> {
         .map(|_| ())
 }
 
-/// Opens mutual TLS to `inbound` as `identity` (certificate from the CA in
-/// `ca_dir`), asks for an opaque session to `port` and writes an HTTP/1.1
-/// request as raw bytes; returns what came back before the connection
-/// closed (or the handshake error).
+/// Mutual TLS to `inbound` as `identity` (certificate from the CA in
+/// `ca_dir`) with a transport header asking for an opaque session to `port`.
+async fn opaque_tls(
+    inbound: std::net::SocketAddr,
+    ca_dir: &Path,
+    identity: &str,
+    port: u16,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(inbound).await?;
+    let connector =
+        tokio_rustls::TlsConnector::from(client_config(Some(client_cert(ca_dir, identity))));
+    let name = rustls::pki_types::ServerName::try_from("proxy.mesh.local").unwrap();
+    let mut tls = connector.connect(name, tcp).await?;
+    let mut header = b"mesh\x01\x02".to_vec();
+    header.extend_from_slice(&port.to_be_bytes());
+    header.extend_from_slice(&0u16.to_be_bytes());
+    tls.write_all(&header).await?;
+    Ok(tls)
+}
+
+/// An opaque session (see [`opaque_tls`]) that writes an HTTP/1.1 request
+/// as raw bytes; returns what came back before the connection closed (or
+/// the handshake error).
 async fn opaque_session(
     inbound: std::net::SocketAddr,
     ca_dir: &Path,
     identity: &str,
     port: u16,
 ) -> String {
-    let tcp = TcpStream::connect(inbound).await.expect("connect");
-    let connector =
-        tokio_rustls::TlsConnector::from(client_config(Some(client_cert(ca_dir, identity))));
-    let name = rustls::pki_types::ServerName::try_from("proxy.mesh.local").unwrap();
-    let mut tls = match connector.connect(name, tcp).await {
+    let mut tls = match opaque_tls(inbound, ca_dir, identity, port).await {
         Ok(tls) => tls,
         Err(e) => return format!("handshake failed: {e}"),
     };
-    let mut header = b"mesh\x01\x02".to_vec();
-    header.extend_from_slice(&port.to_be_bytes());
-    header.extend_from_slice(&0u16.to_be_bytes());
-    let _ = tls.write_all(&header).await;
     let _ = tls
         .write_all(b"GET /opaque HTTP/1.1\r\nHost: ledger\r\nConnection: close\r\n\r\n")
         .await;
@@ -450,15 +461,10 @@ async fn an_open_opaque_session_is_closed_when_a_policy_denies_it() {
     until_status(&third, "/", 403, Duration::from_secs(5)).await;
 
     // Orders keeps an opaque session (HTTP/1.1 keep-alive as raw bytes).
-    let tcp = TcpStream::connect(ledger.proxy.inbound).await.unwrap();
-    let cert = client_cert(&mesh.identity_dir, &spiffe("shop", "orders"));
-    let connector = tokio_rustls::TlsConnector::from(client_config(Some(cert)));
-    let name = rustls::pki_types::ServerName::try_from("proxy.mesh.local").unwrap();
-    let mut tls = connector.connect(name, tcp).await.expect("handshake");
-    let mut header = b"mesh\x01\x02".to_vec();
-    header.extend_from_slice(&port.to_be_bytes());
-    header.extend_from_slice(&0u16.to_be_bytes());
-    tls.write_all(&header).await.unwrap();
+    let orders = spiffe("shop", "orders");
+    let mut tls = opaque_tls(ledger.proxy.inbound, &mesh.identity_dir, &orders, port)
+        .await
+        .expect("handshake");
     let mut buf = vec![0u8; 4096];
     for _ in 0..2 {
         tls.write_all(b"GET /k HTTP/1.1\r\nHost: ledger\r\n\r\n")
