@@ -91,7 +91,14 @@ pub async fn echo(name: &str) -> EchoApp {
 
 /// Starts an echo app that misbehaves as `behaviour` says.
 pub async fn echo_with(name: &str, behaviour: Behaviour) -> EchoApp {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    echo_on(std::net::Ipv4Addr::LOCALHOST.into(), name, behaviour).await
+}
+
+/// Starts an echo app listening on `ip` only (a free port).
+pub async fn echo_on(ip: std::net::IpAddr, name: &str, behaviour: Behaviour) -> EchoApp {
+    let listener = TcpListener::bind(SocketAddr::new(ip, 0))
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let hits = Arc::new(AtomicU64::new(0));
     let behaviour = Arc::new(std::sync::Mutex::new(behaviour));

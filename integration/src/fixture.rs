@@ -232,6 +232,17 @@ impl Mesh {
         panic!("proxy {name}: no free ports after 3 tries");
     }
 
+    /// Like `proxy`, with extra `MESH_PROXY_*` variables.
+    pub async fn proxy_env(&self, ns: &str, sa: &str, name: &str, env: &[(&str, &str)]) -> Proxy {
+        let token = self.token(ns, sa);
+        for _ in 0..3 {
+            if let Some(p) = self.try_proxy_env(ns, sa, name, &token, env).await {
+                return p;
+            }
+        }
+        panic!("proxy {name}: no free ports after 3 tries");
+    }
+
     /// Like `proxy`, with the token given. A port taken between choosing it
     /// and the proxy binding it (another process got it) means a retry with
     /// new ports.

@@ -76,3 +76,58 @@ pub fn client_config(cert: Option<(String, String)>) -> Arc<ClientConfig> {
     };
     Arc::new(config)
 }
+
+/// A transport header (what a client proxy sends after the handshake) for
+/// application `port`: `protocol` 0 is HTTP/1.1, 1 HTTP/2, 2 opaque.
+pub fn transport_header(protocol: u8, port: u16, name: &str) -> Vec<u8> {
+    let mut h = b"mesh\x01".to_vec();
+    h.push(protocol);
+    h.extend_from_slice(&port.to_be_bytes());
+    h.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    h.extend_from_slice(name.as_bytes());
+    h
+}
+
+/// Writes `bytes` to `io`, then returns what came back before the
+/// connection ended (at most 5 s).
+pub async fn exchange<S>(mut io: S, bytes: &[u8]) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = io.write_all(bytes).await;
+    let _ = io.flush().await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), io.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).to_string()
+}
+
+/// Dials a proxy's inbound listener with TLS (presenting `cert`, if any),
+/// sends a transport header for `port` and an HTTP/1.1 `GET /x`, and
+/// returns the answer (or why the handshake failed).
+pub async fn tls_request(
+    inbound: std::net::SocketAddr,
+    cert: Option<(String, String)>,
+    port: u16,
+) -> String {
+    let mut bytes = transport_header(0, port, "");
+    bytes.extend_from_slice(b"GET /x HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n");
+    tls_exchange(inbound, cert, &bytes).await
+}
+
+/// Dials `inbound` with TLS (presenting `cert`, if any) and exchanges `bytes`.
+pub async fn tls_exchange(
+    inbound: std::net::SocketAddr,
+    cert: Option<(String, String)>,
+    bytes: &[u8],
+) -> String {
+    let tcp = tokio::net::TcpStream::connect(inbound)
+        .await
+        .expect("connect");
+    let connector = tokio_rustls::TlsConnector::from(client_config(cert));
+    let name = ServerName::try_from("proxy.mesh.local").expect("name");
+    match connector.connect(name, tcp).await {
+        Ok(tls) => exchange(tls, bytes).await,
+        Err(e) => format!("handshake failed: {e}"),
+    }
+}

@@ -15,7 +15,8 @@ fn pod() -> Pod {
             "annotations": {"mesh.dev/inject": "enabled",
                 "config.mesh.dev/opaque-ports": "5432,9000-9010"}},
         "spec": {"serviceAccountName": "orders",
-            "containers": [{"name": "app", "image": "orders:1"}]}
+            "containers": [{"name": "app", "image": "orders:1"}]},
+        "status": {"podIP": "198.18.7.9"}
     }))
     .unwrap()
 }
@@ -53,6 +54,7 @@ fn resolved_env(c: &Container, pod: &Pod) -> HashMap<String, String> {
                         .service_account_name
                         .clone()
                         .unwrap(),
+                    "status.podIP" => pod.status.as_ref().unwrap().pod_ip.clone().unwrap(),
                     other => panic!("unexpected fieldRef {other}"),
                 }
             }
@@ -113,6 +115,8 @@ fn the_injected_environment_configures_the_proxy() {
     assert_eq!(config.inbound_addr.to_string(), "0.0.0.0:4143");
     assert_eq!(config.outbound_addr.to_string(), "127.0.0.1:4140");
     assert_eq!(config.admin_addr.to_string(), "0.0.0.0:4191");
+    // Inbound traffic goes to the pod IP: localhost-only sockets stay private.
+    assert_eq!(config.app_ip.to_string(), "198.18.7.9");
     assert_eq!(config.opaque_ports.len(), 2, "{:?}", config.opaque_ports);
 
     // Another trust domain moves the identity and the identity server's name with it.

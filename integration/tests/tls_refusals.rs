@@ -4,50 +4,11 @@
 use mesh_integration::{
     apps, client,
     fixture::{spiffe, workload},
-    tls::{client_cert, client_config},
+    tls::{client_cert, exchange, tls_request, transport_header},
     Mesh,
 };
 use std::{sync::atomic::Ordering, time::Duration};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-};
-
-/// Sends a transport header and an HTTP/1.1 request over `io`; returns what
-/// came back before the connection ended (bounded by 5 s).
-async fn request_over<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
-    mut io: S,
-    port: u16,
-) -> String {
-    let header = {
-        let mut h = b"mesh\x01\x00".to_vec();
-        h.extend_from_slice(&port.to_be_bytes());
-        h.extend_from_slice(&0u16.to_be_bytes());
-        h
-    };
-    let _ = io.write_all(&header).await;
-    let _ = io
-        .write_all(b"GET /x HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n")
-        .await;
-    let _ = io.flush().await;
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), io.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).to_string()
-}
-
-async fn tls_request(
-    inbound: std::net::SocketAddr,
-    cert: Option<(String, String)>,
-    port: u16,
-) -> String {
-    let tcp = TcpStream::connect(inbound).await.expect("connect");
-    let connector = tokio_rustls::TlsConnector::from(client_config(cert));
-    let name = rustls::pki_types::ServerName::try_from("proxy.mesh.local").unwrap();
-    match connector.connect(name, tcp).await {
-        Ok(tls) => request_over(tls, port).await,
-        Err(e) => format!("handshake failed: {e}"),
-    }
-}
+use tokio::net::TcpStream;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inbound_refuses_plaintext_anonymous_and_foreign_clients() {
@@ -73,7 +34,9 @@ async fn inbound_refuses_plaintext_anonymous_and_foreign_clients() {
 
     // Plaintext.
     let tcp = TcpStream::connect(api.inbound).await.expect("connect");
-    let out = request_over(tcp, port).await;
+    let mut bytes = transport_header(0, port, "");
+    bytes.extend_from_slice(b"GET /x HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n");
+    let out = exchange(tcp, &bytes).await;
     assert!(!out.contains("HTTP/1.1 200"), "plaintext accepted: {out}");
 
     // TLS without a client certificate.

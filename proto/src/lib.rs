@@ -12,3 +12,6 @@ pub mod policy {
 pub mod identity {
     tonic::include_proto!("mesh.identity.v1");
 }
+
+#[cfg(feature = "net")]
+pub mod net;

@@ -6,30 +6,41 @@
 use crate::{body::ProxyBody, metrics::Metrics, tls::CertStore};
 use http::{header::CONTENT_TYPE, HeaderValue, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use std::{convert::Infallible, sync::Arc};
-use tokio::{net::TcpListener, sync::watch};
+use std::{convert::Infallible, sync::Arc, time::Duration};
+use tokio::sync::watch;
 
 /// Brings scrape-time gauges up to date before `/metrics` is rendered.
 pub type Refresh = Arc<dyn Fn() + Send + Sync>;
 
-/// Serves the admin endpoints forever.
+/// Serves the admin endpoints forever. Requests must arrive within
+/// `header` of connecting (and of each other, on a kept-alive connection).
 pub async fn serve(
-    listener: TcpListener,
+    listener: crate::serve::Limited,
     metrics: Arc<Metrics>,
     ready: watch::Receiver<bool>,
     refresh: Refresh,
     certs: Arc<CertStore>,
+    header: Duration,
 ) {
+    let timeouts = crate::serve::ConnTimeouts {
+        header,
+        idle: header,
+    };
     loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            continue;
-        };
+        let (tcp, _, mut slot) = listener.accept().await;
         let metrics = metrics.clone();
         let ready = ready.clone();
         let refresh = refresh.clone();
         let certs = certs.clone();
         tokio::spawn(async move {
+            if !crate::serve::first_bytes(&tcp, &mut slot, header).await {
+                return;
+            }
+            slot.activate();
+            let activity = crate::serve::Activity::default();
+            let counted = activity.clone();
             let svc = hyper::service::service_fn(move |req| {
+                counted.request();
                 if req.uri().path() == "/metrics" {
                     refresh();
                 }
@@ -40,9 +51,16 @@ pub async fn serve(
                 };
                 async move { Ok::<_, Infallible>(rsp) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), svc)
-                .await;
+            let conn = crate::serve::http1(header).serve_connection(TokioIo::new(tcp), svc);
+            // Allocated only once the client has spoken.
+            let _ = Box::pin(crate::serve::idle::watch(
+                conn,
+                &activity,
+                timeouts.requests(),
+                |c| c.graceful_shutdown(),
+            ))
+            .await;
+            drop(slot);
         });
     }
 }

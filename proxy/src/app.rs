@@ -58,6 +58,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ready_tx,
     ));
 
+    let timeouts = crate::serve::ConnTimeouts {
+        header: config.header_timeout,
+        idle: config.idle_timeout,
+    };
     let settings = EndpointSettings {
         certs: certs.clone(),
         roots: roots.clone(),
@@ -87,6 +91,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             connect_timeout: config.connect_timeout,
             opaque_ports: config.opaque_ports.clone(),
             local: local.clone(),
+            timeouts,
             access_log: access_log.clone(),
             trace,
         },
@@ -95,12 +100,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let (outbound, metrics) = (outbound.clone(), metrics.clone());
         Arc::new(move || outbound.export_balancer_gauges(&metrics))
     };
+    let admin_l = limited(
+        &metrics,
+        "admin",
+        admin_l,
+        config.admin_max_connections,
+        crate::serve::HTTP_REFUSAL,
+    );
     tokio::spawn(admin::serve(
         admin_l,
         metrics.clone(),
         ready_rx.clone(),
         refresh,
         certs.clone(),
+        config.header_timeout,
     ));
     let policies = InboundPolicies::new(
         resolver_channel,
@@ -109,7 +122,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         metrics.clone(),
         config.discovery_timeout,
     );
-    policies.prefetch(&config.inbound_ports);
+    policies.prefetch(config.inbound_ports.as_deref().unwrap_or_default());
     let inbound = Arc::new(Inbound::new(
         tls::server_config(certs.clone(), roots)?,
         metrics.clone(),
@@ -117,7 +130,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         policies,
         InboundSettings {
             app_ip: config.app_ip,
-            header_timeout: config.header_timeout,
+            app_ports: crate::inbound::target::AppPorts::new(
+                &[
+                    config.inbound_addr.port(),
+                    config.outbound_addr.port(),
+                    config.admin_addr.port(),
+                ],
+                config.inbound_ports.as_deref(),
+            ),
+            timeouts,
             detect_timeout: config.detect_timeout,
             opaque_ports: config.opaque_ports.clone(),
             probes: config.inbound_probes.clone(),
@@ -139,18 +160,35 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         r = ready_rx.wait_for(|r| *r) => { r.context("identity task ended")?; }
         _ = shutdown() => return Ok(()),
     }
+    let max = config.max_connections;
+    let http = crate::serve::HTTP_REFUSAL;
     if let Some(l) = inbound_l6 {
+        let l = limited(&metrics, "inbound", l, max, b"");
         tokio::spawn(inbound.clone().serve(l));
     }
     if let Some(l) = outbound_l6 {
+        let l = limited(&metrics, "outbound", l, max, http);
         tokio::spawn(outbound.clone().serve(l));
     }
-    tokio::spawn(inbound.serve(inbound_l));
-    tokio::spawn(outbound.serve(outbound_l));
+    tokio::spawn(inbound.serve(limited(&metrics, "inbound", inbound_l, max, b"")));
+    tokio::spawn(outbound.serve(limited(&metrics, "outbound", outbound_l, max, http)));
     tracing::info!("proxy ready");
     shutdown().await;
     tracing::info!("shutting down");
     Ok(())
+}
+
+/// Caps `listener` at `max` connections, its counters exported as `name`.
+fn limited(
+    metrics: &Metrics,
+    name: &'static str,
+    listener: TcpListener,
+    max: usize,
+    refusal: &'static [u8],
+) -> crate::serve::Limited {
+    let l = crate::serve::Limited::new(listener, max, refusal);
+    metrics.listen(name, l.stats());
+    l
 }
 
 async fn bind(addr: std::net::SocketAddr, var: &str) -> anyhow::Result<TcpListener> {

@@ -74,17 +74,29 @@ pub struct Config {
     /// on strict ports and under a `deny` default.
     pub inbound_probes: Vec<(u16, String)>,
     /// The application's ports (`MESH_PROXY_INBOUND_PORTS`, the injector
-    /// writes the containers' ports): their inbound policies are fetched at
-    /// startup and kept, so no first request waits for the controller.
-    pub inbound_ports: Vec<u16>,
+    /// writes the containers' ports): the only ports inbound traffic may
+    /// reach, and their inbound policies are fetched at startup and kept, so
+    /// no first request waits for the controller. `None`: not declared (any
+    /// port but the proxy's own); `Some([])`: the app serves nothing.
+    pub inbound_ports: Option<Vec<u16>>,
     /// Tokio worker threads; 1 runs a single-threaded runtime.
     pub worker_threads: usize,
     /// Timeout for connecting to a peer or the application.
     pub connect_timeout: Duration,
     /// How long to wait for a new target's first discovery answer.
     pub discovery_timeout: Duration,
-    /// How long a peer may take to send its transport header.
+    /// How long a client may take to say something: a peer its handshake
+    /// and transport header, any HTTP client its first request and every
+    /// HTTP/1 request head.
     pub header_timeout: Duration,
+    /// How long a connection may go without a new request (HTTP/2; HTTP/1
+    /// keep-alive connections are bounded by `header_timeout`).
+    pub idle_timeout: Duration,
+    /// Open connections per listener (inbound, outbound); beyond it the
+    /// oldest silent connection is shed, or the new one refused.
+    pub max_connections: usize,
+    /// Open connections on the admin listener.
+    pub admin_max_connections: usize,
     /// How long a redirected connection may take to show its protocol
     /// before it is treated as opaque TCP.
     pub detect_timeout: Duration,
@@ -188,6 +200,22 @@ impl Config {
             }
         };
 
+        let count = |k: &'static str, default: usize| -> Result<usize, ConfigError> {
+            match get(k) {
+                None => Ok(default),
+                Some(v) => v
+                    .trim()
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=1_000_000).contains(n))
+                    .ok_or(ConfigError::Invalid {
+                        name: k,
+                        value: v,
+                        reason: "expected a number from 1 to 1000000".into(),
+                    }),
+            }
+        };
+
         let worker_threads = match get("MESH_PROXY_WORKER_THREADS") {
             None => 1,
             Some(v) => v
@@ -234,18 +262,21 @@ impl Config {
         };
         let workload = get("MESH_PROXY_WORKLOAD").unwrap_or_else(|| "unknown".into());
         let inbound_ports = match get("MESH_PROXY_INBOUND_PORTS") {
-            None => Vec::new(),
-            Some(v) => v
-                .split(',')
-                .map(str::trim)
-                .filter(|p| !p.is_empty())
-                .map(|p| p.parse::<u16>().ok().filter(|p| *p != 0))
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| ConfigError::Invalid {
-                    name: "MESH_PROXY_INBOUND_PORTS",
-                    value: v.clone(),
-                    reason: "expected comma-separated ports (1-65535)".into(),
-                })?,
+            None => None,
+            // Serves nothing: every inbound connection is refused.
+            Some(v) if v.trim() == "none" => Some(Vec::new()),
+            Some(v) => Some(
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .map(|p| p.parse::<u16>().ok().filter(|p| *p != 0))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| ConfigError::Invalid {
+                        name: "MESH_PROXY_INBOUND_PORTS",
+                        value: v.clone(),
+                        reason: "expected comma-separated ports (1-65535) or none".into(),
+                    })?,
+            ),
         };
         let inbound_probes = match get("MESH_PROXY_INBOUND_PROBES") {
             None => Vec::new(),
@@ -319,6 +350,9 @@ impl Config {
             connect_timeout: millis("MESH_PROXY_CONNECT_TIMEOUT_MS", 1_000)?,
             discovery_timeout: millis("MESH_PROXY_DISCOVERY_TIMEOUT_MS", 3_000)?,
             header_timeout: millis("MESH_PROXY_HEADER_TIMEOUT_MS", 10_000)?,
+            idle_timeout: millis("MESH_PROXY_IDLE_TIMEOUT_MS", 300_000)?,
+            max_connections: count("MESH_PROXY_MAX_CONNECTIONS", 10_000)?,
+            admin_max_connections: count("MESH_PROXY_ADMIN_MAX_CONNECTIONS", 1_024)?,
             detect_timeout: millis("MESH_PROXY_DETECT_TIMEOUT_MS", 10_000)?,
             opaque_ports,
             access_log,
@@ -386,6 +420,12 @@ mod tests {
         assert_eq!(c.worker_threads, 1);
         assert!(c.opaque_ports.is_empty());
         assert_eq!(c.detect_timeout, Duration::from_secs(10));
+        assert_eq!(c.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.idle_timeout, Duration::from_secs(300));
+        assert_eq!(
+            (c.max_connections, c.admin_max_connections),
+            (10_000, 1_024)
+        );
     }
 
     #[test]
@@ -485,6 +525,20 @@ mod tests {
         m.insert("MESH_PROXY_TRACE_BATCH_DELAY_MS", "0".into());
         let e = parse(&m).expect_err("invalid").to_string();
         assert!(e.starts_with("MESH_PROXY_TRACE_BATCH_DELAY_MS:"), "{e}");
+
+        let mut m = base();
+        m.insert("MESH_PROXY_MAX_CONNECTIONS", "0".into());
+        let e = parse(&m).expect_err("invalid").to_string();
+        assert!(e.starts_with("MESH_PROXY_MAX_CONNECTIONS:"), "{e}");
+
+        let mut m = base();
+        m.insert("MESH_PROXY_INBOUND_PORTS", "8080,0".into());
+        let e = parse(&m).expect_err("invalid").to_string();
+        assert!(e.starts_with("MESH_PROXY_INBOUND_PORTS:"), "{e}");
+        m.insert("MESH_PROXY_INBOUND_PORTS", "none".into());
+        assert_eq!(parse(&m).unwrap().inbound_ports, Some(vec![]));
+        m.insert("MESH_PROXY_INBOUND_PORTS", "8080, 9090".into());
+        assert_eq!(parse(&m).unwrap().inbound_ports, Some(vec![8080, 9090]));
 
         let mut m = base();
         m.insert("MESH_PROXY_IDENTITY", "orders".into());

@@ -15,6 +15,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The connection caps, not the descriptor limit, should bound a flood.
+    let _ = mesh_proxy::serve::raise_fd_limit();
     let rt = if config.worker_threads == 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()

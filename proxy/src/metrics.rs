@@ -159,6 +159,23 @@ pub struct BalancerLabels {
     pub state: &'static str,
 }
 
+/// Labels of one of the proxy's listeners.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// `inbound`, `outbound` or `admin`.
+    pub listener: &'static str,
+}
+
+/// Labels of connections a listener did not keep.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerDropLabels {
+    pub listener: &'static str,
+    /// `refused` (full of active connections), `shed` (a silent connection
+    /// closed to make room) or `exhausted` (accept failed: out of
+    /// descriptors or memory).
+    pub reason: &'static str,
+}
+
 /// Labels of a control-plane connection.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ControlLabels {
@@ -193,6 +210,10 @@ pub struct Metrics {
     pub tcp_read_bytes: Family<TcpLabels, Counter>,
     pub tcp_write_bytes: Family<TcpLabels, Counter>,
     pub authz: Family<AuthzLabels, Counter>,
+    pub listener_connections: Family<ListenerLabels, Gauge>,
+    pub listener_dropped: Family<ListenerDropLabels, Counter>,
+    /// The listeners whose counters are read at scrape time.
+    listeners: std::sync::Mutex<Vec<(&'static str, mesh_proto::net::accept::StatsHandle)>>,
     process: crate::process::ProcessMetrics,
 }
 
@@ -224,6 +245,18 @@ impl Metrics {
         let tcp_read_bytes = Family::<TcpLabels, Counter>::default();
         let tcp_write_bytes = Family::<TcpLabels, Counter>::default();
         let authz = Family::<AuthzLabels, Counter>::default();
+        let listener_connections = Family::<ListenerLabels, Gauge>::default();
+        let listener_dropped = Family::<ListenerDropLabels, Counter>::default();
+        registry.register(
+            "listener_connections",
+            "Connections open on each listener",
+            listener_connections.clone(),
+        );
+        registry.register(
+            "listener_dropped",
+            "Connections a listener closed at once: refused when full, shed (silent, to make room), or failed accepts (descriptors or memory exhausted)",
+            listener_dropped.clone(),
+        );
         registry.register(
             "authz",
             "Inbound authorization decisions, by decision and policy",
@@ -314,7 +347,56 @@ impl Metrics {
             tcp_read_bytes,
             tcp_write_bytes,
             authz,
+            listener_connections,
+            listener_dropped,
+            listeners: Default::default(),
             process: crate::process::ProcessMetrics::new(),
+        }
+    }
+
+    /// Exports `stats` as listener `name`'s (several listeners may share a
+    /// name: their counts add up).
+    pub fn listen(&self, name: &'static str, stats: mesh_proto::net::accept::StatsHandle) {
+        let mut l = match self.listeners.lock() {
+            Ok(l) => l,
+            Err(p) => p.into_inner(),
+        };
+        l.push((name, stats));
+    }
+
+    /// Brings the listener families up to date.
+    fn refresh_listeners(&self) {
+        let l = match self.listeners.lock() {
+            Ok(l) => l,
+            Err(p) => p.into_inner(),
+        };
+        let mut sums: Vec<(&'static str, mesh_proto::net::accept::Stats)> = Vec::new();
+        for (name, stats) in l.iter() {
+            let s = stats.get();
+            match sums.iter_mut().find(|(n, _)| n == name) {
+                Some((_, sum)) => {
+                    sum.open += s.open;
+                    sum.refused += s.refused;
+                    sum.shed += s.shed;
+                    sum.exhausted += s.exhausted;
+                }
+                None => sums.push((name, s)),
+            }
+        }
+        for (listener, s) in sums {
+            self.listener_connections
+                .get_or_create(&ListenerLabels { listener })
+                .set(s.open as i64);
+            for (reason, n) in [
+                ("refused", s.refused),
+                ("shed", s.shed),
+                ("exhausted", s.exhausted),
+            ] {
+                let c = self
+                    .listener_dropped
+                    .get_or_create(&ListenerDropLabels { listener, reason });
+                c.inc_by(n.saturating_sub(c.get()));
+            }
         }
     }
 
@@ -322,6 +404,7 @@ impl Metrics {
     pub fn encode(&self) -> String {
         use prometheus_client::encoding::text::{encode_eof, encode_registry};
         self.process.refresh();
+        self.refresh_listeners();
         let mut out = String::with_capacity(4096);
         // Writing to a String cannot fail.
         let _ = encode_registry(&mut out, &self.registry);

@@ -149,7 +149,15 @@ async fn demo(args: &Args, procs: &mut Procs) -> anyhow::Result<()> {
         &[(&api1, api1_app.addr), (&api2, api2_app.addr)],
     )?;
     let anchors = id_dir.join(mesh_identity::files::TRUST_ANCHORS);
-    for w in [&client, &web, &api1, &api2] {
+    // Each proxy forwards inbound traffic only to its own app's port: on a
+    // shared loopback every other port belongs to someone else.
+    let app_ports = [
+        "none".to_string(),
+        web_app.port().to_string(),
+        api1_app.addr.port().to_string(),
+        api2_app.addr.port().to_string(),
+    ];
+    for (w, app_port) in [&client, &web, &api1, &api2].into_iter().zip(app_ports) {
         let token = mesh_identity::token::mint(&key, NS, w.sa, Duration::from_secs(3600));
         let env = [
             ("MESH_PROXY_OUTBOUND_ADDR", w.outbound.to_string()),
@@ -165,6 +173,7 @@ async fn demo(args: &Args, procs: &mut Procs) -> anyhow::Result<()> {
             ("MESH_PROXY_NAMESPACE", NS.to_string()),
             ("MESH_PROXY_SERVICE_ACCOUNT", w.sa.to_string()),
             ("MESH_PROXY_WORKLOAD", w.name.to_string()),
+            ("MESH_PROXY_INBOUND_PORTS", app_port),
         ]
         .map(|(k, v)| (k.to_string(), v));
         procs.spawn(&format!("proxy-{}", w.name), "mesh-proxy", &[], &env, &logs)?;

@@ -156,6 +156,9 @@ fn env(cfg: &InjectConfig, o: &Overrides) -> Vec<EnvVar> {
             format!("127.0.0.1:{OUTBOUND_PORT}"),
         ),
         value("MESH_PROXY_ADMIN_ADDR", format!("0.0.0.0:{ADMIN_PORT}")),
+        // Inbound traffic goes to the pod IP, not 127.0.0.1, so sockets the
+        // app binds to localhost only stay private to the pod.
+        field("MESH_PROXY_APP_IP", "status.podIP"),
         value("MESH_PROXY_DESTINATION_ADDR", cfg.destination_addr.clone()),
         value("MESH_PROXY_IDENTITY_ADDR", cfg.identity_addr.clone()),
         value("MESH_PROXY_TRUST_DOMAIN", cfg.trust_domain.clone()),

@@ -10,9 +10,11 @@ mod app;
 pub mod authz;
 mod http;
 pub mod policy;
+pub mod target;
 
 use self::authz::{Call, Caller, TlsMode};
 use self::policy::{InboundPolicies, PortPolicy};
+use crate::serve::{idle, Ended};
 use crate::{
     detect::{self, Protocol},
     init::rules::PortRange,
@@ -21,14 +23,15 @@ use crate::{
     tls::spiffe::spiffe_id,
     transport_header::{SessionProtocol, TransportHeader},
 };
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
+use mesh_proto::net::accept::Slot;
 use std::{
     net::{IpAddr, SocketAddr},
     sync::Arc,
     time::Duration,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
 /// Everything the inbound side shares across connections.
@@ -36,10 +39,12 @@ pub struct Inbound {
     acceptor: TlsAcceptor,
     metrics: Arc<Metrics>,
     identity: Str,
-    header_timeout: Duration,
+    timeouts: crate::serve::ConnTimeouts,
     detect_timeout: Duration,
     opaque_ports: Vec<PortRange>,
     apps: app::AppClients,
+    /// The ports callers may reach.
+    ports: target::AppPorts,
     policies: InboundPolicies,
     /// The application's probe paths by port.
     probes: std::collections::HashMap<u16, Arc<[String]>>,
@@ -52,8 +57,11 @@ pub struct Inbound {
 pub struct InboundSettings {
     /// The IP the app listens on.
     pub app_ip: IpAddr,
-    /// How long a peer may take for its handshake and transport header.
-    pub header_timeout: Duration,
+    /// The ports callers may reach (never the proxy's own).
+    pub app_ports: target::AppPorts,
+    /// How long a peer may take for its handshake and transport header (and
+    /// then its first request), and how long a connection may stay idle.
+    pub timeouts: crate::serve::ConnTimeouts,
     /// How long a plaintext client may take to show its protocol.
     pub detect_timeout: Duration,
     /// Ports whose plaintext traffic is opaque (no detection).
@@ -105,10 +113,11 @@ impl Inbound {
             acceptor: TlsAcceptor::from(tls),
             metrics,
             identity: identity.into(),
-            header_timeout: settings.header_timeout,
+            timeouts: settings.timeouts,
             detect_timeout: settings.detect_timeout,
             opaque_ports: settings.opaque_ports,
             apps: app::AppClients::new(settings.app_ip, settings.connect_timeout),
+            ports: settings.app_ports,
             policies,
             probes: {
                 let mut by_port = std::collections::HashMap::<u16, Vec<String>>::new();
@@ -124,17 +133,10 @@ impl Inbound {
     }
 
     /// Accepts connections forever.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+    pub async fn serve(self: Arc<Self>, listener: crate::serve::Limited) {
         let listen_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
         loop {
-            let (tcp, peer) = match listener.accept().await {
-                Ok(c) => c,
-                Err(error) => {
-                    tracing::warn!(%error, "inbound accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
+            let (tcp, peer, slot) = listener.accept().await;
             let _ = tcp.set_nodelay(true);
             let this = self.clone();
             tokio::spawn(async move {
@@ -144,8 +146,18 @@ impl Inbound {
                     .map(|a| a.port())
                     .filter(|p| *p != listen_port);
                 let result = match redirected {
-                    Some(port) => this.plaintext(tcp, peer, port).await,
-                    None => this.mutual_tls(tcp, peer).await,
+                    Some(port) => this.plaintext(tcp, peer, port, slot).await,
+                    None => {
+                        // The handshake's state is allocated only for a
+                        // client that sends something.
+                        let deadline = tokio::time::Instant::now() + this.timeouts.header;
+                        let mut slot = slot;
+                        if crate::serve::first_bytes(&tcp, &mut slot, this.timeouts.header).await {
+                            Box::pin(this.mutual_tls(tcp, peer, slot, deadline)).await
+                        } else {
+                            Err(("timeout", "peer sent nothing in time".into()))
+                        }
+                    }
                 };
                 if let Err(reason) = result {
                     this.metrics.error(Direction::inbound, reason.0);
@@ -156,7 +168,13 @@ impl Inbound {
     }
 
     /// A peer proxy's connection: handshake, transport header, session.
-    async fn mutual_tls(&self, tcp: TcpStream, addr: SocketAddr) -> Result<(), Refusal> {
+    async fn mutual_tls(
+        &self,
+        tcp: TcpStream,
+        addr: SocketAddr,
+        mut slot: Slot,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), Refusal> {
         let tcp = Metered::new(
             tcp,
             self.metrics.clone(),
@@ -194,9 +212,17 @@ impl Inbound {
                 .map_err(|e| ("transport header", e.to_string()))?;
             Ok::<_, Refusal>((tls, client_id, header))
         };
-        let (mut tls, client_id, header) = tokio::time::timeout(self.header_timeout, preamble)
-            .await
-            .map_err(|_| ("timeout", "no handshake and header in time".to_string()))??;
+        // Until the header is in, the connection may be shed for a new one.
+        let preamble = async {
+            tokio::select! {
+                r = tokio::time::timeout_at(deadline, preamble) => r
+                    .map_err(|_| ("timeout", "no handshake and header in time".to_string()))?,
+                () = slot.shed() => Err(("shed", "closed to make room for a new connection".into())),
+            }
+        };
+        let (mut tls, client_id, header) = preamble.await?;
+        slot.activate();
+        self.check_port(header.port, Some(&client_id), addr)?;
         let dst_service = Str::from(header.name.as_str());
         tls.get_mut().0.open(TcpLabels {
             direction: Direction::inbound,
@@ -214,16 +240,26 @@ impl Inbound {
             dst_service,
             probes: None,
         };
-        if header.port == 0 {
-            return Err(("transport header", "target port 0".into()));
-        }
         let policy = self.policies.get(header.port).await;
         self.session(TokioIo::new(tls), protocol, header.port, peer, policy)
             .await
     }
 
     /// A client outside the mesh, redirected from application port `port`.
-    async fn plaintext(&self, tcp: TcpStream, addr: SocketAddr, port: u16) -> Result<(), Refusal> {
+    async fn plaintext(
+        &self,
+        tcp: TcpStream,
+        addr: SocketAddr,
+        port: u16,
+        mut slot: Slot,
+    ) -> Result<(), Refusal> {
+        self.check_port(port, None, addr)?;
+        let opaque = detect::skips_detection(port, &self.opaque_ports);
+        // Clients of server-speaks-first ports wait for the app.
+        if !opaque && !crate::serve::first_bytes(&tcp, &mut slot, self.timeouts.header).await {
+            return Err(("timeout", "plaintext client sent nothing in time".into()));
+        }
+        slot.activate();
         let policy = self.policies.get(port).await;
         let probes = self.probes.get(&port).cloned();
         let refuse = || {
@@ -243,7 +279,7 @@ impl Inbound {
         if strict && probes.is_none() {
             return refuse();
         }
-        let protocol = if detect::skips_detection(port, &self.opaque_ports) {
+        let protocol = if opaque {
             Protocol::Opaque
         } else {
             detect::detect(&tcp, self.detect_timeout)
@@ -265,8 +301,22 @@ impl Inbound {
             dst_service: Str::default(),
             probes,
         };
-        self.session(TokioIo::new(tcp), protocol, port, peer, policy)
-            .await
+        Box::pin(self.session(TokioIo::new(tcp), protocol, port, peer, policy)).await
+    }
+
+    /// Refuses a port the app does not serve (the proxy's own, or one it
+    /// did not declare), logging who asked.
+    fn check_port(&self, port: u16, client: Option<&str>, addr: SocketAddr) -> Result<(), Refusal> {
+        self.ports.check(port).map_err(|refused| {
+            tracing::warn!(
+                client = client.unwrap_or("-"),
+                %addr,
+                port,
+                %refused,
+                "inbound connection to a port the application does not serve refused"
+            );
+            (refused.reason(), refused.to_string())
+        })
     }
 
     /// An opaque session: authorized once, then bytes both ways until
@@ -375,21 +425,25 @@ impl Inbound {
             access_log: self.access_log.clone(),
             trace: self.trace,
         };
-        if protocol == Protocol::Http2 {
-            let svc = hyper::service::service_fn(move |req| conn.clone().handle(req));
-            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .serve_connection(io, svc)
-                .await
-                .map_err(|e| ("http", e.to_string()))
+        let activity = crate::serve::Activity::default();
+        let counted = activity.clone();
+        let svc = hyper::service::service_fn(move |req| {
+            counted.request();
+            conn.clone().handle(req)
+        });
+        let timeouts = self.timeouts.requests();
+        let ended = if protocol == Protocol::Http2 {
+            let conn = crate::serve::http2().serve_connection(io, svc);
+            idle::watch(conn, &activity, timeouts, |c| c.graceful_shutdown()).await
         } else {
-            let svc = hyper::service::service_fn(move |req| conn.clone().handle(req));
-            hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
+            let conn = crate::serve::http1(self.timeouts.header)
                 .serve_connection(io, svc)
-                .with_upgrades()
-                .await
-                .map_err(|e| ("http", e.to_string()))
+                .with_upgrades();
+            idle::watch(conn, &activity, timeouts, |c| c.graceful_shutdown()).await
+        };
+        match ended {
+            Ended::Closed(r) | Ended::Idle(r) => r.map_err(|e| ("http", e.to_string())),
+            Ended::NoRequest => Err(("timeout", "no request in time".into())),
         }
     }
 }

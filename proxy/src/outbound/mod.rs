@@ -36,6 +36,8 @@ pub struct OutboundSettings {
     pub access_log: Option<Arc<crate::access_log::AccessLog>>,
     /// Request spans, when tracing is on.
     pub trace: Option<crate::trace::Tracing>,
+    /// How long app connections may stay silent.
+    pub timeouts: crate::serve::ConnTimeouts,
 }
 
 use crate::{
@@ -50,10 +52,9 @@ use crate::{
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::{TokioExecutor, TokioIo},
-    server::conn::auto,
 };
 use std::{net::SocketAddr, sync::Arc, time::Duration};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// An application connection, counted into the TCP metrics.
 type AppConn = Metered<TcpStream>;
@@ -75,6 +76,7 @@ pub struct Outbound {
     pub(crate) local: crate::metrics::Local,
     pub(crate) access_log: Option<Arc<crate::access_log::AccessLog>>,
     pub(crate) trace: Option<crate::trace::Tracing>,
+    pub(crate) timeouts: crate::serve::ConnTimeouts,
 }
 
 impl Outbound {
@@ -115,6 +117,7 @@ impl Outbound {
             local: settings.local,
             access_log: settings.access_log,
             trace: settings.trace,
+            timeouts: settings.timeouts,
         }
     }
 
@@ -144,45 +147,73 @@ impl Outbound {
     }
 
     /// Accepts application connections forever.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+    pub async fn serve(self: Arc<Self>, listener: crate::serve::Limited) {
         loop {
-            let (tcp, peer) = match listener.accept().await {
-                Ok(c) => c,
-                Err(error) => {
-                    tracing::warn!(%error, "outbound accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
+            let (tcp, peer, mut slot) = listener.accept().await;
             let _ = tcp.set_nodelay(true);
             let this = self.clone();
             tokio::spawn(async move {
-                let dst = crate::orig_dst::original_dst(&tcp);
-                let labels = TcpLabels {
-                    direction: Direction::outbound,
-                    ..TcpLabels::default()
-                };
-                let mut io = Metered::new(tcp, this.metrics.clone(), labels.clone());
-                match dst {
-                    Some(dst) => transparent::serve(this, io, dst).await,
-                    None => {
-                        io.open(labels);
-                        serve_http(http::Connection::new(this), io, peer).await
-                    }
+                // A client that says nothing costs no buffers and is shed
+                // first when the listener is full.
+                if !crate::serve::first_bytes(&tcp, &mut slot, this.timeouts.header).await {
+                    return;
                 }
+                slot.activate();
+                // Only now the connection's full state is allocated.
+                Box::pin(this.serve_conn(tcp, peer)).await;
+                drop(slot);
             });
         }
     }
 }
 
-/// Serves HTTP/1 or HTTP/2 (with upgrades) on an application connection.
-async fn serve_http(conn: http::Connection, io: AppConn, peer: SocketAddr) {
-    let svc = hyper::service::service_fn(move |req| conn.clone().handle(req));
-    let builder = auto::Builder::new(TokioExecutor::new());
-    if let Err(error) = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), svc)
-        .await
+impl Outbound {
+    /// Serves one application connection that has started talking.
+    async fn serve_conn(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
+        let dst = crate::orig_dst::original_dst(&tcp);
+        let labels = TcpLabels {
+            direction: Direction::outbound,
+            ..TcpLabels::default()
+        };
+        let mut io = Metered::new(tcp, self.metrics.clone(), labels.clone());
+        match dst {
+            Some(dst) => transparent::serve(self, io, dst).await,
+            None => {
+                io.open(labels);
+                let timeouts = self.timeouts;
+                serve_http(http::Connection::new(self), io, peer, timeouts).await
+            }
+        }
+    }
+}
+
+/// Serves HTTP/1 or HTTP/2 (with upgrades) on an application connection,
+/// closing it when it asks nothing for too long.
+async fn serve_http(
+    conn: http::Connection,
+    io: AppConn,
+    peer: SocketAddr,
+    timeouts: crate::serve::ConnTimeouts,
+) {
+    let activity = crate::serve::Activity::default();
+    let counted = activity.clone();
+    let svc = hyper::service::service_fn(move |req| {
+        counted.request();
+        conn.clone().handle(req)
+    });
+    let builder = crate::serve::auto(timeouts.header);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    match crate::serve::idle::watch(conn, &activity, timeouts.requests(), |c| {
+        c.graceful_shutdown()
+    })
+    .await
     {
-        tracing::debug!(%peer, %error, "outbound connection closed with an error");
+        crate::serve::Ended::Closed(Err(error)) | crate::serve::Ended::Idle(Err(error)) => {
+            tracing::debug!(%peer, %error, "outbound connection closed with an error");
+        }
+        crate::serve::Ended::NoRequest => {
+            tracing::debug!(%peer, "outbound connection sent no request in time; closed");
+        }
+        _ => {}
     }
 }

@@ -59,8 +59,9 @@ pub async fn serve(ob: Arc<Outbound>, mut io: Metered<TcpStream>, dst: SocketAdd
         Protocol::Http1 | Protocol::Http2 => {
             let authority = target.parse().ok();
             io.open(tcp_labels(name.clone(), false));
+            let timeouts = ob.timeouts;
             let conn = Connection::fixed(ob, name, watch, authority);
-            super::serve_http(conn, io, dst).await;
+            super::serve_http(conn, io, dst, timeouts).await;
         }
     }
 }

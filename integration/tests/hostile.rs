@@ -1,0 +1,311 @@
+//! Attacks on the real binaries (issue 12): what a peer holding a valid mesh
+//! certificate, an application, or any process that reaches a proxy's ports
+//! may try, and what must come of it. Loopback only.
+
+use mesh_integration::{
+    apps, client,
+    fixture::{admin_get, service, spiffe, workload},
+    tls::{client_cert, tls_exchange, tls_request, transport_header},
+    Mesh,
+};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    time::{Duration, Instant},
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+/// An HTTP/1.1 request for `host` after a transport header naming `port`.
+fn header_then_get(protocol: u8, port: u16, host: &str) -> Vec<u8> {
+    let mut bytes = transport_header(protocol, port, "");
+    bytes.extend_from_slice(
+        format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_reaches_only_the_apps_ports() {
+    let mesh = Mesh::start("1h").await;
+    // 127.0.0.2 stands for the pod IP: the app listens there, a private
+    // socket on 127.0.0.1 only.
+    let pod_ip: IpAddr = Ipv4Addr::new(127, 0, 0, 2).into();
+    let app = apps::echo_on(pod_ip, "server", Default::default()).await;
+    let private = apps::echo_on(Ipv4Addr::LOCALHOST.into(), "private", Default::default()).await;
+    let server = mesh
+        .proxy_env(
+            "demo",
+            "server",
+            "server-1",
+            &[("MESH_PROXY_APP_IP", "127.0.0.2")],
+        )
+        .await;
+    let attacker = spiffe("demo", "attacker");
+    let cert = || Some(client_cert(&mesh.identity_dir, &attacker));
+
+    // Control: the app's port is served, so the refusals below are about ports.
+    let out = tls_request(server.inbound, cert(), app.addr.port()).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "app port refused: {out}");
+    assert_eq!(app.count(), 1);
+
+    // The proxy's own listeners, under every protocol a header can name.
+    for port in [
+        server.outbound.port(),
+        server.admin.port(),
+        server.inbound.port(),
+    ] {
+        for protocol in [0u8, 1, 2] {
+            let bytes = header_then_get(protocol, port, "web.demo.svc.cluster.local");
+            let out = tls_exchange(server.inbound, cert(), &bytes).await;
+            assert!(out.is_empty(), "port {port}, protocol {protocol}: {out}");
+        }
+    }
+    // A socket bound to localhost only is out of reach: the app IP is not loopback.
+    let out = tls_request(server.inbound, cert(), private.addr.port()).await;
+    assert!(
+        out.starts_with("HTTP/1.1 502") && out.contains("x-mesh-proxy-error: app failed"),
+        "{out}"
+    );
+    assert_eq!(private.count(), 0, "the localhost-only socket was reached");
+    assert_eq!(app.count(), 1);
+    let refused = server
+        .metric_sum(
+            "mesh_proxy_errors_total",
+            &["direction=\"inbound\"", "reason=\"proxy port\""],
+        )
+        .await;
+    assert_eq!(refused, 9.0, "each refusal counted");
+    assert!(
+        server.proc.log_text().contains(&attacker),
+        "refusals are logged with the peer's identity"
+    );
+
+    // On a shared loopback (local mode) the declared ports are the only ones.
+    let mine = apps::echo("mine").await;
+    let neighbour = apps::echo("neighbour").await;
+    let port = mine.addr.port().to_string();
+    let local = mesh
+        .proxy_env(
+            "demo",
+            "server",
+            "server-2",
+            &[("MESH_PROXY_INBOUND_PORTS", &port)],
+        )
+        .await;
+    let out = tls_request(local.inbound, cert(), mine.addr.port()).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    for port in [neighbour.addr.port(), local.outbound.port()] {
+        let out = tls_request(local.inbound, cert(), port).await;
+        assert!(out.is_empty(), "port {port}: {out}");
+    }
+    assert_eq!(neighbour.count(), 0);
+    assert_eq!(
+        local
+            .metric_sum("mesh_proxy_errors_total", &["reason=\"undeclared port\""])
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_caller_cannot_borrow_the_servers_identity() {
+    let mesh = Mesh::start("1h").await;
+    // ledger: only `server` may call it.
+    let ledger_app = apps::echo("ledger-1").await;
+    let ledger = mesh.proxy("shop", "ledger", "ledger-1").await;
+    mesh.write(
+        "ledger.yaml",
+        &format!(
+            "{}---\n{}---\n{}",
+            service("ledger", "shop", &[("http", 80, "http", "http")]),
+            workload(
+                "ledger-1",
+                "shop",
+                "ledger",
+                "ledger",
+                &[("http", ledger_app.addr.port())],
+                ledger.inbound,
+            ),
+            "apiVersion: policy.mesh.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: ledger-callers, namespace: shop}\nspec:\n  targetRef: {kind: Service, name: ledger}\n  action: allow\n  rules:\n  - from: [{identities: [\"spiffe://cluster.local/ns/shop/sa/server\"]}]\n"
+        ),
+    );
+    mesh.wait_for_endpoints("ledger.shop.svc.cluster.local:80", 1)
+        .await;
+    // `server`, whose app ports are not declared (the widest case).
+    let server_app = apps::echo("server-1").await;
+    let server = mesh.proxy("shop", "server", "server-1").await;
+
+    // Control: the server's own calls reach ledger.
+    let r = client::get(
+        &client::http1(server.outbound),
+        "http://ledger.shop.svc.cluster.local/",
+    )
+    .await
+    .expect("response");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.header("x-seen-client-id"),
+        "spiffe://cluster.local/ns/shop/sa/server"
+    );
+    assert_eq!(ledger_app.count(), 1);
+
+    let attacker = spiffe("shop", "orders");
+    let cert = || Some(client_cert(&mesh.identity_dir, &attacker));
+    // Directly: denied.
+    let out = tls_request(ledger.inbound, cert(), ledger_app.addr.port()).await;
+    assert!(out.starts_with("HTTP/1.1 403"), "{out}");
+    // Through any port of the server's pod but its app's: nothing.
+    for port in [
+        server.outbound.port(),
+        server.admin.port(),
+        server.inbound.port(),
+    ] {
+        for protocol in [0u8, 1, 2] {
+            let bytes = header_then_get(protocol, port, "ledger.shop.svc.cluster.local");
+            let out = tls_exchange(server.inbound, cert(), &bytes).await;
+            assert!(out.is_empty(), "port {port}, protocol {protocol}: {out}");
+        }
+    }
+    assert_eq!(ledger_app.count(), 1, "ledger served the attacker");
+    assert_eq!(server_app.count(), 0);
+}
+
+/// The resident memory of process `pid`, in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Completes when the peer closed `tcp` (EOF or an error), reading and
+/// discarding whatever it sent first.
+async fn closed(mut tcp: TcpStream) {
+    let mut buf = [0u8; 512];
+    while let Ok(n) = tcp.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_slow_clients_are_closed_and_starve_nothing() {
+    // Two sides of each connection live on this machine: the test's and
+    // the proxy's descriptors.
+    let limit = mesh_proxy::serve::raise_fd_limit().unwrap_or(1024) as usize;
+    let per_port = 3000.min(limit.saturating_sub(500) / 3);
+    if per_port < 3000 {
+        println!("NOTE: open-files limit {limit}: {per_port} idle connections per port, not 3000");
+    }
+    let header = Duration::from_secs(3);
+    let mesh = Mesh::start("1h").await;
+    let app = apps::echo("web-1").await;
+    let proxy = mesh
+        .proxy_env(
+            "demo",
+            "web",
+            "web-1",
+            &[("MESH_PROXY_HEADER_TIMEOUT_MS", "3000")],
+        )
+        .await;
+    let pid = proxy.proc.pid();
+    let before = rss_mib(pid);
+
+    // Idle connections to the app-facing, admin and peer listeners.
+    let opened = Instant::now();
+    let mut waits = Vec::new();
+    for addr in [proxy.outbound, proxy.admin, proxy.inbound] {
+        for _ in 0..per_port {
+            let tcp = TcpStream::connect(addr).await.expect("connect");
+            waits.push(tokio::spawn(closed(tcp)));
+        }
+    }
+    // Slow clients: a request head trickling in, a byte every 200 ms.
+    for _ in 0..200 {
+        let mut tcp = TcpStream::connect(proxy.outbound).await.expect("connect");
+        waits.push(tokio::spawn(async move {
+            let _ = tcp.write_all(b"GET / HTTP/1.1\r\nHost: web").await;
+            for _ in 0..200 {
+                if tcp.write_all(b"x").await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }));
+    }
+    // A peer that completes the handshake and header, then never sends the
+    // HTTP/2 preface.
+    let cert = client_cert(&mesh.identity_dir, &spiffe("demo", "peer"));
+    let header_only = transport_header(1, app.addr.port(), "");
+    let inbound = proxy.inbound;
+    let silent_h2 = tokio::spawn(async move {
+        let start = Instant::now();
+        let _ = tls_exchange(inbound, Some(cert), &header_only).await;
+        start.elapsed()
+    });
+    println!(
+        "opened {} idle and 200 slow connections in {:?}",
+        3 * per_port,
+        opened.elapsed()
+    );
+
+    // The proxy stays ready, serves new peers and stays small while they are
+    // open.
+    let mut ready_checks = 0;
+    while opened.elapsed() < header - Duration::from_millis(500) {
+        let ready = admin_get(proxy.admin, "/ready").await;
+        assert_eq!(
+            ready.map(|r| r.0),
+            Some(200),
+            "/ready failed under the flood"
+        );
+        let cert = client_cert(&mesh.identity_dir, &spiffe("demo", "peer"));
+        let out = tls_request(proxy.inbound, Some(cert), app.addr.port()).await;
+        assert!(
+            out.starts_with("HTTP/1.1 200"),
+            "a new peer was not served: {out}"
+        );
+        ready_checks += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let peak = rss_mib(pid);
+    println!("proxy RSS {before:.1} MiB before, {peak:.1} MiB with the connections open ({ready_checks} /ready checks and mTLS requests, all 200)");
+    assert!(peak < 64.0, "RSS {peak:.1} MiB");
+
+    // All of them closed by the proxy within the header timeout.
+    let all = async {
+        for w in waits {
+            let _ = w.await;
+        }
+    };
+    tokio::time::timeout(header + Duration::from_secs(3), all)
+        .await
+        .expect("connections still open well after the header timeout");
+    // (It gets the server's SETTINGS, then the close; the exchange gives up
+    // by itself after 5 s.)
+    let took = silent_h2.await.unwrap();
+    assert!(
+        took < header + Duration::from_millis(1500),
+        "a session that never sent the HTTP/2 preface stayed open {took:?}"
+    );
+    println!(
+        "every connection closed {:?} after opening",
+        opened.elapsed()
+    );
+    // And the proxy still serves.
+    let r = client::get(&client::http1(proxy.outbound), "http://127.0.0.1:9/")
+        .await
+        .expect("response");
+    assert_eq!(r.status, 502, "{r:?}");
+    let m = proxy.metrics().await;
+    assert!(
+        m.contains("mesh_listener_dropped_total{listener=\"admin\",reason=\"shed\"}"),
+        "{m}"
+    );
+    println!("RSS after: {:.1} MiB", rss_mib(pid));
+}
