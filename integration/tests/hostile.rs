@@ -309,3 +309,95 @@ async fn idle_and_slow_clients_are_closed_and_starve_nothing() {
     );
     println!("RSS after: {:.1} MiB", rss_mib(pid));
 }
+
+/// Sends raw bytes to `addr` and returns the answer (until close, ≤ 5 s).
+async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    mesh_integration::tls::exchange(tcp, bytes).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_are_client_errors() {
+    let mesh = Mesh::start("1h").await;
+    let api = mesh
+        .replica("api", "api-1", apps::Behaviour::default())
+        .await;
+    mesh.write(
+        "svc.yaml",
+        &service("api", "demo", &[("http", 80, "http", "")]),
+    );
+    mesh.wait_for_endpoints("api.demo.svc.cluster.local:80", 1)
+        .await;
+    let web = mesh.proxy("demo", "web", "web-1").await;
+    const HOST: &str = "api.demo.svc.cluster.local";
+
+    // Control: a well-formed chunked request goes through.
+    let ok = format!(
+        "POST / HTTP/1.1\r\nHost: {HOST}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    );
+    let out = raw(web.outbound, ok.as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.ends_with("hello"), "{out}");
+
+    let big = "a".repeat(100 * 1024);
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        (
+            "malformed chunk size",
+            format!("POST / HTTP/1.1\r\nHost: {HOST}\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"),
+            400,
+            "bad request body",
+        ),
+        (
+            "100 KB header",
+            format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nX-Big: {big}\r\nConnection: close\r\n\r\n"),
+            431,
+            "headers too large",
+        ),
+        (
+            "CONNECT",
+            format!("CONNECT {HOST}:443 HTTP/1.1\r\nHost: {HOST}:443\r\n\r\n"),
+            405,
+            "method not allowed",
+        ),
+        (
+            "two Host headers",
+            format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nHost: 127.0.0.1:9\r\nConnection: close\r\n\r\n"),
+            400,
+            "bad request",
+        ),
+    ];
+    for (what, request, status, reason) in &cases {
+        let out = raw(web.outbound, request.as_bytes()).await;
+        assert!(
+            out.starts_with(&format!("HTTP/1.1 {status}")),
+            "{what}: {}",
+            &out[..out.len().min(300)]
+        );
+        assert!(
+            out.to_lowercase()
+                .contains(&format!("x-mesh-proxy-error: {reason}")),
+            "{what}: {out}"
+        );
+        let counted = web
+            .metric_sum(
+                "mesh_proxy_errors_total",
+                &[&format!("reason=\"{reason}\"")],
+            )
+            .await;
+        assert!(counted >= 1.0, "{what}: not counted as {reason}");
+    }
+    let m = web.metrics().await;
+    for upstream in ["upstream failed", "app failed", "connect failed"] {
+        assert!(
+            !m.contains(&format!("reason=\"{upstream}\"")),
+            "counted as {upstream}:\n{m}"
+        );
+    }
+    assert!(
+        !api.proxy.metrics().await.contains("reason=\"app failed\""),
+        "the server's proxy blamed its app"
+    );
+    // Nothing above reached the app but the control and maybe the head of
+    // the malformed body (its body never completes).
+    assert!(api.app.count() <= 2, "{}", api.app.count());
+}

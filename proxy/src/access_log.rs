@@ -39,8 +39,8 @@ pub struct Entry<'a> {
 
 /// The response flag of a proxy error: `NR` no route or endpoint, `UF` upstream
 /// connection failure, `UT` upstream timeout, `UO` overflow (limits), `FI` fault
-/// injected, `DENY` refused by policy, `DPE` a request path the proxy
-/// refused (downstream protocol error).
+/// injected, `DENY` refused by policy, `DPE` a request the proxy refused
+/// as malformed (downstream protocol error).
 pub fn flag(error: &ProxyError) -> &'static str {
     match error {
         ProxyError::NoAuthority
@@ -58,7 +58,11 @@ pub fn flag(error: &ProxyError) -> &'static str {
         ProxyError::BreakerOpen(_) => "UO",
         ProxyError::Fault(_) => "FI",
         ProxyError::Unauthorized(_) => "DENY",
-        ProxyError::BadPath(_) => "DPE",
+        ProxyError::BadPath(_)
+        | ProxyError::BadRequest(_)
+        | ProxyError::BadRequestBody(_)
+        | ProxyError::HeadersTooLarge(_)
+        | ProxyError::MethodNotAllowed(_) => "DPE",
     }
 }
 

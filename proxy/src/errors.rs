@@ -44,6 +44,14 @@ pub enum ProxyError {
     Unauthorized(String),
     #[error("bad request path: {0}")]
     BadPath(crate::inbound::authz::path::BadPath),
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("request body failed: {0}")]
+    BadRequestBody(String),
+    #[error("request headers of {0} bytes exceed the proxy's limit of {limit}", limit = crate::serve::MAX_HEADER_BYTES)]
+    HeadersTooLarge(usize),
+    #[error("method {0} is not supported by the proxy")]
+    MethodNotAllowed(http::Method),
 }
 
 impl ProxyError {
@@ -61,7 +69,11 @@ impl ProxyError {
             ProxyError::NoBackends(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::Fault(s) => *s,
             ProxyError::Unauthorized(_) => StatusCode::FORBIDDEN,
-            ProxyError::BadPath(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadPath(_) | ProxyError::BadRequest(_) | ProxyError::BadRequestBody(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ProxyError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Connect { .. }
             | ProxyError::Tls { .. }
             | ProxyError::Upstream { .. }
@@ -90,6 +102,10 @@ impl ProxyError {
             ProxyError::Fault(_) => "fault injected",
             ProxyError::Unauthorized(_) => "unauthorized",
             ProxyError::BadPath(_) => "bad path",
+            ProxyError::BadRequest(_) => "bad request",
+            ProxyError::BadRequestBody(_) => "bad request body",
+            ProxyError::HeadersTooLarge(_) => "headers too large",
+            ProxyError::MethodNotAllowed(_) => "method not allowed",
         }
     }
 
@@ -109,9 +125,29 @@ impl ProxyError {
         match self.status() {
             StatusCode::GATEWAY_TIMEOUT => "4",
             StatusCode::FORBIDDEN => "7",
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "8",
+            StatusCode::METHOD_NOT_ALLOWED => "12",
             StatusCode::BAD_REQUEST | StatusCode::INTERNAL_SERVER_ERROR => "13",
             _ => "14",
         }
+    }
+
+    /// An exchange with `addr` failed: the request body's fault when that
+    /// is what failed, else upstream's.
+    pub fn exchange(addr: String, e: &(dyn std::error::Error + 'static)) -> Self {
+        if request_body_failed(e) {
+            ProxyError::BadRequestBody(e.to_string())
+        } else {
+            ProxyError::Upstream {
+                addr,
+                reason: e.to_string(),
+            }
+        }
+    }
+
+    /// True when the client, not the proxy or anything upstream, is at fault.
+    pub fn is_client_error(&self) -> bool {
+        self.status().is_client_error()
     }
 
     /// Renders the error for a caller; gRPC callers get a trailers-only
@@ -133,6 +169,29 @@ impl ProxyError {
         }
         rsp
     }
+}
+
+/// True when a failed exchange failed because the request body did (a
+/// malformed chunk, a client gone mid-body): hyper reports it as a user
+/// error over HTTP/1 and by resetting the stream itself over HTTP/2.
+pub fn request_body_failed(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(h) = c.downcast_ref::<hyper::Error>() {
+            if h.is_user() {
+                return true;
+            }
+        }
+        if let Some(h2) = c.downcast_ref::<h2::Error>() {
+            // Only the sending side resets a stream with INTERNAL_ERROR when
+            // its body fails; the peer's resets are remote.
+            if h2.is_reset() && !h2.is_remote() && h2.reason() == Some(h2::Reason::INTERNAL_ERROR) {
+                return true;
+            }
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// True when the request is gRPC (by content type).

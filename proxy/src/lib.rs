@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod orig_dst;
 pub mod outbound;
 pub mod process;
+pub mod request_check;
 pub mod serve;
 pub mod tls;
 pub mod trace;

@@ -87,6 +87,10 @@ impl Connection {
         });
         let authz = self.policy.current();
         // Path rules see (and the app gets) the normalized path.
+        if let Err(error) = crate::request_check::check(&req) {
+            self.metrics.error(Direction::inbound, error.reason());
+            return Ok(error.to_response(grpc));
+        }
         let bad_path = if authz.uses_paths() {
             normalize_path(&mut req).err()
         } else {
@@ -183,9 +187,15 @@ impl Connection {
         &self,
         mut req: Request<hyper::body::Incoming>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let app_err = |e: hyper_util::client::legacy::Error| ProxyError::App {
-            port: self.app.addr.port(),
-            reason: e.to_string(),
+        let app_err = |e: hyper_util::client::legacy::Error| {
+            if crate::errors::request_body_failed(&e) {
+                ProxyError::BadRequestBody(e.to_string())
+            } else {
+                ProxyError::App {
+                    port: self.app.addr.port(),
+                    reason: e.to_string(),
+                }
+            }
         };
         // A caller cannot choose its own identity.
         req.headers_mut().remove(CLIENT_ID);

@@ -92,10 +92,7 @@ fn send_error(addr: String, e: hyper::Error) -> ProxyError {
             reason: e.to_string(),
         }
     } else {
-        ProxyError::Upstream {
-            addr,
-            reason: e.to_string(),
-        }
+        ProxyError::exchange(addr, &e)
     }
 }
 
@@ -294,10 +291,7 @@ impl EndpointClient {
                 .request(req)
                 .await
                 .map(|r| r.map(ProxyBody::from))
-                .map_err(|e| ProxyError::Upstream {
-                    addr: self.addr.to_string(),
-                    reason: e.to_string(),
-                });
+                .map_err(|e| ProxyError::exchange(self.addr.to_string(), &e));
         };
         super::http::for_h2_hop(&mut req);
         let mut sender = self.h2(mtls, name, max_connections).await?;

@@ -93,6 +93,11 @@ impl Connection {
         }
     }
 
+    /// The proxy's metrics.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.outbound.metrics
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, ConnState> {
         match self.state.lock() {
             Ok(g) => g,
@@ -135,6 +140,11 @@ impl Connection {
     ) -> Result<Response<ProxyBody>, Infallible> {
         let grpc = is_grpc(&req);
         let ob = &self.outbound;
+        if let Err(error) = crate::request_check::check(&req) {
+            tracing::info!(%error, "outbound request refused");
+            ob.metrics.error(Direction::outbound, error.reason());
+            return Ok(error.to_response(grpc));
+        }
         let fixed = self.fixed.as_deref();
         let Some(authority) =
             authority_of(&req).or_else(|| fixed.and_then(|f| f.authority.clone()))

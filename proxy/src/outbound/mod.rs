@@ -197,6 +197,7 @@ async fn serve_http(
 ) {
     let activity = crate::serve::Activity::default();
     let counted = activity.clone();
+    let metrics = conn.metrics().clone();
     let svc = hyper::service::service_fn(move |req| {
         counted.request();
         conn.clone().handle(req)
@@ -209,6 +210,20 @@ async fn serve_http(
     .await
     {
         crate::serve::Ended::Closed(Err(error)) | crate::serve::Ended::Idle(Err(error)) => {
+            // hyper answered a head it could not parse itself (400, 431).
+            let malformed = error
+                .downcast_ref::<hyper::Error>()
+                .filter(|e| e.is_parse())
+                .map(|e| {
+                    if e.is_parse_too_large() {
+                        "headers too large"
+                    } else {
+                        "bad request"
+                    }
+                });
+            if let Some(reason) = malformed {
+                metrics.error(Direction::outbound, reason);
+            }
             tracing::debug!(%peer, %error, "outbound connection closed with an error");
         }
         crate::serve::Ended::NoRequest => {

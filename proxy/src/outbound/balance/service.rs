@@ -170,10 +170,7 @@ impl Balance {
                 .plain
                 .request(req)
                 .await
-                .map_err(|e| ProxyError::Upstream {
-                    addr: authority,
-                    reason: e.to_string(),
-                })?;
+                .map_err(|e| ProxyError::exchange(authority, &e))?;
             return Ok(rsp.map(ProxyBody::from));
         }
         let tried = req.extensions().get::<Tried>().cloned();
