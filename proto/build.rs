@@ -13,6 +13,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }
-    tonic_prost_build::configure().compile_protos(&files, &["proto"])?;
+    tonic_prost_build::configure()
+        .codec_path("crate::codec::Prost")
+        .compile_protos(&files, &["proto"])?;
     Ok(())
 }

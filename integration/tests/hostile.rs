@@ -401,3 +401,159 @@ async fn malformed_requests_are_client_errors() {
     // the malformed body (its body never completes).
     assert!(api.app.count() <= 2, "{}", api.app.count());
 }
+
+/// Reads one HTTP/1.1 response (head and a `content-length` body) from
+/// `tcp`; returns its status line.
+async fn read_response(tcp: &mut TcpStream) -> Option<String> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if tcp.read(&mut byte).await.ok()? == 0 {
+            return None;
+        }
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).to_string();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().to_string())
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    tcp.read_exact(&mut body).await.ok()?;
+    head.lines().next().map(str::to_string)
+}
+
+/// Sends `n` requests through `proxy` as an app would: 8 kept-alive
+/// connections, each request with the `Host` `host(i)`. Returns how many
+/// got an answer.
+async fn distinct_hosts(proxy: std::net::SocketAddr, n: usize, host: fn(usize) -> String) -> usize {
+    let mut tasks = Vec::new();
+    for worker in 0..8 {
+        tasks.push(tokio::spawn(async move {
+            let mut tcp = TcpStream::connect(proxy).await.expect("connect");
+            let mut answered = 0;
+            for i in (worker..n).step_by(8) {
+                let req = format!("GET / HTTP/1.1\r\nHost: {}\r\n\r\n", host(i));
+                if tcp.write_all(req.as_bytes()).await.is_err() {
+                    tcp = TcpStream::connect(proxy).await.expect("connect");
+                    continue;
+                }
+                match read_response(&mut tcp).await {
+                    Some(_) => answered += 1,
+                    None => tcp = TcpStream::connect(proxy).await.expect("reconnect"),
+                }
+            }
+            answered
+        }));
+    }
+    let mut answered = 0;
+    for t in tasks {
+        answered += t.await.unwrap();
+    }
+    answered
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_names_do_not_grow_metrics_or_discovery() {
+    let mesh = Mesh::start("1h").await;
+    let web = mesh.proxy("demo", "web", "web-1").await;
+    let pid = web.proc.pid();
+    // 5,000 targets nobody declared, all on loopback (nothing listens on
+    // port 9: each answer is a quick 502).
+    let started = Instant::now();
+    let n = 5_000;
+    let answered = distinct_hosts(web.outbound, n, |i| {
+        format!(
+            "127.{}.{}.{}:9",
+            1 + i / 62_500,
+            (i / 250) % 250,
+            1 + i % 250
+        )
+    })
+    .await;
+    assert_eq!(answered, n);
+    let m = web.metrics().await;
+    let rss = rss_mib(pid);
+    println!(
+        "5000 made-up targets in {:?}: /metrics {} bytes, RSS {rss:.1} MiB",
+        started.elapsed(),
+        m.len()
+    );
+    assert!(m.len() < 2 * 1024 * 1024, "/metrics is {} bytes", m.len());
+    assert!(rss < 64.0, "RSS {rss:.1} MiB");
+    assert!(!m.contains("127.1."), "a made-up name became a label");
+    assert!(m.contains("dst_service=\"external:9\""), "{m}");
+    // The controller holds no stream per made-up name either.
+    let (_, controller) = admin_get(mesh.controller_admin, "/metrics")
+        .await
+        .expect("controller metrics");
+    let open: f64 = controller
+        .lines()
+        .filter(|l| l.starts_with("mesh_controller_streams_open"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    println!("controller streams open: {open}");
+    assert!(open <= 2_100.0, "{open} streams open at the controller");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_transport_header_names_are_not_labels() {
+    let mesh = Mesh::start("1h").await;
+    let app = apps::echo("api-1").await;
+    let api = mesh.proxy("demo", "api", "api-1").await;
+    mesh.serve_api("api", app.addr.port(), &api).await;
+    let pid = api.proc.pid();
+    let port = app.addr.port();
+    let inbound = api.inbound;
+    let dir = mesh.identity_dir.clone();
+    let mut tasks = Vec::new();
+    for worker in 0..4 {
+        let cert = client_cert(&dir, &spiffe("demo", "peer"));
+        tasks.push(tokio::spawn(async move {
+            let mut ok = 0;
+            for i in (worker..2_000).step_by(4) {
+                let mut bytes = transport_header(0, port, &format!("made-up-{i}.example:80"));
+                bytes
+                    .extend_from_slice(b"GET / HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n");
+                let out = tls_exchange(inbound, Some(cert.clone()), &bytes).await;
+                if out.starts_with("HTTP/1.1 200") {
+                    ok += 1;
+                }
+            }
+            ok
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        ok += t.await.unwrap();
+    }
+    assert_eq!(ok, 2_000);
+    // The name a client proxy really uses is still a label.
+    let mut bytes = transport_header(0, port, "api.demo.svc.cluster.local:80");
+    bytes.extend_from_slice(b"GET / HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n");
+    let cert = client_cert(&dir, &spiffe("demo", "peer"));
+    assert!(tls_exchange(inbound, Some(cert), &bytes)
+        .await
+        .starts_with("HTTP/1.1 200"));
+    let m = api.metrics().await;
+    let rss = rss_mib(pid);
+    println!(
+        "2000 made-up transport-header names: /metrics {} bytes, RSS {rss:.1} MiB",
+        m.len()
+    );
+    assert!(m.len() < 2 * 1024 * 1024, "/metrics is {} bytes", m.len());
+    assert!(rss < 64.0, "RSS {rss:.1} MiB");
+    assert!(
+        !m.contains("made-up-"),
+        "a peer's made-up name became a label"
+    );
+    assert!(
+        m.contains("dst_service=\"api.demo.svc.cluster.local:80\""),
+        "{m}"
+    );
+}

@@ -1,6 +1,8 @@
 //! The control-plane APIs shared by the proxy, the controller and the
 //! identity service (DESIGN §4).
 
+pub mod codec;
+
 pub mod destination {
     tonic::include_proto!("mesh.destination.v1");
 }

@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 
 /// Runs the proxy until the process is told to stop.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::with_limits(config.series));
     let access_log = config
         .access_log
         .then(|| Arc::new(crate::access_log::AccessLog::stdout()));

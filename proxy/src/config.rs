@@ -97,6 +97,9 @@ pub struct Config {
     pub max_connections: usize,
     /// Open connections on the admin listener.
     pub admin_max_connections: usize,
+    /// Label sets per traffic metric family, and how long an unused one is
+    /// kept.
+    pub series: crate::metrics::SeriesLimits,
     /// How long a redirected connection may take to show its protocol
     /// before it is treated as opaque TCP.
     pub detect_timeout: Duration,
@@ -353,6 +356,10 @@ impl Config {
             idle_timeout: millis("MESH_PROXY_IDLE_TIMEOUT_MS", 300_000)?,
             max_connections: count("MESH_PROXY_MAX_CONNECTIONS", 10_000)?,
             admin_max_connections: count("MESH_PROXY_ADMIN_MAX_CONNECTIONS", 1_024)?,
+            series: crate::metrics::SeriesLimits {
+                max: count("MESH_PROXY_METRICS_MAX_SERIES", 1_000)?,
+                retain: millis("MESH_PROXY_METRICS_RETAIN_IDLE_MS", 600_000)?,
+            },
             detect_timeout: millis("MESH_PROXY_DETECT_TIMEOUT_MS", 10_000)?,
             opaque_ports,
             access_log,

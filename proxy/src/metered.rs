@@ -4,8 +4,7 @@
 //! the counters (one uncontended atomic add per read or write), so long-lived
 //! connections show their traffic as it flows.
 
-use crate::metrics::{Metrics, TcpLabels};
-use prometheus_client::metrics::counter::Counter;
+use crate::metrics::{Metrics, TcpLabels, TcpSeries};
 use std::{
     io,
     pin::Pin,
@@ -22,8 +21,8 @@ pub struct Metered<T> {
     written: u64,
     metrics: Arc<Metrics>,
     labels: TcpLabels,
-    /// The byte counters, once open.
-    counters: Option<(Counter, Counter)>,
+    /// The connection's series, once open.
+    counters: Option<Arc<TcpSeries>>,
 }
 
 impl<T> Metered<T> {
@@ -45,20 +44,18 @@ impl<T> Metered<T> {
             return;
         }
         self.labels = labels;
-        let m = &self.metrics;
-        m.tcp_open.get_or_create(&self.labels).inc();
-        m.tcp_open_connections.get_or_create(&self.labels).inc();
-        let read = m.tcp_read_bytes.get_or_create_owned(&self.labels);
-        let written = m.tcp_write_bytes.get_or_create_owned(&self.labels);
-        read.inc_by(std::mem::take(&mut self.read));
-        written.inc_by(std::mem::take(&mut self.written));
-        self.counters = Some((read, written));
+        let series = self.metrics.tcp(&self.labels);
+        series.open.inc();
+        series.open_connections.inc();
+        series.read.inc_by(std::mem::take(&mut self.read));
+        series.write.inc_by(std::mem::take(&mut self.written));
+        self.counters = Some(series);
     }
 
     fn count_read(&mut self, n: u64) {
         match &self.counters {
-            Some((read, _)) => {
-                read.inc_by(n);
+            Some(s) => {
+                s.read.inc_by(n);
             }
             None => self.read += n,
         }
@@ -66,8 +63,8 @@ impl<T> Metered<T> {
 
     fn count_written(&mut self, n: u64) {
         match &self.counters {
-            Some((_, written)) => {
-                written.inc_by(n);
+            Some(s) => {
+                s.write.inc_by(n);
             }
             None => self.written += n,
         }
@@ -85,9 +82,10 @@ impl<T> Drop for Metered<T> {
             let labels = self.labels.clone();
             self.open(labels);
         }
-        let m = &self.metrics;
-        m.tcp_close.get_or_create(&self.labels).inc();
-        m.tcp_open_connections.get_or_create(&self.labels).dec();
+        if let Some(s) = &self.counters {
+            s.close.inc();
+            s.open_connections.dec();
+        }
     }
 }
 
@@ -163,25 +161,19 @@ mod tests {
         };
         m.write_all(b"early").await.unwrap();
         m.open(settled.clone());
-        assert_eq!(
-            metrics.tcp_open_connections.get_or_create(&settled).get(),
-            1
-        );
+        assert_eq!(metrics.tcp(&settled).open_connections.get(), 1);
         m.write_all(b"hello").await.unwrap();
         b.write_all(b"hi!").await.unwrap();
         let mut buf = [0u8; 3];
         m.read_exact(&mut buf).await.unwrap();
         // Visible while the connection is still open.
-        assert_eq!(metrics.tcp_write_bytes.get_or_create(&settled).get(), 10);
-        assert_eq!(metrics.tcp_read_bytes.get_or_create(&settled).get(), 3);
+        assert_eq!(metrics.tcp(&settled).write.get(), 10);
+        assert_eq!(metrics.tcp(&settled).read.get(), 3);
         drop(m);
-        assert_eq!(metrics.tcp_open.get_or_create(&settled).get(), 1);
-        assert_eq!(metrics.tcp_close.get_or_create(&settled).get(), 1);
-        assert_eq!(
-            metrics.tcp_open_connections.get_or_create(&settled).get(),
-            0
-        );
-        assert_eq!(metrics.tcp_write_bytes.get_or_create(&settled).get(), 10);
+        assert_eq!(metrics.tcp(&settled).open.get(), 1);
+        assert_eq!(metrics.tcp(&settled).close.get(), 1);
+        assert_eq!(metrics.tcp(&settled).open_connections.get(), 0);
+        assert_eq!(metrics.tcp(&settled).write.get(), 10);
     }
 
     #[tokio::test]
@@ -190,8 +182,8 @@ mod tests {
         let (a, _b) = tokio::io::duplex(8);
         drop(Metered::new(a, metrics.clone(), TcpLabels::default()));
         let l = TcpLabels::default();
-        assert_eq!(metrics.tcp_open.get_or_create(&l).get(), 1);
-        assert_eq!(metrics.tcp_close.get_or_create(&l).get(), 1);
-        assert_eq!(metrics.tcp_open_connections.get_or_create(&l).get(), 0);
+        assert_eq!(metrics.tcp(&l).open.get(), 1);
+        assert_eq!(metrics.tcp(&l).close.get(), 1);
+        assert_eq!(metrics.tcp(&l).open_connections.get(), 0);
     }
 }

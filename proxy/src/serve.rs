@@ -49,18 +49,38 @@ impl ConnTimeouts {
     }
 }
 
-/// Waits until `tcp` has bytes to read; `false` when it was closed, stayed
-/// silent for `timeout` or was shed to make room. Nothing is allocated for a
-/// connection until it speaks. The slot stays pending.
-pub async fn first_bytes(tcp: &TcpStream, slot: &mut Slot, timeout: Duration) -> bool {
+/// What a new connection did first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum First {
+    /// It sent bytes.
+    Data,
+    /// It closed (or failed) without a byte.
+    Closed,
+    /// It stayed silent for the whole wait.
+    Silent,
+    /// It was shed to make room for a new connection.
+    Shed,
+}
+
+/// Waits until `tcp` has bytes to read (at most `timeout`). Nothing is
+/// allocated for a connection until it speaks; the slot stays pending.
+pub async fn first(tcp: &TcpStream, slot: &mut Slot, timeout: Duration) -> First {
     // `readable()` alone may report a fresh socket ready; a peek waits for
     // a byte (or the close) for real.
     let mut byte = [0u8; 1];
     tokio::select! {
-        r = tcp.peek(&mut byte) => r.is_ok_and(|n| n > 0),
-        () = slot.shed() => false,
-        () = tokio::time::sleep(timeout) => false,
+        r = tcp.peek(&mut byte) => match r {
+            Ok(n) if n > 0 => First::Data,
+            _ => First::Closed,
+        },
+        () = slot.shed() => First::Shed,
+        () = tokio::time::sleep(timeout) => First::Silent,
     }
+}
+
+/// [`first`], true only when data arrived.
+pub async fn first_bytes(tcp: &TcpStream, slot: &mut Slot, timeout: Duration) -> bool {
+    first(tcp, slot, timeout).await == First::Data
 }
 
 /// An HTTP/1 server for the app or an admin client: request heads must

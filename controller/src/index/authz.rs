@@ -39,6 +39,7 @@ pub fn default_server_policy() -> ServerPolicy {
         policies: Vec::new(),
         labels: Default::default(),
         tls_mode_source: String::new(),
+        authorities: Vec::new(),
     }
 }
 
@@ -146,7 +147,38 @@ impl Index {
 
     /// The inbound policy of `port` on workload `namespace/workload`.
     pub fn server_policy(&self, namespace: &str, workload: &str, port: u16) -> ServerPolicy {
-        compile_server_policy(&self.authorization_policies_for(namespace, workload), port)
+        let mut policy =
+            compile_server_policy(&self.authorization_policies_for(namespace, workload), port);
+        policy.authorities = self.authorities_of(namespace, workload, port);
+        policy
+    }
+
+    /// The names clients may call workload port `port` by: the Service ports that send
+    /// to it and the workload's own address, sorted.
+    fn authorities_of(&self, namespace: &str, workload: &str, port: u16) -> Vec<String> {
+        let Some(w) = self
+            .workloads
+            .get(&(namespace.to_string(), workload.to_string()))
+        else {
+            return Vec::new();
+        };
+        let labels = w.selection_labels();
+        let domain = &self.config.cluster_domain;
+        let mut names: BTreeSet<String> = self
+            .services_in(namespace)
+            .filter(|s| selects(s, &labels))
+            .flat_map(|svc| {
+                svc.spec
+                    .ports
+                    .iter()
+                    .filter(|p| resolve_target_port(p, w) == Some(port))
+                    .map(|p| {
+                        super::policy::service_target(namespace, &svc.metadata.name, p.port, domain)
+                    })
+            })
+            .collect();
+        names.insert(std::net::SocketAddr::new(w.spec.address, port).to_string());
+        names.into_iter().collect()
     }
 
     /// Where `policy` applies on `w` (of the policy's namespace): `None` when it does not,

@@ -206,12 +206,13 @@ impl Index {
                 ),
                 _ => (String::new(), raw.to_string()),
             };
-            let opaque = match target {
-                Target::Addr(addr) => self.workload_at(*addr).is_some_and(|w| {
-                    super::endpoints::annotated_opaque(&w.metadata.annotations, addr.port())
-                }),
-                _ => false,
+            let workload = match target {
+                Target::Addr(addr) => self.workload_at(*addr).map(|w| (w, addr)),
+                _ => None,
             };
+            let opaque = workload.is_some_and(|(w, addr)| {
+                super::endpoints::annotated_opaque(&w.metadata.annotations, addr.port())
+            });
             return ServicePolicy {
                 service,
                 routes: Vec::new(),
@@ -219,7 +220,11 @@ impl Index {
                 opaque,
                 balancer: Some(default_balancer()),
                 retry_budget: Some(default_retry_budget()),
-                authority: String::new(),
+                // A workload the index knows is named by its address; what it
+                // does not know has no name (proxies label it `external`).
+                authority: workload
+                    .map(|(_, addr)| addr.to_string())
+                    .unwrap_or_default(),
             };
         };
         let (ns, name) = (&svc.metadata.namespace, &svc.metadata.name);

@@ -328,7 +328,9 @@ spec: {address: 10.0.0.20, ports: {pg: 5432, http: 8080}}
     // A workload's annotation names its ports: direct calls and endpoint hints.
     assert!(policy("10.0.0.20:8080").opaque);
     assert!(!policy("10.0.0.20:5432").opaque);
-    assert_eq!(policy("10.0.0.20:8080").authority, "");
+    // A known workload is named by its address; an unknown one is nameless.
+    assert_eq!(policy("10.0.0.20:8080").authority, "10.0.0.20:8080");
+    assert_eq!(policy("10.0.0.99:8080").authority, "");
     let hint = |t: &str| match resolve(&idx, t) {
         Resolution::Endpoints(set) => set.endpoints.values().next().unwrap().protocol_hint(),
         other => panic!("{other:?}"),

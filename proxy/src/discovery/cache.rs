@@ -3,6 +3,10 @@
 //! has held it for `idle`, it is evicted: its last receiver goes, its stream
 //! to the controller closes and its state is freed. Targets seen once (say,
 //! transparent connections to many outside addresses) do not accumulate.
+//! The cache also holds at most `max` watches: when full, the least
+//! recently used watch nobody holds makes room (only watches in use by open
+//! connections can push it past `max`), so neither this proxy nor the
+//! controller keeps a stream per name an app or a peer made up.
 
 use std::{
     collections::HashMap,
@@ -18,6 +22,9 @@ const SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// finds it warm).
 pub const DEFAULT_IDLE: Duration = Duration::from_secs(60);
 
+/// How many watches a cache keeps by default.
+pub const DEFAULT_MAX: usize = 500;
+
 /// A handle whose clones share one use count.
 pub trait Handle: Clone {
     /// The marker every clone of the handle shares.
@@ -27,6 +34,8 @@ pub trait Handle: Clone {
 struct Entry<V> {
     value: V,
     unused_since: Option<Instant>,
+    /// The last lookup, to pick what makes room when the cache is full.
+    last_used: Instant,
 }
 
 struct Inner<V> {
@@ -38,17 +47,20 @@ struct Inner<V> {
 pub struct WatchCache<V> {
     inner: Mutex<Inner<V>>,
     idle: Duration,
+    max: usize,
 }
 
 impl<V: Handle> WatchCache<V> {
-    /// An empty cache evicting watches unused for `idle`.
-    pub fn new(idle: Duration) -> Self {
+    /// An empty cache evicting watches unused for `idle`, keeping at most
+    /// `max` (see the module doc).
+    pub fn new(idle: Duration, max: usize) -> Self {
         WatchCache {
             inner: Mutex::new(Inner {
                 entries: HashMap::new(),
                 last_sweep: Instant::now(),
             }),
             idle,
+            max: max.max(1),
         }
     }
 
@@ -74,8 +86,23 @@ impl<V: Handle> WatchCache<V> {
                 now.duration_since(*e.unused_since.get_or_insert(now)) < idle
             });
         }
-        if let Some(e) = inner.entries.get(target) {
+        if let Some(e) = inner.entries.get_mut(target) {
+            e.last_used = now;
             return e.value.clone();
+        }
+        // Watches freed by others' eviction (a policy holds its backends'
+        // endpoint watches) count too, so the cache comes back under `max`.
+        while inner.entries.len() >= self.max {
+            let lru = inner
+                .entries
+                .iter()
+                .filter(|(_, e)| Arc::strong_count(e.value.users()) == 1)
+                .min_by_key(|(_, e)| e.last_used)
+                .map(|(k, _)| k.clone());
+            match lru {
+                Some(k) => inner.entries.remove(&k),
+                None => break,
+            };
         }
         let value = start();
         inner.entries.insert(
@@ -83,6 +110,7 @@ impl<V: Handle> WatchCache<V> {
             Entry {
                 value: value.clone(),
                 unused_since: None,
+                last_used: now,
             },
         );
         value
@@ -116,7 +144,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn unused_watches_are_evicted_and_their_senders_see_it() {
-        let cache = WatchCache::new(Duration::from_secs(60));
+        let cache = WatchCache::new(Duration::from_secs(60), 100);
         let (tx, rx) = tokio::sync::watch::channel(());
         let held = cache.get_or_start("a:80", || H(Arc::new(()), rx));
         let (_tx_b, rx_b) = tokio::sync::watch::channel(());
@@ -144,5 +172,29 @@ mod tests {
         cache.for_each(|t, _| left.push(t.to_string()));
         left.sort();
         assert_eq!(left, ["c:80"], "b was unused all along, a since 72 s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_cache_drops_the_least_recently_used_unheld_watch() {
+        let cache = WatchCache::new(Duration::from_secs(60), 3);
+        let h = |c: &WatchCache<H>, t: &str| {
+            c.get_or_start(t, || H(Arc::new(()), tokio::sync::watch::channel(()).1))
+        };
+        let held = h(&cache, "held:80");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        drop(h(&cache, "old:80"));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        drop(h(&cache, "recent:80"));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        // Made up names, one after the other: the cache never grows past 3.
+        for i in 0..50 {
+            drop(h(&cache, &format!("made-up-{i}:80")));
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        let mut left = Vec::new();
+        cache.for_each(|t, _| left.push(t.to_string()));
+        left.sort();
+        assert_eq!(left, ["held:80", "made-up-48:80", "made-up-49:80"]);
+        drop(held);
     }
 }

@@ -170,7 +170,7 @@ impl<P: Send + Sync + 'static> PolicyResolver<P> {
             context: resolver.context.clone(),
             compile,
             metrics: resolver.metrics.clone(),
-            cache: cache::WatchCache::new(cache::DEFAULT_IDLE),
+            cache: cache::WatchCache::new(cache::DEFAULT_IDLE, cache::DEFAULT_MAX),
         }
     }
 
@@ -242,7 +242,7 @@ impl<T: Send + Sync + 'static> Resolver<T> {
             context,
             new_endpoint,
             metrics,
-            cache: cache::WatchCache::new(cache::DEFAULT_IDLE),
+            cache: cache::WatchCache::new(cache::DEFAULT_IDLE, cache::DEFAULT_MAX),
         })
     }
 

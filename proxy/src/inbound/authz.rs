@@ -145,6 +145,9 @@ pub struct ServerAuthz {
     /// The allow outcome of the application's probe endpoints.
     probe: Outcome,
     uses_paths: bool,
+    /// The names peers may give the port (sorted): the only transport-header
+    /// names that become metric labels.
+    authorities: Vec<Str>,
 }
 
 impl ServerAuthz {
@@ -223,7 +226,29 @@ impl ServerAuthz {
             default_deny: Outcome::new(metrics, "deny", default_name),
             probe: Outcome::new(metrics, "allow", Str::from("probe")),
             uses_paths,
+            authorities: {
+                let mut names: Vec<Str> = policy
+                    .map(|p| {
+                        p.authorities
+                            .iter()
+                            .map(|a| Str::from(a.as_str()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                names.sort_by(|a, b| a.0.cmp(&b.0));
+                names
+            },
         }
+    }
+
+    /// The metric label of a transport-header `name`: the name when the
+    /// controller says clients call the port by it, else empty (a peer's
+    /// choice of name is not a bounded label value).
+    pub fn known_name(&self, name: &str) -> Str {
+        self.authorities
+            .binary_search_by(|a| (*a.0).cmp(name))
+            .map(|i| self.authorities[i].clone())
+            .unwrap_or_default()
     }
 
     /// The port's mTLS mode.

@@ -223,7 +223,8 @@ impl Inbound {
         let (mut tls, client_id, header) = preamble.await?;
         slot.activate();
         self.check_port(header.port, Some(&client_id), addr)?;
-        let dst_service = Str::from(header.name.as_str());
+        let policy = self.policies.get(header.port).await;
+        let dst_service = policy.current().known_name(&header.name);
         tls.get_mut().0.open(TcpLabels {
             direction: Direction::inbound,
             dst_service: dst_service.clone(),
@@ -240,7 +241,6 @@ impl Inbound {
             dst_service,
             probes: None,
         };
-        let policy = self.policies.get(header.port).await;
         self.session(TokioIo::new(tls), protocol, header.port, peer, policy)
             .await
     }
@@ -254,12 +254,6 @@ impl Inbound {
         mut slot: Slot,
     ) -> Result<(), Refusal> {
         self.check_port(port, None, addr)?;
-        let opaque = detect::skips_detection(port, &self.opaque_ports);
-        // Clients of server-speaks-first ports wait for the app.
-        if !opaque && !crate::serve::first_bytes(&tcp, &mut slot, self.timeouts.header).await {
-            return Err(("timeout", "plaintext client sent nothing in time".into()));
-        }
-        slot.activate();
         let policy = self.policies.get(port).await;
         let probes = self.probes.get(&port).cloned();
         let refuse = || {
@@ -279,6 +273,19 @@ impl Inbound {
         if strict && probes.is_none() {
             return refuse();
         }
+        let mut opaque = detect::skips_detection(port, &self.opaque_ports);
+        // Clients of server-speaks-first ports wait for the app; a client of
+        // another port that stays silent is one too, as far as we know.
+        if !opaque {
+            use crate::serve::First;
+            match crate::serve::first(&tcp, &mut slot, self.detect_timeout).await {
+                First::Data => {}
+                First::Silent => opaque = true,
+                First::Closed => return Ok(()),
+                First::Shed => return Err(("shed", "closed to make room".into())),
+            }
+        }
+        slot.activate();
         let protocol = if opaque {
             Protocol::Opaque
         } else {

@@ -84,7 +84,7 @@ impl InboundPolicies {
             default,
             metrics,
             first_timeout,
-            ports: cache::WatchCache::new(cache::DEFAULT_IDLE),
+            ports: cache::WatchCache::new(cache::DEFAULT_IDLE, cache::DEFAULT_MAX),
             declared: std::sync::Mutex::new(Vec::new()),
         }
     }

@@ -163,7 +163,7 @@ impl Connection {
         let route = policy.route_for(&req);
         let mut labels = RequestLabels {
             direction: Direction::outbound,
-            dst_service: name.clone(),
+            dst_service: policy.label.clone(),
             src_identity: ob.identity.clone(),
             src_namespace: ob.local.namespace.clone(),
             src_workload: ob.local.workload.clone(),

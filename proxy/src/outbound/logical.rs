@@ -60,8 +60,13 @@ pub struct Policy {
     /// Traffic to the target is opaque TCP (never parsed).
     pub opaque: bool,
     /// The Service port's canonical name when the target is a Service
-    /// (also when it was looked up by cluster IP).
+    /// (also when it was looked up by cluster IP), or a known workload's
+    /// `ip:port`.
     pub authority: Option<Str>,
+    /// The target's `dst_service` metric label: the authority, or
+    /// `external:<port>` for what the mesh does not know (the name the app
+    /// used is not a bounded label value).
+    pub label: Str,
 }
 
 impl Policy {
@@ -88,6 +93,7 @@ impl Policy {
             budget: ctx.budget.clone(),
             opaque: false,
             authority: None,
+            label: external_label(target),
         }
     }
 }
@@ -206,13 +212,37 @@ pub fn compile(target: &str, p: pb::ServicePolicy, env: &Env) -> Policy {
         .default_route
         .and_then(|r| compile_route(&ctx, r))
         .unwrap_or_else(|| default_route(&ctx));
+    let authority = (!p.authority.is_empty()).then(|| Str::from(p.authority.as_str()));
     Policy {
         routes,
         default_route,
         budget: ctx.budget.clone(),
         opaque: p.opaque,
-        authority: (!p.authority.is_empty()).then(|| Str::from(p.authority.as_str())),
+        label: authority.clone().unwrap_or_else(|| external_label(target)),
+        authority,
     }
+}
+
+/// The metric label of a target the mesh does not know: its kind and port.
+pub fn external_label(target: &str) -> Str {
+    match target
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+    {
+        Some(port) => Str::from(format!("external:{port}").as_str()),
+        None => Str::from("external"),
+    }
+}
+
+#[cfg(test)]
+#[test]
+fn unknown_targets_are_labelled_by_kind_and_port() {
+    assert_eq!(
+        &*external_label("evil-7731.example.com:8080").0,
+        "external:8080"
+    );
+    assert_eq!(&*external_label("[2001:db8::1]:443").0, "external:443");
+    assert_eq!(&*external_label("no-port").0, "external");
 }
 
 fn balancer(b: pb::Balancer) -> BalancerConfig {

@@ -124,7 +124,13 @@ impl Outbound {
     /// Sets `mesh_balancer_endpoints` from the current endpoint sets.
     pub fn export_balancer_gauges(&self, metrics: &Metrics) {
         let now = std::time::Instant::now();
+        // Only the targets watched now, and only those the mesh knows: the
+        // family never outgrows the discovery cache.
+        metrics.balancer_endpoints.clear();
         self.resolver.for_each(|target, set| {
+            if !set.exists {
+                return;
+            }
             let ejected = set
                 .endpoints
                 .iter()
@@ -153,14 +159,19 @@ impl Outbound {
             let _ = tcp.set_nodelay(true);
             let this = self.clone();
             tokio::spawn(async move {
-                // A client that says nothing costs no buffers and is shed
-                // first when the listener is full.
-                if !crate::serve::first_bytes(&tcp, &mut slot, this.timeouts.header).await {
+                let dst = crate::orig_dst::original_dst(&tcp);
+                // In explicit mode a client that says nothing costs no
+                // buffers and is shed first when the listener is full. A
+                // redirected client may be waiting for its server to speak
+                // (a database banner): its destination decides.
+                if dst.is_none()
+                    && !crate::serve::first_bytes(&tcp, &mut slot, this.timeouts.header).await
+                {
                     return;
                 }
                 slot.activate();
                 // Only now the connection's full state is allocated.
-                Box::pin(this.serve_conn(tcp, peer)).await;
+                Box::pin(this.serve_conn(tcp, peer, dst)).await;
                 drop(slot);
             });
         }
@@ -169,8 +180,12 @@ impl Outbound {
 
 impl Outbound {
     /// Serves one application connection that has started talking.
-    async fn serve_conn(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
-        let dst = crate::orig_dst::original_dst(&tcp);
+    async fn serve_conn(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        dst: Option<SocketAddr>,
+    ) {
         let labels = TcpLabels {
             direction: Direction::outbound,
             ..TcpLabels::default()

@@ -26,8 +26,11 @@ pub async fn serve(ob: Arc<Outbound>, mut io: Metered<TcpStream>, dst: SocketAdd
         // Not part of the mesh (or discovery is unreachable for a target
         // never seen): the app gets the connection it asked for.
         tracing::debug!(%dst, "destination unknown to the mesh; forwarding unchanged");
-        // Outside addresses are unbounded: no service label.
-        io.open(tcp_labels(Str::default(), false));
+        // Outside addresses are unbounded: labelled by kind and port.
+        io.open(tcp_labels(
+            crate::outbound::logical::external_label(&target),
+            false,
+        ));
         let r = opaque::forward_plain(io, dst, ob.connect_timeout).await;
         report(&ob, &target, r);
         return;
@@ -44,6 +47,8 @@ pub async fn serve(ob: Arc<Outbound>, mut io: Metered<TcpStream>, dst: SocketAdd
             .await
             .unwrap_or(Protocol::Opaque)
     };
+    // The target is known (above): named by the controller, or by its
+    // address until the policy arrives.
     let name = policy
         .and_then(|p| p.authority.clone())
         .unwrap_or_else(|| Str::from(target.as_str()));

@@ -240,10 +240,20 @@ fn server_policy_of_a_port() {
         idx.server_policy("ops", "ghost", 80).tls_mode(),
         TlsMode::Default
     );
+    let alone = index(OBJECTS).server_policy("shop", "ledger-1", 8080);
     assert_eq!(
-        index(OBJECTS).server_policy("shop", "ledger-1", 8080),
+        ServerPolicy {
+            authorities: Vec::new(),
+            ..alone.clone()
+        },
         default_server_policy()
     );
+    // The names clients may call the port by: the Service port and the address.
+    assert_eq!(
+        alone.authorities,
+        ["10.0.0.1:8080", "ledger.shop.svc.cluster.local:80"]
+    );
+    assert!(idx.server_policy("ops", "ghost", 80).authorities.is_empty());
 }
 
 #[test]

@@ -3,9 +3,15 @@
 //! Label values that repeat on every request (service, identities) are
 //! `Arc<str>` so recording a request clones pointers, not strings.
 
+mod bounded;
+mod series;
+
+pub use bounded::{Bounded, Series};
+pub use series::{RequestSeries, TcpSeries};
+
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 use std::{fmt::Write, sync::Arc};
@@ -183,18 +189,32 @@ pub struct ControlLabels {
     pub component: &'static str,
 }
 
-fn latency_histogram() -> Histogram {
-    Histogram::new([
-        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-    ])
+/// How many label sets each traffic family keeps, and for how long an
+/// unused one is kept.
+#[derive(Clone, Copy, Debug)]
+pub struct SeriesLimits {
+    /// Label sets per family (requests; TCP); more share an overflow series.
+    pub max: usize,
+    /// How long a series nobody uses and that has not moved is kept.
+    pub retain: std::time::Duration,
+}
+
+impl Default for SeriesLimits {
+    fn default() -> Self {
+        SeriesLimits {
+            max: 1_000,
+            retain: std::time::Duration::from_secs(600),
+        }
+    }
 }
 
 /// Every metric the proxy exports.
 pub struct Metrics {
     registry: Registry,
-    pub requests: Family<RequestLabels, Counter>,
-    pub responses: Family<ResponseLabels, Counter>,
-    pub latency: Family<RequestLabels, Histogram, fn() -> Histogram>,
+    /// Requests, responses and latency by request label set (bounded).
+    requests: Arc<Bounded<RequestLabels, RequestSeries>>,
+    /// TCP connections and bytes by label set (bounded).
+    tcp: Arc<Bounded<TcpLabels, TcpSeries>>,
     pub proxy_errors: Family<ErrorLabels, Counter>,
     pub cert_expiry: Gauge,
     pub cert_renewals: Counter,
@@ -204,11 +224,6 @@ pub struct Metrics {
     pub retries_skipped: Family<TrafficLabels, Counter>,
     pub ejections: Family<TrafficLabels, Counter>,
     pub balancer_endpoints: Family<BalancerLabels, Gauge>,
-    pub tcp_open: Family<TcpLabels, Counter>,
-    pub tcp_close: Family<TcpLabels, Counter>,
-    pub tcp_open_connections: Family<TcpLabels, Gauge>,
-    pub tcp_read_bytes: Family<TcpLabels, Counter>,
-    pub tcp_write_bytes: Family<TcpLabels, Counter>,
     pub authz: Family<AuthzLabels, Counter>,
     pub listener_connections: Family<ListenerLabels, Gauge>,
     pub listener_dropped: Family<ListenerDropLabels, Counter>,
@@ -224,12 +239,28 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Creates and registers every metric.
+    /// Creates and registers every metric, with the default series limits.
     pub fn new() -> Self {
+        Self::with_limits(SeriesLimits::default())
+    }
+
+    /// Creates and registers every metric.
+    pub fn with_limits(limits: SeriesLimits) -> Self {
         let mut registry = Registry::with_prefix("mesh");
-        let requests = Family::<RequestLabels, Counter>::default();
-        let responses = Family::<ResponseLabels, Counter>::default();
-        let latency = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let requests = Arc::new(Bounded::new(
+            limits.max,
+            limits.retain,
+            series::request_overflow,
+        ));
+        let tcp = Arc::new(Bounded::new(
+            limits.max,
+            limits.retain,
+            series::tcp_overflow,
+        ));
+        registry.register_collector(Box::new(series::TrafficCollector {
+            requests: requests.clone(),
+            tcp: tcp.clone(),
+        }));
         let proxy_errors = Family::<ErrorLabels, Counter>::default();
         let cert_expiry = Gauge::default();
         let cert_renewals = Counter::default();
@@ -239,11 +270,6 @@ impl Metrics {
         let retries_skipped = Family::<TrafficLabels, Counter>::default();
         let ejections = Family::<TrafficLabels, Counter>::default();
         let balancer_endpoints = Family::<BalancerLabels, Gauge>::default();
-        let tcp_open = Family::<TcpLabels, Counter>::default();
-        let tcp_close = Family::<TcpLabels, Counter>::default();
-        let tcp_open_connections = Family::<TcpLabels, Gauge>::default();
-        let tcp_read_bytes = Family::<TcpLabels, Counter>::default();
-        let tcp_write_bytes = Family::<TcpLabels, Counter>::default();
         let authz = Family::<AuthzLabels, Counter>::default();
         let listener_connections = Family::<ListenerLabels, Gauge>::default();
         let listener_dropped = Family::<ListenerDropLabels, Counter>::default();
@@ -262,23 +288,6 @@ impl Metrics {
             "Inbound authorization decisions, by decision and policy",
             authz.clone(),
         );
-        registry.register("tcp_open", "TCP connections accepted", tcp_open.clone());
-        registry.register("tcp_close", "TCP connections closed", tcp_close.clone());
-        registry.register(
-            "tcp_open_connections",
-            "TCP connections currently open",
-            tcp_open_connections.clone(),
-        );
-        registry.register(
-            "tcp_read_bytes",
-            "Bytes read from accepted connections",
-            tcp_read_bytes.clone(),
-        );
-        registry.register(
-            "tcp_write_bytes",
-            "Bytes written to accepted connections",
-            tcp_write_bytes.clone(),
-        );
         registry.register(
             "balancer_endpoints",
             "Endpoints of each backend, by state (computed at scrape time)",
@@ -294,13 +303,6 @@ impl Metrics {
             "endpoint_ejections",
             "Endpoints ejected by outlier detection",
             ejections.clone(),
-        );
-        registry.register("requests", "HTTP requests received", requests.clone());
-        registry.register("responses", "HTTP responses sent", responses.clone());
-        registry.register(
-            "response_latency_seconds",
-            "Time from request to response headers",
-            latency.clone(),
         );
         registry.register(
             "proxy_errors",
@@ -330,8 +332,7 @@ impl Metrics {
         Metrics {
             registry,
             requests,
-            responses,
-            latency,
+            tcp,
             proxy_errors,
             cert_expiry,
             cert_renewals,
@@ -341,11 +342,6 @@ impl Metrics {
             retries_skipped,
             ejections,
             balancer_endpoints,
-            tcp_open,
-            tcp_close,
-            tcp_open_connections,
-            tcp_read_bytes,
-            tcp_write_bytes,
             authz,
             listener_connections,
             listener_dropped,
@@ -405,6 +401,8 @@ impl Metrics {
         use prometheus_client::encoding::text::{encode_eof, encode_registry};
         self.process.refresh();
         self.refresh_listeners();
+        self.requests.sweep();
+        self.tcp.sweep();
         let mut out = String::with_capacity(4096);
         // Writing to a String cannot fail.
         let _ = encode_registry(&mut out, &self.registry);
@@ -422,39 +420,22 @@ impl Metrics {
 
     /// The metric handles of one label set.
     pub fn recorder(&self, labels: RequestLabels) -> Recorder {
-        Recorder {
-            requests: self.requests.get_or_create_owned(&labels),
-            latency: self.latency.get_or_create_owned(&labels),
-            last: std::sync::Mutex::new(None),
-            labels,
-        }
+        let (labels, series) = self.requests.get(&labels);
+        Recorder { labels, series }
     }
 
-    fn response_counter(&self, labels: &RequestLabels, status: u16, grpc: GrpcCode) -> Counter {
-        // A gRPC call fails when its status is not OK, whatever the HTTP status.
-        let success = status < 500 && grpc.0.is_none_or(|c| c == 0);
-        let classification = if success {
-            Classification::success
-        } else {
-            Classification::failure
-        };
-        self.responses.get_or_create_owned(&ResponseLabels {
-            request: labels.clone(),
-            status_code: status,
-            grpc_status: grpc,
-            classification,
-        })
+    /// The TCP handles of one label set.
+    pub fn tcp(&self, labels: &TcpLabels) -> Arc<TcpSeries> {
+        self.tcp.get(labels).1
     }
 }
 
 /// Metric handles for one label set, kept by a connection so that recording
 /// a request is a few atomic adds instead of map lookups.
 pub struct Recorder {
+    /// The labels recorded under (the overflow ones when the family is full).
     labels: RequestLabels,
-    requests: Counter,
-    latency: Histogram,
-    /// The response counter of the latest status; most responses share it.
-    last: std::sync::Mutex<Option<(u16, Counter)>>,
+    series: Arc<RequestSeries>,
 }
 
 impl Recorder {
@@ -464,43 +445,29 @@ impl Recorder {
     }
 
     /// Records one request, its response status and latency.
-    pub fn record(&self, metrics: &Metrics, status: u16, elapsed: std::time::Duration) {
+    pub fn record(&self, _metrics: &Metrics, status: u16, elapsed: std::time::Duration) {
         self.record_request(elapsed);
-        self.record_response(metrics, status);
+        self.series.response(status, GrpcCode(None));
     }
 
     /// Records one request and the latency of its response headers (the response
     /// itself is counted when its status is known).
     pub fn record_request(&self, elapsed: std::time::Duration) {
-        self.requests.inc();
-        self.latency.observe(elapsed.as_secs_f64());
+        self.series.requests.inc();
+        self.series.latency.observe(elapsed.as_secs_f64());
     }
 
     /// Counts a gRPC response once its status is known (trailers, or `None` when the
     /// stream ended without one).
-    pub fn record_grpc(&self, metrics: &Metrics, status: u16, code: Option<u16>) {
+    pub fn record_grpc(&self, _metrics: &Metrics, status: u16, code: Option<u16>) {
         // gRPC without a status (a reset stream) counts as UNKNOWN (2).
-        metrics
-            .response_counter(&self.labels, status, GrpcCode(Some(code.unwrap_or(2))))
-            .inc();
+        self.series
+            .response(status, GrpcCode(Some(code.unwrap_or(2))));
     }
 
     /// Counts an HTTP response.
-    pub fn record_response(&self, metrics: &Metrics, status: u16) {
-        let mut last = match self.last.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        match last.as_ref() {
-            Some((s, c)) if *s == status => {
-                c.inc();
-            }
-            _ => {
-                let c = metrics.response_counter(&self.labels, status, GrpcCode(None));
-                c.inc();
-                *last = Some((status, c));
-            }
-        }
+    pub fn record_response(&self, _metrics: &Metrics, status: u16) {
+        self.series.response(status, GrpcCode(None));
     }
 }
 
