@@ -257,17 +257,21 @@ http {{ access_log off; keepalive_requests 1000000;
     id_port, ctl_port = free_port(), free_port()
     spawn("identity", [os.path.join(BIN, "mesh-identity"), "--dir", ident, "--addr",
                        f"127.0.0.1:{id_port}", "--admin-addr", f"127.0.0.1:{free_port()}"], log_dir=work)
+    def token(sa, ns="demo"):
+        return subprocess.run([os.path.join(BIN, "mesh"), "token", "--namespace", ns,
+                               "--service-account", sa, "--key", os.path.join(ident, "token.key")],
+                              check=True, capture_output=True, text=True).stdout.strip()
+
+    # The controller serves over mutual TLS with a certificate from identity.
     spawn("controller", [os.path.join(BIN, "mesh-controller"), "--source", f"dir:{manifests}",
                          "--grpc-addr", f"127.0.0.1:{ctl_port}", "--admin-addr",
                          f"127.0.0.1:{free_port()}", "--webhook-addr",
-                         f"127.0.0.1:{free_port()}"], log_dir=work)
+                         f"127.0.0.1:{free_port()}", "--identity-addr", f"127.0.0.1:{id_port}",
+                         "--trust-anchors", os.path.join(ident, "trust-anchors.pem")],
+          env={"MESH_CONTROLLER_IDENTITY_TOKEN": token("mesh-controller", "mesh-system")},
+          log_dir=work)
     wait_port(id_port, "identity")
     wait_port(ctl_port, "controller")
-
-    def token(sa):
-        return subprocess.run([os.path.join(BIN, "mesh"), "token", "--namespace", "demo",
-                               "--service-account", sa, "--key", os.path.join(ident, "token.key")],
-                              check=True, capture_output=True, text=True).stdout.strip()
 
     def proxy(name, sa):
         ports = {k: free_port() for k in ("out", "in", "admin")}

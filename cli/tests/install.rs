@@ -245,9 +245,18 @@ fn mounts(docs: &[Value], component: &str) -> Vec<(String, String)> {
         .flatten()
         .map(|m| {
             let volume = volumes.iter().find(|v| v.name == m.name).unwrap();
-            let source = match (&volume.secret, &volume.config_map) {
-                (Some(secret), None) => format!("Secret/{}", secret.secret_name.clone().unwrap()),
-                (None, Some(map)) => format!("ConfigMap/{}", map.name),
+            let source = match (&volume.secret, &volume.config_map, &volume.projected) {
+                (Some(secret), None, None) => {
+                    format!("Secret/{}", secret.secret_name.clone().unwrap())
+                }
+                (None, Some(map), None) => format!("ConfigMap/{}", map.name),
+                (None, None, Some(p)) => {
+                    let token = p.sources.as_ref().unwrap()[0]
+                        .service_account_token
+                        .clone()
+                        .unwrap();
+                    format!("Token/{}/{}", token.audience.unwrap(), token.path)
+                }
                 _ => panic!("unexpected volume {volume:?}"),
             };
             assert_eq!(m.read_only, Some(true));
@@ -261,10 +270,42 @@ fn certificate_files_are_mounted_where_the_flags_say() {
     let docs = documents(&install(&[]));
     assert_eq!(
         mounts(&docs, "mesh-controller"),
-        [(
-            "Secret/mesh-webhook-tls".to_string(),
-            "/var/run/mesh/webhook".to_string()
-        )]
+        [
+            (
+                "Secret/mesh-webhook-tls".to_string(),
+                "/var/run/mesh/webhook".to_string()
+            ),
+            // Its own workload certificate: the anchors and a token for identity.
+            (
+                "ConfigMap/mesh-identity-trust-roots".to_string(),
+                "/var/run/mesh/identity".to_string()
+            ),
+            (
+                "Token/identity.mesh.dev/token".to_string(),
+                "/var/run/secrets/mesh.dev/identity".to_string()
+            ),
+        ]
+    );
+    let controller: Deployment = object(&docs, "Deployment", "mesh-controller");
+    let args = controller.spec.unwrap().template.spec.unwrap().containers[0]
+        .args
+        .clone()
+        .unwrap();
+    let flag = |name: &str| {
+        let i = args.iter().position(|a| a == name).unwrap();
+        args[i + 1].clone()
+    };
+    assert_eq!(
+        flag("--identity-addr"),
+        "mesh-identity.mesh-system.svc.cluster.local:8080"
+    );
+    assert_eq!(
+        flag("--trust-anchors"),
+        "/var/run/mesh/identity/ca-bundle.crt"
+    );
+    assert_eq!(
+        flag("--identity-token-file"),
+        "/var/run/secrets/mesh.dev/identity/token"
     );
     assert_eq!(
         mounts(&docs, "mesh-identity"),

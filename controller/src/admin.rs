@@ -7,6 +7,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use mesh_proto::net::accept::Limited;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -28,6 +29,9 @@ pub struct Scrape {
     pub metrics: Arc<Metrics>,
     /// The index whose objects are counted.
     pub index: IndexReader,
+    /// The gRPC server's certificate: `/ready` fails until it is issued (no proxy could
+    /// connect before). `None`: not waited for.
+    pub certs: Option<Arc<mesh_proto::workload::CertStore>>,
 }
 
 impl Scrape {
@@ -38,31 +42,40 @@ impl Scrape {
     }
 }
 
+/// Open admin connections; past it, the oldest still silent one is shed.
+const MAX_CONNECTIONS: usize = 256;
+
 /// Serves probes and metrics on `listener` until `shutdown` completes. The controller only
-/// starts serving once its index is loaded, so `/ready` is answered `ok` whenever it is
-/// reachable.
+/// starts serving once its index is loaded; `/ready` also waits for the gRPC server's
+/// certificate.
 pub async fn serve(listener: TcpListener, scrape: Scrape, shutdown: impl Future<Output = ()>) {
+    let listener = Limited::new(listener, MAX_CONNECTIONS, BUSY);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok((conn, _)) => {
-                    tokio::spawn(handle(conn, scrape.clone()));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
+            (conn, _, slot) = listener.accept() => {
+                let scrape = scrape.clone();
+                tokio::spawn(async move {
+                    handle(conn, scrape).await;
+                    drop(slot);
+                });
+            }
         }
     }
 }
 
+/// What a full admin listener answers.
+const BUSY: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+
 async fn handle(mut conn: TcpStream, scrape: Scrape) {
     let head = tokio::time::timeout(READ_TIMEOUT, read_head(&mut conn)).await;
     let response = match head {
-        Ok(Ok(Some(head))) => respond(&head, || scrape.render()),
+        Ok(Ok(Some(head))) => {
+            let ready = scrape.certs.as_ref().is_none_or(|c| c.current().is_some());
+            respond(&head, ready, || scrape.render())
+        }
         Ok(Ok(None)) => return, // closed before sending anything
         Ok(Err(_)) | Err(_) => status(400, "Bad Request", false),
     };
@@ -96,7 +109,7 @@ async fn read_head(conn: &mut TcpStream) -> std::io::Result<Option<String>> {
 }
 
 /// The response to a request head; `metrics` renders the `/metrics` body.
-fn respond(head: &str, metrics: impl FnOnce() -> String) -> String {
+fn respond(head: &str, ready: bool, metrics: impl FnOnce() -> String) -> String {
     let line = head.lines().next().unwrap_or_default();
     let mut parts = line.split(' ');
     let (Some(method), Some(target), Some(version), None) =
@@ -110,7 +123,9 @@ fn respond(head: &str, metrics: impl FnOnce() -> String) -> String {
     let path = target.split('?').next().unwrap_or_default();
     let head_only = method == "HEAD";
     match (method, path) {
-        ("GET" | "HEAD", "/live" | "/ready") => status(200, "OK", head_only),
+        ("GET" | "HEAD", "/live") => status(200, "OK", head_only),
+        ("GET" | "HEAD", "/ready") if ready => status(200, "OK", head_only),
+        ("GET" | "HEAD", "/ready") => status(503, "Service Unavailable", head_only),
         ("GET" | "HEAD", "/metrics") => ok(METRICS_CONTENT_TYPE, &metrics(), head_only),
         ("GET" | "HEAD", _) => status(404, "Not Found", head_only),
         _ => status(405, "Method Not Allowed", false),
@@ -168,6 +183,7 @@ mod tests {
         .resources;
         writer.update(|index| index.apply_file("/svc.yaml", resources));
         let scrape = Scrape {
+            certs: None,
             metrics: Arc::clone(writer.metrics()),
             index: writer.subscribe(),
         };

@@ -17,6 +17,7 @@ use mesh_controller::metrics::Metrics;
 use mesh_controller::source::{self, SourceSpec};
 use mesh_controller::webhook::{self, NamespaceAnnotations, StaticNamespaces};
 use mesh_controller::{admin, grpc};
+use mesh_proto::workload::CertStore;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -60,6 +61,46 @@ struct Args {
     /// the webhook (local mode; with `--source kubernetes` they come from the API).
     #[arg(long)]
     namespace_annotations: Option<PathBuf>,
+    /// The identity service (`host:port` or URL) the controller gets its own workload
+    /// certificate from: it serves gRPC only over mutual TLS with it.
+    #[arg(
+        long,
+        env = "MESH_CONTROLLER_IDENTITY_ADDR",
+        default_value = "mesh-identity.mesh-system.svc.cluster.local:8080"
+    )]
+    identity_addr: String,
+    /// DNS name the identity service's certificate carries (default
+    /// `identity.mesh-system.svc.<trust domain>`).
+    #[arg(long)]
+    identity_server_name: Option<String>,
+    /// PEM trust anchors of the mesh: the identity service's certificate and every
+    /// caller's must chain to them.
+    #[arg(long, env = "MESH_CONTROLLER_TRUST_ANCHORS")]
+    trust_anchors: Option<PathBuf>,
+    /// File holding the token that proves the controller's identity to the identity
+    /// service (a projected ServiceAccount token in Kubernetes); re-read at each renewal.
+    #[arg(long, env = "MESH_CONTROLLER_IDENTITY_TOKEN_FILE")]
+    identity_token_file: Option<PathBuf>,
+    /// The token itself (local mode: `mesh token --namespace mesh-system
+    /// --service-account mesh-controller`).
+    #[arg(
+        long,
+        env = "MESH_CONTROLLER_IDENTITY_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "identity_token_file"
+    )]
+    identity_token: Option<String>,
+    /// The controller's SPIFFE ID (default
+    /// `spiffe://<trust domain>/ns/mesh-system/sa/mesh-controller`).
+    #[arg(long)]
+    identity: Option<String>,
+    /// Open gRPC connections; past it, connections still in their handshake are shed,
+    /// then new ones refused.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+    /// Concurrent gRPC streams one client identity may hold (all its replicas together).
+    #[arg(long, default_value_t = 16_384)]
+    max_streams_per_identity: usize,
     /// Log filter (tracing EnvFilter syntax, e.g. `info,mesh_controller=debug`).
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log_level: String,
@@ -93,6 +134,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .init();
 
     let spec: SourceSpec = args.source.parse()?;
+    let workload = WorkloadIdentity::start(&args).await?;
     let mut inject = InjectConfig {
         trust_domain: args.trust_domain.clone(),
         ..InjectConfig::default()
@@ -120,6 +162,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // One metrics handle: the writer (and through it the source), the gRPC services and
     // the admin server all count into it.
     let metrics = Arc::new(Metrics::new());
+    let trust_domain = args.trust_domain.clone();
     let writer = IndexWriter::with_metrics(
         IndexConfig {
             cluster_domain: args.cluster_domain,
@@ -164,8 +207,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let scrape = admin::Scrape {
         metrics: Arc::clone(&metrics),
         index: reader.clone(),
+        certs: Some(workload.certs.clone()),
     };
-    let mut grpc = tokio::spawn(grpc::serve(grpc_listener, reader, metrics, stopped()));
+    let limits = grpc::Limits {
+        max_connections: args.max_connections,
+        max_streams_per_identity: args.max_streams_per_identity,
+        ..grpc::Limits::default()
+    };
+    let grpc_tls = workload.server_config()?;
+    let grpc_stopped = stopped();
+    let mut grpc = tokio::spawn(async move {
+        grpc::serve(
+            grpc_listener,
+            grpc_tls,
+            &trust_domain,
+            reader,
+            metrics,
+            limits,
+            grpc_stopped,
+        )
+        .await;
+    });
     let admin = tokio::spawn(admin::serve(admin_listener, scrape, stopped()));
     let webhook = tokio::spawn(webhook::serve(
         webhook_listener,
@@ -184,7 +246,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tokio::select! {
         res = &mut grpc => {
             drop(running);
-            res.context("gRPC server panicked")?.context("gRPC server failed")?;
+            res.context("gRPC server panicked")?;
             anyhow::bail!("gRPC server stopped unexpectedly");
         }
         sig = shutdown_signal() => sig?,
@@ -194,9 +256,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     drop(running);
     let _ = stop_tx.send(true);
     match tokio::time::timeout(SHUTDOWN_GRACE, grpc).await {
-        Ok(res) => res
-            .context("gRPC server panicked")?
-            .context("gRPC server failed")?,
+        Ok(res) => res.context("gRPC server panicked")?,
         Err(_) => {
             tracing::warn!("gRPC connections still open after {SHUTDOWN_GRACE:?}; exiting anyway")
         }
@@ -204,6 +264,84 @@ async fn run(args: Args) -> anyhow::Result<()> {
     admin.await.context("admin server panicked")?;
     webhook.await.context("webhook server panicked")?;
     Ok(())
+}
+
+/// The controller's own workload certificate, from the identity service, kept renewed.
+struct WorkloadIdentity {
+    certs: Arc<CertStore>,
+    roots: Arc<rustls::RootCertStore>,
+}
+
+impl WorkloadIdentity {
+    /// Reads the anchors and the token and starts obtaining the certificate.
+    async fn start(args: &Args) -> anyhow::Result<Self> {
+        use mesh_proto::workload::{trust_roots, IdentityClient, TokenSource};
+        let Some(anchors_path) = &args.trust_anchors else {
+            anyhow::bail!(
+                "--trust-anchors is required: the controller serves only over mutual TLS, \
+                 with a certificate from the identity service"
+            );
+        };
+        let anchors = std::fs::read_to_string(anchors_path).with_context(|| {
+            format!("--trust-anchors {}: cannot read it", anchors_path.display())
+        })?;
+        let roots = trust_roots(&anchors)
+            .with_context(|| format!("--trust-anchors {}", anchors_path.display()))?;
+        let token = match (&args.identity_token, &args.identity_token_file) {
+            (Some(t), _) => TokenSource::Inline(t.trim().to_string()),
+            (None, Some(p)) => TokenSource::File(p.clone()),
+            (None, None) => anyhow::bail!(
+                "--identity-token-file (or --identity-token) is required: the controller gets \
+                 its certificate from the identity service like any workload"
+            ),
+        };
+        let td = &args.trust_domain;
+        let identity = args
+            .identity
+            .clone()
+            .unwrap_or_else(|| format!("spiffe://{td}/ns/mesh-system/sa/mesh-controller"));
+        if !identity.starts_with("spiffe://") {
+            anyhow::bail!("--identity {identity}: expected a spiffe:// ID");
+        }
+        let server_name = args
+            .identity_server_name
+            .clone()
+            .unwrap_or_else(|| format!("identity.mesh-system.svc.{td}"));
+        let url = if args.identity_addr.contains("://") {
+            args.identity_addr.clone()
+        } else {
+            format!("https://{}", args.identity_addr)
+        };
+        let client = IdentityClient::new(&url, &server_name, &anchors, identity.clone(), token)
+            .context("--identity-addr")?;
+        let certs = Arc::new(CertStore::default());
+        let store = certs.clone();
+        tokio::spawn(async move {
+            client
+                .keep_renewed(&store, |outcome, wait| match outcome {
+                    Ok(issued) => tracing::info!(
+                        %identity,
+                        expires_in = ?issued.lifetime,
+                        renew_in = ?wait,
+                        "certificate issued"
+                    ),
+                    Err(error) => tracing::warn!(
+                        %error,
+                        retry_in = ?wait,
+                        "certificate request failed; keeping the current certificate"
+                    ),
+                })
+                .await;
+        });
+        Ok(WorkloadIdentity { certs, roots })
+    }
+
+    /// TLS for the gRPC server: this certificate, and a client certificate from the
+    /// mesh's anchors required of every caller.
+    fn server_config(&self) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+        mesh_proto::workload::server_config(self.certs.clone(), self.roots.clone())
+            .context("gRPC server TLS")
+    }
 }
 
 /// Completes on SIGTERM or Ctrl-C.

@@ -20,6 +20,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
 use tonic::Streaming;
 
+mod support;
+
 const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: prod}\nspec:\n  selector: {app: web}\n  ports: [{port: 80, targetPort: http, appProtocol: http}, {port: 5432, appProtocol: tcp}]\n";
 
 fn workload(name: &str, ip: &str) -> String {
@@ -36,7 +38,7 @@ struct Fixture {
     channel: Channel,
     admin: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    server: tokio::task::JoinHandle<()>,
 }
 
 impl Fixture {
@@ -53,6 +55,7 @@ impl Fixture {
         let scrape = Scrape {
             metrics: Arc::clone(&metrics),
             index: reader.clone(),
+            certs: None,
         };
         tokio::spawn(mesh_controller::admin::serve(
             admin_listener,
@@ -64,22 +67,13 @@ impl Fixture {
             resync: Duration::from_secs(3600),
         };
         let watch = DirWatch::start(dir.path(), writer, opts).await.unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(mesh_controller::grpc::serve(
-            listener,
-            reader,
-            metrics,
-            async {
-                let _ = stopped.await;
-            },
-        ));
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let pki = support::Pki::new();
+        let (addr, server) = support::serve(&pki, reader, metrics, Default::default(), async {
+            let _ = stopped.await;
+        })
+        .await;
+        let channel = pki.channel(addr, "spiffe://cluster.local/ns/prod/sa/web");
         Self {
             dir,
             watch: Some(watch),
@@ -557,7 +551,7 @@ async fn streams_end_and_server_stops_on_shutdown() {
     assert!(ended(&mut inbound).await, "Watch stream still open");
     let server = tokio::time::timeout(Duration::from_secs(5), &mut fx.server).await;
     assert!(
-        matches!(server, Ok(Ok(Ok(())))),
+        matches!(server, Ok(Ok(()))),
         "server did not stop: {server:?}"
     );
 }
@@ -567,23 +561,36 @@ async fn streams_release_their_state_when_clients_leave() {
     let writer = IndexWriter::new(IndexConfig::default());
     let resources = parse_documents(SERVICE).unwrap().resources;
     writer.update(|index| index.apply_file("/svc.yaml", resources));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(mesh_controller::grpc::serve(
-        listener,
+    let pki = support::Pki::new();
+    let (addr, server) = support::serve(
+        &pki,
         writer.subscribe(),
         Arc::clone(writer.metrics()),
+        Default::default(),
         std::future::pending(),
-    ));
-    let mut client = DestinationClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
-    let idle = writer.reader_count();
-
+    )
+    .await;
+    let mut client =
+        DestinationClient::new(pki.channel(addr, "spiffe://cluster.local/ns/prod/sa/web"));
     let req = GetDestination {
         target: "web.prod:80".into(),
         context: String::new(),
     };
+    // Once a call was answered the server holds its own readers; count from there.
+    let mut warm = client.get(req.clone()).await.unwrap().into_inner();
+    next(&mut warm).await;
+    let with_one = writer.reader_count();
+    drop(warm);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while writer.reader_count() != with_one - 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "warm-up stream held"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let idle = writer.reader_count();
+
     let mut get = client.get(req.clone()).await.unwrap().into_inner();
     let mut policy = client.get_policy(req).await.unwrap().into_inner();
     next(&mut get).await;

@@ -3,6 +3,8 @@
 //! events reach a live `InboundPolicy.Watch` stream, and every API call the source makes
 //! is one the RBAC rules grant (and every rule is used).
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -140,17 +142,17 @@ async fn watch_events_and_a_relist_reach_a_live_destination_stream() {
     assert_eq!(service_events(&metrics, "relist"), 1.0);
     assert_eq!(service_events(&metrics, "apply"), 0.0);
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(mesh_controller::grpc::serve(
-        listener,
+    let pki = support::Pki::new();
+    let (addr, _server) = support::serve(
+        &pki,
         reader,
         Arc::clone(&metrics),
+        Default::default(),
         std::future::pending(),
-    ));
-    let mut client = DestinationClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    )
+    .await;
+    let mut client =
+        DestinationClient::new(pki.channel(addr, "spiffe://cluster.local/ns/shop/sa/web"));
     let get = |target: &str| GetDestination {
         target: target.into(),
         context: "test".into(),
@@ -315,17 +317,17 @@ async fn authorization_policy_events_reach_a_live_inbound_policy_stream() {
     let reader = writer.subscribe();
     let metrics = Arc::clone(writer.metrics());
     let source = KubeSource::start(api.client(), writer, Duration::from_secs(10)).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(mesh_controller::grpc::serve(
-        listener,
+    let pki = support::Pki::new();
+    let (addr, _server) = support::serve(
+        &pki,
         reader,
         Arc::clone(&metrics),
+        Default::default(),
         std::future::pending(),
-    ));
-    let mut client = InboundPolicyClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    )
+    .await;
+    let mut client =
+        InboundPolicyClient::new(pki.channel(addr, "spiffe://cluster.local/ns/shop/sa/web"));
     // The pod's index name is the pod name; Service port `http` sends to 8080.
     let mut stream = client
         .watch(InboundTarget {

@@ -18,24 +18,26 @@ pub type RenderMetrics = Arc<dyn Fn() -> String + Send + Sync>;
 /// Content type of the Prometheus/OpenMetrics text prometheus-client writes.
 const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// Open admin connections; past it, the oldest still silent one is shed.
+const MAX_CONNECTIONS: usize = 256;
+
 /// Accepts admin connections on `listener` until the task is dropped; `/metrics`
 /// answers what `metrics` renders.
 pub async fn serve(listener: TcpListener, metrics: RenderMetrics) {
+    let listener = mesh_proto::net::accept::Limited::new(
+        listener,
+        MAX_CONNECTIONS,
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
     loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                let metrics = Arc::clone(&metrics);
-                tokio::spawn(async move {
-                    if let Err(e) = handle(stream, &metrics).await {
-                        debug!(%peer, error = %e, "admin connection failed");
-                    }
-                });
+        let (stream, peer, slot) = listener.accept().await;
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            if let Err(e) = handle(stream, &metrics).await {
+                debug!(%peer, error = %e, "admin connection failed");
             }
-            Err(e) => {
-                debug!(error = %e, "admin accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
+            drop(slot);
+        });
     }
 }
 

@@ -102,7 +102,14 @@ impl Mesh {
             .arg("--admin-addr")
             .arg(self.controller_admin.to_string())
             .arg("--webhook-addr")
-            .arg(free_addr().to_string());
+            .arg(free_addr().to_string())
+            // Its own certificate, from identity like any workload's.
+            .arg("--identity-addr")
+            .arg(self.identity_addr.to_string())
+            .arg("--trust-anchors")
+            .arg(self.anchors_path())
+            .arg("--identity-token")
+            .arg(self.token("mesh-system", "mesh-controller"));
         let log = self.root.path().join(format!(
             "controller-{}.log",
             Instant::now().elapsed().as_nanos()
@@ -112,7 +119,37 @@ impl Mesh {
             p.assert_running();
             panic!("controller did not listen:\n{}", p.log_text());
         }
+        // Ready once it has its certificate: proxies can connect from then on.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !wait_ready(self.controller_admin) {
+            p.assert_running();
+            assert!(
+                Instant::now() < deadline,
+                "controller not ready in 20 s:\n{}",
+                p.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         self.controller = Some(p);
+    }
+
+    /// A gRPC channel to the controller over mutual TLS, with a certificate
+    /// for `spiffe://cluster.local/ns/test/sa/fixture` (the controller
+    /// serves nobody else).
+    pub fn controller_channel(&self) -> tonic::transport::Channel {
+        use mesh_proto::workload::{certified_key, mtls_channel, trust_roots, CertStore};
+        let (chain, key) = crate::tls::client_cert(&self.identity_dir, &spiffe("test", "fixture"));
+        let certs = std::sync::Arc::new(CertStore::default());
+        certs.set(certified_key(&chain, &key).expect("fixture certificate"));
+        let anchors = std::fs::read_to_string(self.anchors_path()).expect("anchors");
+        mtls_channel(
+            &self.controller_addr.to_string(),
+            certs,
+            trust_roots(&anchors).expect("anchors"),
+            &spiffe("mesh-system", "mesh-controller"),
+            Duration::from_secs(2),
+        )
+        .expect("controller channel")
     }
 
     /// Kills the controller.
@@ -142,9 +179,10 @@ impl Mesh {
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut last = String::new();
+        let channel = self.controller_channel();
         while Instant::now() < deadline {
-            let url = format!("http://{}", self.controller_addr);
-            if let Ok(mut c) = DestinationClient::connect(url).await {
+            {
+                let mut c = DestinationClient::new(channel.clone());
                 let req = GetDestination {
                     target: target.into(),
                     context: "test".into(),
@@ -392,6 +430,25 @@ impl Proxy {
             .map(|(_, b)| b)
             .unwrap_or_default()
     }
+}
+
+/// True when the admin server at `addr` answers `/ready` with 200 (blocking,
+/// for synchronous setup code).
+fn wait_ready(addr: SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut tcp) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+        return false;
+    };
+    let _ = tcp.set_read_timeout(Some(Duration::from_secs(2)));
+    if tcp
+        .write_all(b"GET /ready HTTP/1.0\r\nHost: admin\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut out = String::new();
+    let _ = tcp.read_to_string(&mut out);
+    out.starts_with("HTTP/1.1 200") || out.starts_with("HTTP/1.0 200")
 }
 
 /// A bare HTTP/1.0 GET against an admin server: (status, body).

@@ -269,12 +269,23 @@ fn pods_reach_services_through_their_proxies_over_mtls() {
             &format!("{NODE_IP}:9990"),
             "--webhook-addr",
             &format!("{NODE_IP}:9443"),
+            "--identity-addr",
+            &format!("{NODE_IP}:8080"),
+            "--trust-anchors",
+            identity_dir.join(files::TRUST_ANCHORS).to_str().unwrap(),
+            "--identity-token",
+            &token::mint(
+                &token_key,
+                "mesh-system",
+                "mesh-controller",
+                Duration::from_secs(3600),
+            ),
         ],
         &[],
     ));
 
     // Each pod: its apps (as root) and its proxy (as the proxy user).
-    for ((name, _, _), pod) in PODS.iter().zip(&pods) {
+    for ((name, ip, _), pod) in PODS.iter().zip(&pods) {
         procs.push(spawn_in(
             pod,
             dir.path(),
@@ -293,6 +304,8 @@ fn pods_reach_services_through_their_proxies_over_mtls() {
             ("MESH_PROXY_NAMESPACE", "shop".to_string()),
             ("MESH_PROXY_SERVICE_ACCOUNT", name.to_string()),
             ("MESH_PROXY_WORKLOAD", name.to_string()),
+            // As the injector sets it: the pod IP (status.podIP).
+            ("MESH_PROXY_APP_IP", ip.to_string()),
             ("MESH_PROXY_DETECT_TIMEOUT_MS", DETECT_MS.to_string()),
             // As the injector writes it from a readiness probe on /ready.
             ("MESH_PROXY_INBOUND_PROBES", "8080:/ready".to_string()),

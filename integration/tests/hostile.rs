@@ -557,3 +557,67 @@ async fn made_up_transport_header_names_are_not_labels() {
         "{m}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_serves_only_workloads_of_the_mesh() {
+    use mesh_proto::destination::{destination_client::DestinationClient, GetDestination};
+    use mesh_proto::policy::{inbound_policy_client::InboundPolicyClient, InboundTarget};
+    let mesh = Mesh::start("1h").await;
+    let app = apps::echo("api-1").await;
+    let api = mesh.proxy("demo", "api", "api-1").await;
+    // Control: a mesh workload (the fixture's certificate) is served.
+    mesh.serve_api("api", app.addr.port(), &api).await;
+    let get = || GetDestination {
+        target: "api.demo.svc.cluster.local:80".into(),
+        context: "attacker".into(),
+    };
+
+    // Plaintext h2c, anonymous: no endpoints, no policy.
+    let plain = tonic::transport::Endpoint::from_shared(format!("http://{}", mesh.controller_addr))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(3));
+    match plain.connect().await {
+        Err(_) => {}
+        Ok(channel) => {
+            let got = DestinationClient::new(channel.clone()).get(get()).await;
+            assert!(got.is_err(), "plaintext Get served: {got:?}");
+            let watched = InboundPolicyClient::new(channel)
+                .watch(InboundTarget {
+                    workload: "demo/api-1".into(),
+                    port: u32::from(app.addr.port()),
+                })
+                .await;
+            assert!(watched.is_err(), "plaintext Watch served");
+        }
+    }
+    // TLS without a client certificate, and with one from another CA: the
+    // server never gets to say anything in HTTP/2.
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let out = tls_exchange(mesh.controller_addr, None, preface).await;
+    assert!(
+        out.is_empty() || out.starts_with("handshake failed"),
+        "{out:?}"
+    );
+    let other = tempfile::tempdir().unwrap();
+    mesh_identity::files::init_dir(other.path(), "cluster.local", false).unwrap();
+    let foreign = client_cert(other.path(), &spiffe("demo", "web"));
+    let out = tls_exchange(mesh.controller_addr, Some(foreign), preface).await;
+    assert!(
+        out.is_empty() || out.starts_with("handshake failed"),
+        "{out:?}"
+    );
+    // The mesh still works: the proxies reach the controller over mTLS.
+    let web = mesh.proxy("demo", "web", "web-1").await;
+    let r = client::get(
+        &client::http1(web.outbound),
+        "http://api.demo.svc.cluster.local/",
+    )
+    .await
+    .expect("response");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.header("x-seen-client-id"),
+        "spiffe://cluster.local/ns/demo/sa/web"
+    );
+}

@@ -17,3 +17,9 @@ pub mod identity {
 
 #[cfg(feature = "net")]
 pub mod net;
+
+#[cfg(feature = "workload")]
+pub mod workload;
+
+#[cfg(feature = "server")]
+pub mod server;

@@ -67,11 +67,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         roots: roots.clone(),
         connect_timeout: config.connect_timeout,
     };
-    let controller = crate::discovery::controller_channel(
-        &grpc_url(&config.destination_addr, false),
-        config.connect_timeout,
+    // Mutual TLS with the workload's certificate, to the controller's
+    // identity: the channel dials once the first certificate is in.
+    let controller = mesh_proto::workload::mtls_channel(
+        &config.destination_addr,
+        certs.clone(),
+        roots.clone(),
+        &config.destination_identity,
+        config
+            .connect_timeout
+            .max(std::time::Duration::from_secs(2)),
     )
-    .await
     .context("MESH_PROXY_DESTINATION_ADDR")?;
     let resolver = Resolver::new(
         controller,

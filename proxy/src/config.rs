@@ -24,14 +24,7 @@ pub enum ConfigError {
     },
 }
 
-/// Where the workload's token comes from.
-#[derive(Clone, Debug)]
-pub enum TokenSource {
-    /// Read from this file at every certificate request (tokens rotate).
-    File(PathBuf),
-    /// Given inline.
-    Inline(String),
-}
+pub use mesh_proto::workload::TokenSource;
 
 /// The proxy's full configuration.
 #[derive(Clone, Debug)]
@@ -44,8 +37,11 @@ pub struct Config {
     pub admin_addr: SocketAddr,
     /// The IP the local application listens on; inbound traffic goes there.
     pub app_ip: std::net::IpAddr,
-    /// The destination controller, as `host:port` or a URL.
+    /// The destination controller, as `host:port` or a URL (always mutual
+    /// TLS).
     pub destination_addr: String,
+    /// The SPIFFE ID the controller must present.
+    pub destination_identity: String,
     /// The identity service, as `host:port` or a URL (TLS).
     pub identity_addr: String,
     /// The DNS name the identity service's certificate must carry.
@@ -334,6 +330,17 @@ impl Config {
             app_ip,
             destination_addr: get("MESH_PROXY_DESTINATION_ADDR")
                 .unwrap_or_else(|| "mesh-controller.mesh-system.svc.cluster.local:8086".into()),
+            destination_identity: match get("MESH_PROXY_DESTINATION_IDENTITY") {
+                None => format!("spiffe://{td}/ns/mesh-system/sa/mesh-controller"),
+                Some(id) if id.starts_with("spiffe://") => id,
+                Some(id) => {
+                    return Err(ConfigError::Invalid {
+                        name: "MESH_PROXY_DESTINATION_IDENTITY",
+                        value: id,
+                        reason: "expected a spiffe:// ID".into(),
+                    })
+                }
+            },
             identity_addr: get("MESH_PROXY_IDENTITY_ADDR")
                 .unwrap_or_else(|| "mesh-identity.mesh-system.svc.cluster.local:8080".into()),
             identity_server_name: get("MESH_PROXY_IDENTITY_SERVER_NAME")
@@ -424,6 +431,10 @@ mod tests {
         assert_eq!(c.inbound_addr.to_string(), "0.0.0.0:4143");
         assert_eq!(c.admin_addr.to_string(), "0.0.0.0:4191");
         assert_eq!(c.identity, "spiffe://cluster.local/ns/default/sa/default");
+        assert_eq!(
+            c.destination_identity,
+            "spiffe://cluster.local/ns/mesh-system/sa/mesh-controller"
+        );
         assert_eq!(c.worker_threads, 1);
         assert!(c.opaque_ports.is_empty());
         assert_eq!(c.detect_timeout, Duration::from_secs(10));

@@ -185,4 +185,44 @@ mod tests {
             "{took:?}"
         );
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+            /// Any bytes classify (or ask for more) without panicking, and a
+            /// decision never changes when more bytes arrive.
+            #[test]
+            fn classification_is_total_and_stable(
+                bytes in proptest::collection::vec(any::<u8>(), 0..40),
+                more in proptest::collection::vec(any::<u8>(), 0..40),
+            ) {
+                if let Some(p) = classify(&bytes) {
+                    let mut longer = bytes.clone();
+                    longer.extend_from_slice(&more);
+                    prop_assert_eq!(classify(&longer), Some(p));
+                }
+            }
+
+            /// A request line of any method detected is HTTP/1 however it
+            /// is split; the HTTP/2 preface is HTTP/2.
+            #[test]
+            fn requests_are_detected_from_any_prefix(
+                method in proptest::sample::select(H1_METHODS.to_vec()),
+                path in "/[a-z0-9/]{0,20}",
+                cut in 0usize..64,
+            ) {
+                let line = [method, path.as_bytes(), b" HTTP/1.1\r\n"].concat();
+                let cut = cut.min(line.len());
+                match classify(&line[..cut]) {
+                    None => prop_assert!(cut < method.len()),
+                    Some(p) => prop_assert_eq!(p, Protocol::Http1),
+                }
+                prop_assert_eq!(classify(H2_PREFACE), Some(Protocol::Http2));
+            }
+        }
+    }
 }

@@ -298,6 +298,75 @@ mod tests {
         }
     }
 
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn protocol() -> impl Strategy<Value = SessionProtocol> {
+            prop_oneof![
+                Just(SessionProtocol::Http1),
+                Just(SessionProtocol::Http2),
+                Just(SessionProtocol::Opaque),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+            /// Whatever a peer sends, decoding ends in a header, a request
+            /// for more bytes, or an error: never a panic, never a name
+            /// over the limit, never port 0.
+            #[test]
+            fn decoding_any_bytes_is_total(
+                magic in any::<bool>(),
+                mut bytes in proptest::collection::vec(any::<u8>(), 0..64),
+            ) {
+                if magic && bytes.len() >= 4 {
+                    bytes[..4].copy_from_slice(MAGIC);
+                }
+                match TransportHeader::decode(&bytes) {
+                    Ok(Decoded::Complete(h, used)) => {
+                        prop_assert!(used <= bytes.len());
+                        prop_assert!(h.port != 0);
+                        prop_assert!(h.name.len() <= MAX_NAME_LEN);
+                    }
+                    Ok(Decoded::Incomplete(need)) => prop_assert!(need > bytes.len()),
+                    Err(_) => {}
+                }
+            }
+
+            /// Every header that encodes decodes to itself, from a buffer
+            /// and from a stream, and every cut of it is incomplete.
+            #[test]
+            fn encoding_round_trips(
+                port in 1u16..,
+                protocol in protocol(),
+                name in "[a-z0-9.:-]{0,80}",
+                rest in proptest::collection::vec(any::<u8>(), 0..16),
+            ) {
+                let h = TransportHeader { port, protocol, name };
+                let bytes = h.encode().unwrap();
+                for cut in 0..bytes.len() {
+                    prop_assert!(
+                        matches!(TransportHeader::decode(&bytes[..cut]), Ok(Decoded::Incomplete(_))),
+                        "cut at {}", cut
+                    );
+                }
+                let mut buf = bytes.to_vec();
+                buf.extend_from_slice(&rest);
+                prop_assert_eq!(
+                    TransportHeader::decode(&buf).unwrap(),
+                    Decoded::Complete(h.clone(), bytes.len())
+                );
+                let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                let mut io = &buf[..];
+                let read = rt.block_on(TransportHeader::read(&mut io)).unwrap();
+                prop_assert_eq!(read, h);
+                prop_assert_eq!(io, &rest[..]);
+            }
+        }
+    }
+
     #[tokio::test]
     async fn read_consumes_only_the_header() {
         let mut raw = header("svc:80").encode().expect("encodes").to_vec();

@@ -124,12 +124,30 @@ async fn demo(args: &Args, procs: &mut Procs) -> anyhow::Result<()> {
             controller_admin.to_string(),
             "--webhook-addr".into(),
             free_addr()?.to_string(),
+            // The controller serves only over mutual TLS, with a certificate
+            // from identity like any workload's.
+            "--identity-addr".into(),
+            identity_addr.to_string(),
+            "--trust-anchors".into(),
+            id_dir
+                .join(mesh_identity::files::TRUST_ANCHORS)
+                .display()
+                .to_string(),
         ],
-        &[],
+        &[(
+            "MESH_CONTROLLER_IDENTITY_TOKEN".to_string(),
+            mesh_identity::token::mint(
+                &key,
+                "mesh-system",
+                "mesh-controller",
+                Duration::from_secs(24 * 3600),
+            ),
+        )],
         &logs,
     )?;
     wait_port(identity_addr, "mesh-identity", procs).await?;
     wait_port(controller_addr, "mesh-controller", procs).await?;
+    wait_admin_ready(controller_admin, "mesh-controller", procs).await?;
     println!("  ✓ identity on {identity_addr}, controller on {controller_addr}");
 
     // Workloads and their proxies.
@@ -254,6 +272,19 @@ fn write_manifests(
     std::fs::write(dir.join("demo.yaml"), docs.join("---\n"))
         .context("writing the demo manifests")?;
     Ok(())
+}
+
+/// Waits until a control-plane component's admin server answers `/ready`.
+async fn wait_admin_ready(admin: SocketAddr, name: &str, procs: &mut Procs) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if admin_get(admin, "/ready").await.map(|r| r.0) == Some(200) {
+            return Ok(());
+        }
+        procs.check()?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("{name} not ready within 20 s (see its log)")
 }
 
 async fn wait_ready(w: &Workload, procs: &mut Procs) -> anyhow::Result<()> {

@@ -103,6 +103,7 @@ pub fn components(settings: &Settings) -> [Component; 2] {
         &settings.proxy_image,
     ]);
     controller_args.extend(webhook::controller_args());
+    controller_args.extend(identity::controller_args(&settings.trust_domain));
     let controller = Component {
         name: CONTROLLER,
         image: settings.controller_image.clone(),
@@ -130,7 +131,11 @@ pub fn components(settings: &Settings) -> [Component; 2] {
             cpu_limit: "1",
             memory_limit: "256Mi",
         },
-        volumes: vec![webhook::volume()],
+        volumes: vec![
+            webhook::volume(),
+            identity::volume(),
+            identity::token_volume(),
+        ],
         pod_fields: &[POD_NAMESPACE],
     };
     [identity, controller]

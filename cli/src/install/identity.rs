@@ -159,3 +159,35 @@ pub fn identity_args() -> [String; 2] {
         format!("{MOUNT_DIR}/{TRUST_ROOTS_KEY}"),
     ]
 }
+
+/// Where the controller's projected token is mounted.
+const TOKEN_DIR: &str = "/var/run/secrets/mesh.dev/identity";
+/// The token volume's name.
+const TOKEN_VOLUME: &str = "identity-token";
+
+/// The controller's projected ServiceAccount token for the identity service
+/// (audience `identity.mesh.dev`, rotated by the kubelet): the controller gets
+/// its gRPC server certificate like any workload.
+pub fn token_volume() -> (Volume, VolumeMount) {
+    let volume = mesh_controller::inject::identity_token_volume(TOKEN_VOLUME);
+    let mount = VolumeMount {
+        name: TOKEN_VOLUME.to_string(),
+        mount_path: TOKEN_DIR.to_string(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    };
+    (volume, mount)
+}
+
+/// The `mesh-controller` flags that get it its certificate: the identity
+/// Service, the mounted anchors and token.
+pub fn controller_args(trust_domain: &str) -> [String; 6] {
+    [
+        "--identity-addr".to_string(),
+        format!("{IDENTITY}.mesh-system.svc.{trust_domain}:8080"),
+        "--trust-anchors".to_string(),
+        format!("{MOUNT_DIR}/{TRUST_ROOTS_KEY}"),
+        "--identity-token-file".to_string(),
+        format!("{TOKEN_DIR}/token"),
+    ]
+}

@@ -1,5 +1,8 @@
 //! The controller's gRPC server: `mesh.destination.v1.Destination` and
 //! `mesh.policy.v1.InboundPolicy`, both answering only from the index, never from a source.
+//! Served over mutual TLS only: every caller presents a workload certificate of the
+//! mesh's trust domain (no anonymous reads of endpoints, identities or policy), with
+//! connection, stream and idle limits (`mesh_proto::server`).
 
 pub mod destination;
 pub mod inbound;
@@ -10,31 +13,41 @@ use std::sync::Arc;
 use mesh_proto::destination::destination_server::DestinationServer;
 use mesh_proto::policy::inbound_policy_server::InboundPolicyServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::index::IndexReader;
 use crate::metrics::Metrics;
 
 pub use self::destination::DestinationService;
 pub use self::inbound::{default_server_policy, InboundPolicyService};
+pub use mesh_proto::server::Limits;
 
-/// Serves both services on `listener` until `shutdown` completes and the open streams end
-/// (they end when the index writer is dropped or the clients leave). Streams, updates and
-/// invalid targets are counted in `metrics`.
+/// Serves both services on `listener` with `tls` (which must require client
+/// certificates) until `shutdown` completes and the open streams end (they end when the
+/// index writer is dropped or the clients leave). Callers outside `trust_domain` are
+/// refused. Streams, updates and invalid targets are counted in `metrics`.
 pub async fn serve(
     listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    trust_domain: &str,
     index: IndexReader,
     metrics: Arc<Metrics>,
+    limits: Limits,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), tonic::transport::Error> {
-    tonic::transport::Server::builder()
-        .add_service(DestinationServer::new(DestinationService::new(
-            index.clone(),
-            &metrics,
-        )))
-        .add_service(InboundPolicyServer::new(InboundPolicyService::new(
-            index, &metrics,
-        )))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await
+) {
+    let routes = tonic::service::Routes::new(DestinationServer::new(DestinationService::new(
+        index.clone(),
+        &metrics,
+    )))
+    .add_service(InboundPolicyServer::new(InboundPolicyService::new(
+        index, &metrics,
+    )));
+    mesh_proto::server::serve(
+        listener,
+        tls,
+        routes,
+        limits,
+        Some(trust_domain.to_string()),
+        shutdown,
+    )
+    .await
 }

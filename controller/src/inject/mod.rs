@@ -25,6 +25,7 @@ pub use self::annotations::{
     WORKLOAD_ANNOTATION,
 };
 pub use self::patch::patch_for;
+pub use self::sidecar::{identity_token_volume, TOKEN_AUDIENCE};
 
 /// Name of the proxy container (a native sidecar init container, or the first container).
 pub const PROXY_CONTAINER: &str = "mesh-proxy";

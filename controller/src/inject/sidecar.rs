@@ -113,11 +113,12 @@ pub(super) fn proxy_container(cfg: &InjectConfig, o: &Overrides) -> Container {
     }
 }
 
-/// The volumes the proxy mounts: a projected ServiceAccount token for the identity
-/// service, and the trust bundle the identity service publishes.
-pub(super) fn volumes() -> [Volume; 2] {
-    let token = Volume {
-        name: TOKEN_VOLUME.to_string(),
+/// A projected ServiceAccount token for the identity service (audience
+/// [`TOKEN_AUDIENCE`], file `token`, rotated by the kubelet), as volume `name`: what a
+/// workload (a proxy, the controller) proves its identity with.
+pub fn identity_token_volume(name: &str) -> Volume {
+    Volume {
+        name: name.to_string(),
         projected: Some(ProjectedVolumeSource {
             sources: Some(vec![VolumeProjection {
                 service_account_token: Some(ServiceAccountTokenProjection {
@@ -130,7 +131,14 @@ pub(super) fn volumes() -> [Volume; 2] {
             ..ProjectedVolumeSource::default()
         }),
         ..Volume::default()
-    };
+    }
+}
+
+/// The volumes the proxy mounts: a projected ServiceAccount token for the identity
+/// service, and the trust bundle the identity service publishes.
+pub(super) fn volumes() -> [Volume; 2] {
+    let token = identity_token_volume(TOKEN_VOLUME);
+
     let trust = Volume {
         name: TRUST_ROOTS_VOLUME.to_string(),
         config_map: Some(ConfigMapVolumeSource {

@@ -174,3 +174,95 @@ fn multi_document_and_lists() {
     assert_eq!(path, "items[0].spec.ports[0].port");
     assert!(parse_documents("").unwrap().resources.is_empty());
 }
+
+mod props {
+    //! Manifests with one line broken in every way a user (or an attacker
+    //! with write access to one namespace) might: parsing and the index's
+    //! computations answer or refuse, never panic.
+
+    use super::*;
+    use crate::index::{IndexConfig, IndexWriter};
+    use proptest::prelude::*;
+
+    const CORPUS: &[&str] = &[
+        GOOD,
+        include_str!("../../../manifests/example/traffic.yaml"),
+        include_str!("../../../manifests/example/demo.yaml"),
+        "apiVersion: policy.mesh.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: ledger-callers, namespace: prod}\nspec:\n  targetRef: {kind: Service, name: web, port: http}\n  action: allow\n  mtls: strict\n  rules:\n  - from:\n    - identities: [\"spiffe://cluster.local/ns/prod/sa/*\"]\n      networks: [10.0.0.0/8]\n    to:\n    - paths: [{prefix: /api}]\n      methods: [GET]\n      ports: [8080]\n",
+    ];
+
+    const JUNK: &[&str] = &[
+        "-1",
+        "0",
+        "65536",
+        "99999999999999999999",
+        "",
+        "[]",
+        "{}",
+        "null",
+        "~",
+        "*",
+        "\"\\u0000\"",
+        "a b",
+        "0.5",
+        "true",
+        "{kind: Pod}",
+        "[1, [2, [3]]]",
+        "'",
+        "\"",
+        "&a",
+        "*a",
+        "!!binary AAAA",
+        "::::",
+        "spiffe://",
+        "/../..",
+        "%2f",
+        "1e999",
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1_500))]
+
+        #[test]
+        fn a_broken_line_is_refused_or_parsed_never_a_panic(
+            doc in proptest::sample::select(CORPUS.to_vec()),
+            line in any::<proptest::sample::Index>(),
+            junk in proptest::sample::select(JUNK.to_vec()),
+            how in 0u8..4,
+        ) {
+            let mut lines: Vec<String> = doc.lines().map(str::to_string).collect();
+            let i = line.index(lines.len().max(1)).min(lines.len().saturating_sub(1));
+            if let Some(l) = lines.get_mut(i) {
+                match how {
+                    0 => {
+                        if let Some((key, _)) = l.split_once(':') {
+                            *l = format!("{key}: {junk}");
+                        }
+                    }
+                    1 => *l = format!("{l}{junk}"),
+                    2 => *l = junk.to_string(),
+                    _ => {
+                        let dup = l.clone();
+                        lines.insert(i, dup);
+                    }
+                }
+            }
+            let text = lines.join("\n");
+            if let Ok(parsed) = parse_documents(&text) {
+                let writer = IndexWriter::new(IndexConfig::default());
+                writer.update(|index| index.apply_file("/fuzz.yaml", parsed.resources));
+                let index = writer.subscribe();
+                let index = index.borrow();
+                for t in ["web.prod.svc.cluster.local:80", "10.0.0.1:8080", "10.96.0.10:80", "api.demo:80"] {
+                    if let Ok(target) = index.parse_target(t) {
+                        let _ = index.resolve(&target);
+                        let _ = index.service_policy(&target, t);
+                    }
+                }
+                for (ns, w) in [("prod", "web-1"), ("demo", "api-1"), ("prod", "legacy")] {
+                    let _ = index.server_policy(ns, w, 8080);
+                }
+            }
+        }
+    }
+}

@@ -27,6 +27,8 @@ pub const WEBHOOK_DNS_NAME: &str = "mesh-controller.mesh-system.svc";
 pub const MAX_BODY: usize = 4 * 1024 * 1024;
 /// Time a client has for the TLS handshake, and again for its headers and body.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Open webhook connections (the API server keeps a few).
+const MAX_CONNECTIONS: usize = 1_024;
 
 /// Why the webhook's TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -114,29 +116,32 @@ pub async fn serve(
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let state = Arc::new(State { namespaces, cfg });
+    // Capped; connections still in their handshake are shed first.
+    let listener = mesh_proto::net::accept::Limited::new(listener, MAX_CONNECTIONS, b"");
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok((conn, peer)) => {
+            (conn, peer, mut slot) = listener.accept() => {
                     let acceptor = acceptor.clone();
                     let state = state.clone();
                     tokio::spawn(async move {
-                        let tls = match tokio::time::timeout(
-                            HANDSHAKE_TIMEOUT,
-                            acceptor.accept(conn),
-                        ).await {
-                            Ok(Ok(tls)) => tls,
-                            Ok(Err(e)) => {
-                                tracing::debug!(%peer, error = %e, "webhook TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%peer, "webhook TLS handshake timed out");
-                                return;
-                            }
+                        let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(conn));
+                        let tls = tokio::select! {
+                            r = handshake => match r {
+                                Ok(Ok(tls)) => tls,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(%peer, error = %e, "webhook TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%peer, "webhook TLS handshake timed out");
+                                    return;
+                                }
+                            },
+                            () = slot.shed() => return,
                         };
+                        slot.activate();
                         let service = hyper::service::service_fn(move |req| {
                             handle(req, state.clone())
                         });
@@ -149,13 +154,9 @@ pub async fn serve(
                         {
                             tracing::debug!(%peer, error = %e, "webhook connection failed");
                         }
+                        drop(slot);
                     });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "webhook accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
-//! Running the identity service: serves `Certify` over TLS with tonic (the serving
-//! certificate follows the current issuer, see `tls.rs`), runs the admin endpoint
-//! (probes and metrics), and stops gracefully when the shutdown future completes.
+//! Running the identity service: serves `Certify` over TLS (the serving certificate
+//! follows the current issuer, see `tls.rs`) with the control plane's connection, stream
+//! and idle limits (`mesh_proto::server`), runs the admin endpoint (probes and
+//! metrics), and stops gracefully when the shutdown future completes.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -8,7 +9,6 @@ use std::sync::Arc;
 use mesh_proto::identity::identity_server::IdentityServer;
 use thiserror::Error;
 use tokio::net::TcpListener;
-use tonic::transport::Server;
 use tracing::info;
 
 use super::tls::{self, ServingCerts};
@@ -34,28 +34,11 @@ pub enum ServeError {
     /// A listener's address could not be read.
     #[error("listener: {0}")]
     Io(std::io::Error),
-    /// tonic failed to serve (message includes the causes).
-    #[error("gRPC server: {0}")]
-    Transport(String),
 }
 
 impl From<std::io::Error> for ServeError {
     fn from(e: std::io::Error) -> Self {
         Self::Io(e)
-    }
-}
-
-impl From<tonic::transport::Error> for ServeError {
-    fn from(e: tonic::transport::Error) -> Self {
-        // tonic's own message is only the kind; the detail is in its sources.
-        let mut msg = e.to_string();
-        let mut cause = std::error::Error::source(&e);
-        while let Some(c) = cause {
-            msg.push_str(": ");
-            msg.push_str(&c.to_string());
-            cause = c.source();
-        }
-        Self::Transport(msg)
     }
 }
 
@@ -94,14 +77,22 @@ pub async fn serve(
         Arc::new(move || metrics_service.render_metrics());
     let admin = admin_listener.map(|l| tokio::spawn(crate::admin::serve(l, render)));
 
-    let router = Server::builder().add_service(IdentityServer::new(service));
+    let routes = tonic::service::Routes::new(IdentityServer::new(service));
     info!(%addr, admin = %admin_addr, trust_domain = %td, "listening");
-    let result = router
-        .serve_with_incoming_shutdown(tls::incoming(listener, tls_config), shutdown)
-        .await;
+    // Workloads call before they have a certificate: TLS without client
+    // authentication, bounded like every control-plane listener.
+    mesh_proto::server::serve(
+        listener,
+        tls_config,
+        routes,
+        mesh_proto::server::Limits::default(),
+        None,
+        shutdown,
+    )
+    .await;
     if let Some(admin) = admin {
         admin.abort();
     }
     info!("stopped");
-    Ok(result?)
+    Ok(())
 }

@@ -1,23 +1,17 @@
 //! TLS for the `Certify` server. The serving certificate is issued from the current
 //! issuer and issued again when the issuer is swapped (a reload) or the certificate
 //! passes 70 % of its lifetime, so a rotated issuer never leaves the server presenting a
-//! certificate that dies with the old one. Handshakes run off the accept loop, bounded in
-//! time.
+//! certificate that dies with the old one.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use futures::Stream;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::serve::serving_dns_names;
 use crate::ca::{Issuer, SharedIssuer};
@@ -25,10 +19,6 @@ use crate::spiffe;
 
 /// Longest lifetime of the serving certificate (it is also capped by the issuer).
 const SERVING_CERT_LIFETIME: Duration = Duration::from_secs(365 * 86_400);
-/// How long a client may take to complete the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshaken connections waiting for the gRPC server.
-const ACCEPT_BACKLOG: usize = 64;
 
 /// A serving certificate and the issuer that signed it.
 #[derive(Debug)]
@@ -136,47 +126,6 @@ pub(super) fn server_config(certs: ServingCerts) -> Result<Arc<ServerConfig>, St
         .with_cert_resolver(Arc::new(certs));
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
-}
-
-/// Accepts TCP connections and yields them once their TLS handshake is done; stops
-/// accepting when the stream is dropped.
-pub(super) fn incoming(
-    listener: TcpListener,
-    config: Arc<ServerConfig>,
-) -> impl Stream<Item = Result<TlsStream<TcpStream>, std::io::Error>> {
-    let (tx, rx) = mpsc::channel(ACCEPT_BACKLOG);
-    let acceptor = TlsAcceptor::from(config);
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                () = tx.closed() => return,
-                accepted = listener.accept() => accepted,
-            };
-            let (tcp, peer) = match accepted {
-                Ok(conn) => conn,
-                Err(error) => {
-                    debug!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
-            tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => {
-                        let _ = tx.send(Ok(tls)).await;
-                    }
-                    Ok(Err(error)) => debug!(%peer, %error, "TLS handshake failed"),
-                    Err(_) => debug!(%peer, "TLS handshake timed out"),
-                }
-            });
-        }
-    });
-    futures::stream::unfold(rx, |mut rx| async move {
-        let item = rx.recv().await?;
-        Some((item, rx))
-    })
 }
 
 #[cfg(test)]

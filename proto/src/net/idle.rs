@@ -89,18 +89,38 @@ pub async fn watch<C, E>(
     conn: C,
     activity: &Activity,
     timeouts: Timeouts,
+    shutdown: impl FnMut(Pin<&mut C>),
+) -> Ended<E>
+where
+    C: Future<Output = Result<(), E>>,
+{
+    watch_until(conn, activity, timeouts, shutdown, std::future::pending()).await
+}
+
+/// [`watch`], and a graceful shutdown as soon as `stop` completes (the
+/// server is stopping): requests in flight finish.
+pub async fn watch_until<C, E>(
+    conn: C,
+    activity: &Activity,
+    timeouts: Timeouts,
     mut shutdown: impl FnMut(Pin<&mut C>),
+    stop: impl Future<Output = ()>,
 ) -> Ended<E>
 where
     C: Future<Output = Result<(), E>>,
 {
     let mut conn = std::pin::pin!(conn);
+    let mut stop = std::pin::pin!(stop);
     let mut seen = 0u64;
     let mut deadline = Instant::now() + timeouts.first;
     loop {
         tokio::select! {
             r = conn.as_mut() => return Ended::Closed(r),
             () = tokio::time::sleep_until(deadline) => {}
+            () = stop.as_mut() => {
+                shutdown(conn.as_mut());
+                return Ended::Closed(conn.await);
+            }
         }
         let started = activity.started();
         if started == 0 {

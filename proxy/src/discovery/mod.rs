@@ -194,26 +194,6 @@ impl<P: Send + Sync + 'static> PolicyResolver<P> {
     }
 }
 
-/// The channel to the controller at `url`, connected now when the
-/// controller answers within `connect_timeout` (so the first request that
-/// needs discovery or an inbound policy does not pay for the connection),
-/// else lazily. Either way it reconnects by itself.
-pub async fn controller_channel(url: &str, connect_timeout: Duration) -> anyhow::Result<Channel> {
-    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())?
-        .connect_timeout(Duration::from_secs(2))
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5));
-    Ok(
-        match tokio::time::timeout(connect_timeout, endpoint.connect()).await {
-            Ok(Ok(channel)) => channel,
-            _ => {
-                tracing::info!(%url, "controller not reachable yet; connecting lazily");
-                endpoint.connect_lazy()
-            }
-        },
-    )
-}
-
 /// Resolves targets through the destination controller.
 pub struct Resolver<T> {
     channel: Channel,
@@ -225,7 +205,7 @@ pub struct Resolver<T> {
 }
 
 impl<T: Send + Sync + 'static> Resolver<T> {
-    /// Creates a resolver over `channel` (see [`controller_channel`]).
+    /// Creates a resolver over `channel` (`mesh_proto::workload::mtls_channel`).
     pub fn new(
         channel: Channel,
         context: String,

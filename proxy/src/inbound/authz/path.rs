@@ -138,4 +138,55 @@ mod tests {
         assert_eq!(n("/a%5cb").unwrap_err(), BadPath::Slash);
         assert_eq!(n("/a\\b").unwrap_err(), BadPath::Slash);
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Paths built from the pieces that make normalization hard.
+        fn tricky_path() -> impl Strategy<Value = String> {
+            let piece = prop_oneof![
+                Just("/".to_string()),
+                Just("//".to_string()),
+                Just("/.".to_string()),
+                Just("/..".to_string()),
+                Just("%2e".to_string()),
+                Just("%2E".to_string()),
+                Just("%61".to_string()),
+                Just("%2f".to_string()),
+                Just("%5C".to_string()),
+                Just("%".to_string()),
+                Just("%zz".to_string()),
+                Just("\\".to_string()),
+                "[a-z]{1,4}",
+            ];
+            proptest::collection::vec(piece, 0..12).prop_map(|v| format!("/{}", v.concat()))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4_000))]
+
+            /// Normalizing never panics; a normal path is a fixed point,
+            /// absolute, with no empty, `.` or `..` segment left.
+            #[test]
+            fn normal_paths_are_fixed_points(path in tricky_path()) {
+                if let Ok(normal) = normalize(&path) {
+                    let normal = normal.into_owned();
+                    prop_assert!(normal.starts_with('/'));
+                    prop_assert_eq!(normalize(&normal).unwrap().into_owned(), normal.clone());
+                    let inner = normal.trim_end_matches('/');
+                    for seg in inner.split('/').skip(1) {
+                        prop_assert!(seg != "." && seg != ".." && !seg.is_empty(), "{}", normal);
+                    }
+                    prop_assert!(!normal.contains('\\'));
+                }
+            }
+
+            /// Any string at all: an answer, never a panic.
+            #[test]
+            fn any_string_is_answered(path in ".{0,40}") {
+                let _ = normalize(&path);
+            }
+        }
+    }
 }

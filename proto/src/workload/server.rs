@@ -1,5 +1,6 @@
-//! The inbound side's TLS configuration: our certificate, and a client
-//! certificate that chains to the trust anchors is mandatory.
+//! The server side of mutual TLS: our certificate, and a client certificate
+//! that chains to the trust anchors is mandatory (the caller's SPIFFE ID is
+//! then read from it).
 
 use super::{CertStore, TlsError};
 use rustls::{server::WebPkiClientVerifier, RootCertStore, ServerConfig};
@@ -18,7 +19,7 @@ pub fn server_config(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(certs);
-    // Proxies speak the transport header first, so no ALPN is needed.
+    // Peers speak the transport header or HTTP/2 straight away: no ALPN.
     config.max_early_data_size = 0;
     // No session resumption (peers keep their connections): no tickets to
     // mint, no session cache to hold.

@@ -1,7 +1,9 @@
-//! The outbound side's TLS configuration: the peer's certificate must chain
-//! to the trust anchors and carry exactly the SPIFFE ID discovery announced.
+//! The client side of mutual TLS: the peer's certificate must chain to the
+//! trust anchors and carry exactly the SPIFFE ID expected (the one discovery
+//! announced, or the controller's).
 
 use super::{spiffe::spiffe_id, CertStore, TlsError};
+use crate::workload::certs::provider;
 use rustls::{
     client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     crypto::CryptoProvider,
@@ -17,7 +19,7 @@ pub fn client_config(
     roots: Arc<RootCertStore>,
     expected_identity: &str,
 ) -> Result<Arc<ClientConfig>, TlsError> {
-    let provider = super::provider();
+    let provider = provider();
     let verifier = Arc::new(SpiffeVerifier {
         roots,
         expected: expected_identity.to_string(),

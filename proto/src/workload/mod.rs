@@ -1,0 +1,20 @@
+//! A workload's identity (feature `workload`): a key generated in memory and
+//! its CSR, `Certify` calls to the identity service with renewal, the current
+//! certificate for rustls, and mutual-TLS configurations that check SPIFFE
+//! IDs rather than DNS names. The proxy and the controller (itself a
+//! workload of the mesh) share it.
+
+mod certify;
+mod certs;
+mod channel;
+mod client;
+mod csr;
+mod server;
+pub mod spiffe;
+
+pub use certify::{backoff, renew_after, CertifyError, IdentityClient, Issued, TokenSource};
+pub use certs::{certified_key, provider, trust_roots, CertStore, TlsError};
+pub use channel::mtls_channel;
+pub use client::{client_config, server_name};
+pub use csr::LocalKey;
+pub use server::server_config;
