@@ -84,6 +84,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         format!("{} {}", config.identity, config.workload),
         Arc::new(move |meta| EndpointClient::new(meta, &settings)),
         metrics.clone(),
+        config.max_targets,
     )
     .context("MESH_PROXY_DESTINATION_ADDR")?;
     let resolver_channel = resolver.channel();

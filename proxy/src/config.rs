@@ -93,6 +93,10 @@ pub struct Config {
     pub max_connections: usize,
     /// Open connections on the admin listener.
     pub admin_max_connections: usize,
+    /// Discovery targets watched at once (each holds a `Get` and a
+    /// `GetPolicy` stream); the least recently used one nobody holds makes
+    /// room for a new one.
+    pub max_targets: usize,
     /// Label sets per traffic metric family, and how long an unused one is
     /// kept.
     pub series: crate::metrics::SeriesLimits,
@@ -363,6 +367,10 @@ impl Config {
             idle_timeout: millis("MESH_PROXY_IDLE_TIMEOUT_MS", 300_000)?,
             max_connections: count("MESH_PROXY_MAX_CONNECTIONS", 10_000)?,
             admin_max_connections: count("MESH_PROXY_ADMIN_MAX_CONNECTIONS", 1_024)?,
+            max_targets: count(
+                "MESH_PROXY_MAX_TARGETS",
+                crate::discovery::DEFAULT_MAX_TARGETS,
+            )?,
             series: crate::metrics::SeriesLimits {
                 max: count("MESH_PROXY_METRICS_MAX_SERIES", 1_000)?,
                 retain: millis("MESH_PROXY_METRICS_RETAIN_IDLE_MS", 600_000)?,

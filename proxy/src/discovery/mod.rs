@@ -4,6 +4,9 @@
 //! the control plane being up.
 
 pub(crate) mod cache;
+
+/// How many targets a proxy watches at once by default.
+pub const DEFAULT_MAX_TARGETS: usize = cache::DEFAULT_MAX;
 pub mod policy;
 pub(crate) mod reconnect;
 mod watch;
@@ -170,7 +173,7 @@ impl<P: Send + Sync + 'static> PolicyResolver<P> {
             context: resolver.context.clone(),
             compile,
             metrics: resolver.metrics.clone(),
-            cache: cache::WatchCache::new(cache::DEFAULT_IDLE, cache::DEFAULT_MAX),
+            cache: cache::WatchCache::new(cache::DEFAULT_IDLE, resolver.max_targets),
         }
     }
 
@@ -201,16 +204,19 @@ pub struct Resolver<T> {
     context: String,
     new_endpoint: NewEndpoint<T>,
     metrics: Arc<Metrics>,
+    max_targets: usize,
     cache: cache::WatchCache<Destination<T>>,
 }
 
 impl<T: Send + Sync + 'static> Resolver<T> {
-    /// Creates a resolver over `channel` (`mesh_proto::workload::mtls_channel`).
+    /// Creates a resolver over `channel` (`mesh_proto::workload::mtls_channel`)
+    /// keeping at most `max_targets` watches (and as many policy watches).
     pub fn new(
         channel: Channel,
         context: String,
         new_endpoint: NewEndpoint<T>,
         metrics: Arc<Metrics>,
+        max_targets: usize,
     ) -> anyhow::Result<Self> {
         // Registers the gauge so it reads 0 before the first stream.
         let _ = metrics.control_connected.get_or_create(&ControlLabels {
@@ -222,7 +228,8 @@ impl<T: Send + Sync + 'static> Resolver<T> {
             context,
             new_endpoint,
             metrics,
-            cache: cache::WatchCache::new(cache::DEFAULT_IDLE, cache::DEFAULT_MAX),
+            max_targets,
+            cache: cache::WatchCache::new(cache::DEFAULT_IDLE, max_targets),
         })
     }
 
