@@ -55,7 +55,7 @@ pub fn flag(error: &ProxyError) -> &'static str {
         | ProxyError::Upstream { .. }
         | ProxyError::App { .. } => "UF",
         ProxyError::RequestTimeout(_) | ProxyError::BackendTimeout(_) => "UT",
-        ProxyError::BreakerOpen(_) => "UO",
+        ProxyError::BreakerOpen(_) | ProxyError::Overloaded(_) => "UO",
         ProxyError::Fault(_) => "FI",
         ProxyError::Unauthorized(_) => "DENY",
         ProxyError::BadPath(_)

@@ -1,5 +1,5 @@
 //! The admin server on 4191: `/live` (the process runs), `/ready` (200 only
-//! once the first certificate is installed), `/metrics`, and `/certificate`
+//! once the first certificate is installed, and no more once shutting down), `/metrics`, and `/certificate`
 //! (the current certificate chain as PEM, public data, so `mesh check` can
 //! verify it chains to the trust anchors).
 
@@ -21,6 +21,7 @@ pub async fn serve(
     refresh: Refresh,
     certs: Arc<CertStore>,
     header: Duration,
+    drain: crate::serve::Drain,
 ) {
     let timeouts = crate::serve::ConnTimeouts {
         header,
@@ -32,6 +33,7 @@ pub async fn serve(
         let ready = ready.clone();
         let refresh = refresh.clone();
         let certs = certs.clone();
+        let drain = drain.clone();
         tokio::spawn(async move {
             if !crate::serve::first_bytes(&tcp, &mut slot, header).await {
                 return;
@@ -47,7 +49,9 @@ pub async fn serve(
                 let rsp = if req.uri().path() == "/certificate" {
                     certificate(&certs)
                 } else {
-                    respond(&req, &metrics, *ready.borrow())
+                    // Shutting down: not ready any more, at once.
+                    let ready = *ready.borrow() && !drain.is_draining();
+                    respond(&req, &metrics, ready)
                 };
                 async move { Ok::<_, Infallible>(rsp) }
             });

@@ -58,6 +58,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ready_tx,
     ));
 
+    let (drain_signal, drain) = crate::serve::Drain::new();
     let timeouts = crate::serve::ConnTimeouts {
         header: config.header_timeout,
         idle: config.idle_timeout,
@@ -99,6 +100,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             opaque_ports: config.opaque_ports.clone(),
             local: local.clone(),
             timeouts,
+            drain: drain.clone(),
+            max_in_flight: config.max_in_flight,
             access_log: access_log.clone(),
             trace,
         },
@@ -121,6 +124,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         refresh,
         certs.clone(),
         config.header_timeout,
+        drain.clone(),
     ));
     let policies = InboundPolicies::new(
         resolver_channel,
@@ -153,6 +157,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             local,
             access_log,
             trace,
+            drain,
+            max_in_flight: config.max_in_flight,
         },
     ));
 
@@ -169,20 +175,67 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let max = config.max_connections;
     let http = crate::serve::HTTP_REFUSAL;
+    // The traffic listeners' connection counts, to wait for at shutdown.
+    let mut open = Vec::new();
     if let Some(l) = inbound_l6 {
         let l = limited(&metrics, "inbound", l, max, b"");
+        open.push(l.stats());
         tokio::spawn(inbound.clone().serve(l));
     }
     if let Some(l) = outbound_l6 {
         let l = limited(&metrics, "outbound", l, max, http);
+        open.push(l.stats());
         tokio::spawn(outbound.clone().serve(l));
     }
-    tokio::spawn(inbound.serve(limited(&metrics, "inbound", inbound_l, max, b"")));
-    tokio::spawn(outbound.serve(limited(&metrics, "outbound", outbound_l, max, http)));
+    let l = limited(&metrics, "inbound", inbound_l, max, b"");
+    open.push(l.stats());
+    tokio::spawn(inbound.serve(l));
+    let l = limited(&metrics, "outbound", outbound_l, max, http);
+    open.push(l.stats());
+    tokio::spawn(outbound.serve(l));
     tracing::info!("proxy ready");
     shutdown().await;
-    tracing::info!("shutting down");
+    drain_connections(&drain_signal, &open, config.shutdown_grace).await;
     Ok(())
+}
+
+/// Drains: `/ready` fails, the listeners close, HTTP connections shut down
+/// gracefully; returns once every connection is closed, or after `grace`.
+async fn drain_connections(
+    signal: &crate::serve::DrainSignal,
+    open: &[mesh_proto::net::accept::StatsHandle],
+    grace: std::time::Duration,
+) {
+    let count = || open.iter().map(|s| s.get().open).sum::<usize>();
+    tracing::info!(
+        connections = count(),
+        grace = ?grace,
+        "shutting down: draining connections"
+    );
+    signal.start();
+    let deadline = tokio::time::Instant::now() + grace;
+    loop {
+        let left = count();
+        if left == 0 {
+            tracing::info!("drained; exiting");
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                connections = left,
+                "grace period over; exiting with connections open"
+            );
+            return;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_millis(20)) => {}
+            // A second signal cuts the wait short.
+            () = shutdown() => {
+                tracing::warn!(connections = left, "second signal; exiting now");
+                return;
+            }
+        }
+    }
 }
 
 /// Caps `listener` at `max` connections, its counters exported as `name`.

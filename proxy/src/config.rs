@@ -93,6 +93,11 @@ pub struct Config {
     pub max_connections: usize,
     /// Open connections on the admin listener.
     pub admin_max_connections: usize,
+    /// How long a shutdown (SIGTERM) may wait for open connections and
+    /// requests in flight to finish.
+    pub shutdown_grace: Duration,
+    /// Requests in flight per direction; more are shed with `503 overloaded`.
+    pub max_in_flight: usize,
     /// Discovery targets watched at once (each holds a `Get` and a
     /// `GetPolicy` stream); the least recently used one nobody holds makes
     /// room for a new one.
@@ -371,6 +376,15 @@ impl Config {
                 "MESH_PROXY_MAX_TARGETS",
                 crate::discovery::DEFAULT_MAX_TARGETS,
             )?,
+            max_in_flight: count("MESH_PROXY_MAX_IN_FLIGHT", 100_000)?,
+            shutdown_grace: match get("MESH_PROXY_SHUTDOWN_GRACE") {
+                None => Duration::from_secs(30),
+                Some(v) => parse_duration(&v).ok_or(ConfigError::Invalid {
+                    name: "MESH_PROXY_SHUTDOWN_GRACE",
+                    value: v,
+                    reason: "expected a duration like 30s, 1500ms or 2m".into(),
+                })?,
+            },
             series: crate::metrics::SeriesLimits {
                 max: count("MESH_PROXY_METRICS_MAX_SERIES", 1_000)?,
                 retain: millis("MESH_PROXY_METRICS_RETAIN_IDLE_MS", 600_000)?,
@@ -380,6 +394,22 @@ impl Config {
             access_log,
             trace,
         })
+    }
+}
+
+/// Parses `30s`, `1500ms`, `2m` or a bare number of seconds.
+fn parse_duration(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    let (n, unit) = match v.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => v.split_at(i),
+        None => (v, "s"),
+    };
+    let n: u64 = n.parse().ok()?;
+    match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => Some(Duration::from_secs(n.checked_mul(60)?)),
+        _ => None,
     }
 }
 

@@ -52,6 +52,8 @@ pub enum ProxyError {
     HeadersTooLarge(usize),
     #[error("method {0} is not supported by the proxy")]
     MethodNotAllowed(http::Method),
+    #[error("the proxy has {0} requests in flight; shedding load")]
+    Overloaded(usize),
 }
 
 impl ProxyError {
@@ -62,7 +64,8 @@ impl ProxyError {
             ProxyError::NoEndpoints(_)
             | ProxyError::DiscoveryTimeout(_)
             | ProxyError::BreakerOpen(_)
-            | ProxyError::AllEjected(_) => StatusCode::SERVICE_UNAVAILABLE,
+            | ProxyError::AllEjected(_)
+            | ProxyError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ConnectTimeout(_)
             | ProxyError::RequestTimeout(_)
             | ProxyError::BackendTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -106,6 +109,7 @@ impl ProxyError {
             ProxyError::BadRequestBody(_) => "bad request body",
             ProxyError::HeadersTooLarge(_) => "headers too large",
             ProxyError::MethodNotAllowed(_) => "method not allowed",
+            ProxyError::Overloaded(_) => "overloaded",
         }
     }
 

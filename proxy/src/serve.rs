@@ -132,3 +132,103 @@ pub fn auto(header: Duration) -> hyper_util::server::conn::auto::Builder<TokioEx
 pub fn raise_fd_limit() -> Option<u64> {
     rlimit::increase_nofile_limit(u64::MAX).ok()
 }
+
+/// Tells every listener and connection that the proxy is shutting down:
+/// listeners stop accepting, HTTP connections shut down gracefully (HTTP/2
+/// `GOAWAY`, HTTP/1 `Connection: close`), requests in flight finish.
+#[derive(Clone, Debug)]
+pub struct Drain(tokio::sync::watch::Receiver<bool>);
+
+/// Starts a drain.
+#[derive(Debug)]
+pub struct DrainSignal(tokio::sync::watch::Sender<bool>);
+
+impl Drain {
+    /// A drain and the signal that starts it.
+    pub fn new() -> (DrainSignal, Drain) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        (DrainSignal(tx), Drain(rx))
+    }
+
+    /// A drain that never starts (tests).
+    pub fn never() -> Drain {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        std::mem::forget(tx);
+        Drain(rx)
+    }
+
+    /// True once the drain started.
+    pub fn is_draining(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Completes when the drain starts.
+    pub async fn signaled(&self) {
+        let mut rx = self.0.clone();
+        if rx.wait_for(|d| *d).await.is_err() {
+            // The signal is gone without a drain: never.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+impl DrainSignal {
+    /// Starts the drain.
+    pub fn start(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+/// Requests in flight on one side of the proxy, bounded: past `max`, new
+/// requests are shed at once (`503 overloaded`) rather than queued.
+#[derive(Debug)]
+pub struct InFlight {
+    n: std::sync::atomic::AtomicUsize,
+    max: usize,
+}
+
+/// A request's place among those in flight; freed when dropped.
+#[derive(Debug)]
+pub struct InFlightGuard<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl InFlight {
+    /// At most `max` requests in flight (at least 1).
+    pub fn new(max: usize) -> Self {
+        InFlight {
+            n: std::sync::atomic::AtomicUsize::new(0),
+            max: max.max(1),
+        }
+    }
+
+    /// A place, or the number in flight when there is none.
+    pub fn try_acquire(&self) -> Result<InFlightGuard<'_>, usize> {
+        use std::sync::atomic::Ordering;
+        let n = self.n.fetch_add(1, Ordering::Relaxed);
+        if n >= self.max {
+            self.n.fetch_sub(1, Ordering::Relaxed);
+            return Err(n);
+        }
+        Ok(InFlightGuard(&self.n))
+    }
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_flight_requests_are_bounded() {
+        let limit = InFlight::new(2);
+        let a = limit.try_acquire().unwrap();
+        let _b = limit.try_acquire().unwrap();
+        assert_eq!(limit.try_acquire().err(), Some(2));
+        drop(a);
+        assert!(limit.try_acquire().is_ok());
+    }
+}

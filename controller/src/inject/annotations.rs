@@ -66,6 +66,9 @@ pub(super) struct Overrides {
     /// The pod carries [`WORKLOAD_ANNOTATION`]: the proxy's workload name comes from it
     /// (else from the pod name).
     pub workload_annotation: bool,
+    /// The pod's `terminationGracePeriodSeconds`, when set: the proxy's drain on SIGTERM
+    /// fits in it.
+    pub shutdown_grace_seconds: Option<i64>,
 }
 
 impl Overrides {
@@ -130,6 +133,7 @@ impl Overrides {
             probes: None,
             ports: None,
             workload_annotation: false,
+            shutdown_grace_seconds: None,
         })
     }
 }

@@ -172,6 +172,7 @@ pub fn inject_pod(
     overrides.workload_annotation = workload.is_some();
     overrides.probes = probes::probe_endpoints(&spec.containers);
     overrides.ports = probes::container_ports(&spec.containers);
+    overrides.shutdown_grace_seconds = spec.termination_grace_period_seconds;
 
     let mut spec = spec.clone();
     let init = sidecar::init_container(cfg, &overrides);

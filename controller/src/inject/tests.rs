@@ -493,3 +493,22 @@ fn http_probes_of_the_app_reach_the_proxy() {
         Some("8080:/ready")
     );
 }
+
+#[test]
+fn the_proxy_drains_within_the_pods_grace_period() {
+    let cfg = InjectConfig::default();
+    let (meta, spec) = pod(&[]);
+    let (_, injected_spec) = injected(inject_pod(&meta, &spec, &BTreeMap::new(), true, &cfg));
+    assert_eq!(
+        env(container(&injected_spec, PROXY_CONTAINER), "MESH_PROXY_SHUTDOWN_GRACE"),
+        None,
+        "Kubernetes' default of 30 s is the proxy's too"
+    );
+    let mut spec = spec;
+    spec.termination_grace_period_seconds = Some(75);
+    let (_, injected_spec) = injected(inject_pod(&meta, &spec, &BTreeMap::new(), true, &cfg));
+    assert_eq!(
+        env(container(&injected_spec, PROXY_CONTAINER), "MESH_PROXY_SHUTDOWN_GRACE").as_deref(),
+        Some("75s")
+    );
+}

@@ -41,6 +41,8 @@ pub struct Connection {
     pub access_log: Option<Arc<AccessLog>>,
     /// Request spans, when tracing is on.
     pub trace: Option<Tracing>,
+    /// Requests in flight to the app, bounded.
+    pub in_flight: Arc<crate::serve::InFlight>,
 }
 
 impl Connection {
@@ -91,6 +93,13 @@ impl Connection {
             self.metrics.error(Direction::inbound, error.reason());
             return Ok(error.to_response(grpc));
         }
+        let _in_flight = match self.in_flight.try_acquire() {
+            Ok(g) => g,
+            Err(n) => {
+                self.metrics.error(Direction::inbound, "overloaded");
+                return Ok(ProxyError::Overloaded(n).to_response(grpc));
+            }
+        };
         let bad_path = if authz.uses_paths() {
             normalize_path(&mut req).err()
         } else {

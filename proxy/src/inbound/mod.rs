@@ -51,6 +51,8 @@ pub struct Inbound {
     local: crate::metrics::Local,
     access_log: Option<Arc<crate::access_log::AccessLog>>,
     trace: Option<crate::trace::Tracing>,
+    drain: crate::serve::Drain,
+    in_flight: Arc<crate::serve::InFlight>,
 }
 
 /// How the inbound side reaches the app and what it records.
@@ -77,6 +79,10 @@ pub struct InboundSettings {
     pub access_log: Option<Arc<crate::access_log::AccessLog>>,
     /// Request spans, when tracing is on.
     pub trace: Option<crate::trace::Tracing>,
+    /// Shutting down: stop accepting, close connections gracefully.
+    pub drain: crate::serve::Drain,
+    /// Requests in flight to the app, at most.
+    pub max_in_flight: usize,
 }
 
 /// The trust domain of a SPIFFE ID (`""` when it is not one).
@@ -129,6 +135,8 @@ impl Inbound {
             local: settings.local,
             access_log: settings.access_log,
             trace: settings.trace,
+            drain: settings.drain,
+            in_flight: Arc::new(crate::serve::InFlight::new(settings.max_in_flight)),
         }
     }
 
@@ -136,7 +144,10 @@ impl Inbound {
     pub async fn serve(self: Arc<Self>, listener: crate::serve::Limited) {
         let listen_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
         loop {
-            let (tcp, peer, slot) = listener.accept().await;
+            let (tcp, peer, slot) = tokio::select! {
+                c = listener.accept() => c,
+                () = self.drain.signaled() => return,
+            };
             let _ = tcp.set_nodelay(true);
             let this = self.clone();
             tokio::spawn(async move {
@@ -429,6 +440,7 @@ impl Inbound {
             port,
             policy,
             recorder: Arc::new(self.metrics.recorder(labels)),
+            in_flight: self.in_flight.clone(),
             access_log: self.access_log.clone(),
             trace: self.trace,
         };
@@ -439,14 +451,29 @@ impl Inbound {
             conn.clone().handle(req)
         });
         let timeouts = self.timeouts.requests();
+        let draining = self.drain.signaled();
         let ended = if protocol == Protocol::Http2 {
             let conn = crate::serve::http2().serve_connection(io, svc);
-            idle::watch(conn, &activity, timeouts, |c| c.graceful_shutdown()).await
+            idle::watch_until(
+                conn,
+                &activity,
+                timeouts,
+                |c| c.graceful_shutdown(),
+                draining,
+            )
+            .await
         } else {
             let conn = crate::serve::http1(self.timeouts.header)
                 .serve_connection(io, svc)
                 .with_upgrades();
-            idle::watch(conn, &activity, timeouts, |c| c.graceful_shutdown()).await
+            idle::watch_until(
+                conn,
+                &activity,
+                timeouts,
+                |c| c.graceful_shutdown(),
+                draining,
+            )
+            .await
         };
         match ended {
             Ended::Closed(r) | Ended::Idle(r) => r.map_err(|e| ("http", e.to_string())),

@@ -79,6 +79,22 @@ impl super::balance::HasHealth for EndpointClient {
     }
 }
 
+/// A request that failed: why, and the request itself when it never left
+/// (then another endpoint may take it, whatever its body).
+pub struct SendError {
+    pub error: ProxyError,
+    pub unsent: Option<Request<ProxyBody>>,
+}
+
+impl From<ProxyError> for SendError {
+    fn from(error: ProxyError) -> Self {
+        SendError {
+            error,
+            unsent: None,
+        }
+    }
+}
+
 /// Maps a failed send: a stream the peer refused never reached the
 /// application, so it may be retried.
 fn send_error(addr: String, e: hyper::Error) -> ProxyError {
@@ -261,13 +277,15 @@ impl EndpointClient {
     }
 
     /// Sends a request (absolute URI); a meshed endpoint gets it in the
-    /// HTTP/2 form proxies speak to each other.
+    /// HTTP/2 form proxies speak to each other. A request that could not be
+    /// sent (no connection, a closed one, one going away) comes back in the
+    /// error, in its original form.
     pub async fn send(
         &self,
         mut req: Request<ProxyBody>,
         name: &str,
         max_connections: usize,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
+    ) -> Result<Response<ProxyBody>, SendError> {
         let Some(mtls) = &self.mtls else {
             // Plain HTTP/1.1 to an unmeshed endpoint uses one pooled
             // connection per request in flight (this one included), so the
@@ -278,30 +296,68 @@ impl EndpointClient {
                     "{} ({} connections in use, limit {max_connections})",
                     self.addr,
                     in_use - 1
-                )));
+                ))
+                .into());
             }
             let Some(plain) = &self.plain else {
                 // Meshed but without a usable TLS config: fail closed.
                 return Err(ProxyError::Tls {
                     addr: self.addr.to_string(),
                     reason: "no TLS configuration for this endpoint".into(),
-                });
+                }
+                .into());
             };
             return plain
                 .request(req)
                 .await
                 .map(|r| r.map(ProxyBody::from))
-                .map_err(|e| ProxyError::exchange(self.addr.to_string(), &e));
+                .map_err(|e| {
+                    let addr = self.addr.to_string();
+                    if e.is_connect() {
+                        ProxyError::Connect {
+                            addr,
+                            reason: e.to_string(),
+                        }
+                    } else {
+                        ProxyError::exchange(addr, &e)
+                    }
+                    .into()
+                });
         };
+        let addr = || mtls.proxy_addr.to_string();
+        let mut sender = match self.h2(mtls, name, max_connections).await {
+            Ok(s) => s,
+            Err(error) => {
+                return Err(SendError {
+                    error,
+                    unsent: Some(req),
+                })
+            }
+        };
+        if let Err(e) = sender.ready().await {
+            // The connection closed (or is going away) before this request.
+            return Err(SendError {
+                error: ProxyError::Refused {
+                    addr: addr(),
+                    reason: e.to_string(),
+                },
+                unsent: Some(req),
+            });
+        }
         super::http::for_h2_hop(&mut req);
-        let mut sender = self.h2(mtls, name, max_connections).await?;
-        let upstream = |e: hyper::Error| send_error(mtls.proxy_addr.to_string(), e);
-        sender.ready().await.map_err(|e| ProxyError::Refused {
-            addr: mtls.proxy_addr.to_string(),
-            reason: e.to_string(),
-        })?;
-        let rsp = sender.send_request(req).await.map_err(upstream)?;
-        Ok(rsp.map(ProxyBody::from))
+        match sender.try_send_request(req).await {
+            Ok(rsp) => Ok(rsp.map(ProxyBody::from)),
+            Err(mut e) => {
+                let unsent = e.take_message().map(|mut r| {
+                    super::http::from_h2_hop(&mut r);
+                    r
+                });
+                Err(SendError {
+                    error: send_error(addr(), e.into_error()),
+                    unsent,
+                })
+            }
+        }
     }
 
     /// Opens an opaque TCP session: mTLS to the peer proxy with an `opaque`

@@ -145,6 +145,13 @@ impl Connection {
             ob.metrics.error(Direction::outbound, error.reason());
             return Ok(error.to_response(grpc));
         }
+        let _in_flight = match ob.in_flight.try_acquire() {
+            Ok(g) => g,
+            Err(n) => {
+                ob.metrics.error(Direction::outbound, "overloaded");
+                return Ok(ProxyError::Overloaded(n).to_response(grpc));
+            }
+        };
         let fixed = self.fixed.as_deref();
         let Some(authority) =
             authority_of(&req).or_else(|| fixed.and_then(|f| f.authority.clone()))
@@ -368,6 +375,24 @@ pub fn for_h2_hop(req: &mut Request<ProxyBody>) {
     *req.version_mut() = Version::HTTP_2;
 }
 
+/// Undoes [`for_h2_hop`] on a request that was never sent (another endpoint,
+/// maybe an unmeshed one, takes it).
+pub fn from_h2_hop(req: &mut Request<ProxyBody>) {
+    let Some(orig) = req.headers_mut().remove(ORIG_PROTO) else {
+        return;
+    };
+    *req.version_mut() = if orig == "HTTP/1.0" {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    if let Some(a) = req.uri().authority() {
+        if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+            req.headers_mut().insert(HOST, v);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -413,5 +438,10 @@ mod tests {
         assert_eq!(out.version(), Version::HTTP_2);
         assert_eq!(out.headers()[ORIG_PROTO], "HTTP/1.1");
         assert!(out.headers().get(HOST).is_none());
+        // Never sent: back to what it was.
+        from_h2_hop(&mut out);
+        assert_eq!(out.version(), Version::HTTP_11);
+        assert!(out.headers().get(ORIG_PROTO).is_none());
+        assert_eq!(out.headers()[HOST], "svc:80");
     }
 }

@@ -117,6 +117,7 @@ impl<'a> Ctx<'a> {
                 plain: env.plain.clone(),
                 discovery_timeout: env.discovery_timeout,
                 metrics: env.metrics.clone(),
+                freed: Default::default(),
             }),
             budget: Arc::new(Budget::new(budget)),
         }

@@ -38,6 +38,10 @@ pub struct OutboundSettings {
     pub trace: Option<crate::trace::Tracing>,
     /// How long app connections may stay silent.
     pub timeouts: crate::serve::ConnTimeouts,
+    /// Shutting down: stop accepting, close connections gracefully.
+    pub drain: crate::serve::Drain,
+    /// Requests in flight from the app, at most.
+    pub max_in_flight: usize,
 }
 
 use crate::{
@@ -77,6 +81,8 @@ pub struct Outbound {
     pub(crate) access_log: Option<Arc<crate::access_log::AccessLog>>,
     pub(crate) trace: Option<crate::trace::Tracing>,
     pub(crate) timeouts: crate::serve::ConnTimeouts,
+    pub(crate) drain: crate::serve::Drain,
+    pub(crate) in_flight: crate::serve::InFlight,
 }
 
 impl Outbound {
@@ -118,6 +124,8 @@ impl Outbound {
             access_log: settings.access_log,
             trace: settings.trace,
             timeouts: settings.timeouts,
+            drain: settings.drain,
+            in_flight: crate::serve::InFlight::new(settings.max_in_flight),
         }
     }
 
@@ -152,10 +160,13 @@ impl Outbound {
         });
     }
 
-    /// Accepts application connections forever.
+    /// Accepts application connections until the drain starts.
     pub async fn serve(self: Arc<Self>, listener: crate::serve::Limited) {
         loop {
-            let (tcp, peer, mut slot) = listener.accept().await;
+            let (tcp, peer, mut slot) = tokio::select! {
+                c = listener.accept() => c,
+                () = self.drain.signaled() => return,
+            };
             let _ = tcp.set_nodelay(true);
             let this = self.clone();
             tokio::spawn(async move {
@@ -195,8 +206,8 @@ impl Outbound {
             Some(dst) => transparent::serve(self, io, dst).await,
             None => {
                 io.open(labels);
-                let timeouts = self.timeouts;
-                serve_http(http::Connection::new(self), io, peer, timeouts).await
+                let (timeouts, drain) = (self.timeouts, self.drain.clone());
+                serve_http(http::Connection::new(self), io, peer, timeouts, drain).await
             }
         }
     }
@@ -209,6 +220,7 @@ async fn serve_http(
     io: AppConn,
     peer: SocketAddr,
     timeouts: crate::serve::ConnTimeouts,
+    drain: crate::serve::Drain,
 ) {
     let activity = crate::serve::Activity::default();
     let counted = activity.clone();
@@ -219,9 +231,14 @@ async fn serve_http(
     });
     let builder = crate::serve::auto(timeouts.header);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    match crate::serve::idle::watch(conn, &activity, timeouts.requests(), |c| {
-        c.graceful_shutdown()
-    })
+    let draining = async move { drain.signaled().await };
+    match crate::serve::idle::watch_until(
+        conn,
+        &activity,
+        timeouts.requests(),
+        |c| c.graceful_shutdown(),
+        draining,
+    )
     .await
     {
         crate::serve::Ended::Closed(Err(error)) | crate::serve::Ended::Idle(Err(error)) => {

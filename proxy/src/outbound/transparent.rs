@@ -64,9 +64,9 @@ pub async fn serve(ob: Arc<Outbound>, mut io: Metered<TcpStream>, dst: SocketAdd
         Protocol::Http1 | Protocol::Http2 => {
             let authority = target.parse().ok();
             io.open(tcp_labels(name.clone(), false));
-            let timeouts = ob.timeouts;
+            let (timeouts, drain) = (ob.timeouts, ob.drain.clone());
             let conn = Connection::fixed(ob, name, watch, authority);
-            super::serve_http(conn, io, dst, timeouts).await;
+            super::serve_http(conn, io, dst, timeouts, drain).await;
         }
     }
 }

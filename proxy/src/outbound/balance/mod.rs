@@ -13,7 +13,7 @@ use outlier::{Availability, Outlier, OutlierConfig, Transition};
 use rand::Rng;
 use std::{
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering},
         Arc,
     },
     time::{Duration, Instant},
@@ -52,6 +52,8 @@ pub struct Health {
     ewma: PeakEwma,
     in_flight: AtomicUsize,
     outlier: Outlier,
+    /// Connections to it failing: avoided until then (fail fast).
+    unreachable: Unreachable,
 }
 
 impl Default for Health {
@@ -60,7 +62,50 @@ impl Default for Health {
             ewma: PeakEwma::new(Instant::now()),
             in_flight: AtomicUsize::new(0),
             outlier: Outlier::default(),
+            unreachable: Unreachable::default(),
         }
+    }
+}
+
+/// How long an endpoint whose connection just failed is avoided: 100 ms,
+/// doubling with each failure in a row, at most 5 s. A request that finds
+/// every endpoint avoided tries one anyway (that is the probe).
+#[derive(Debug, Default)]
+struct Unreachable {
+    /// Milliseconds since [`epoch`] until which the endpoint is avoided.
+    until_ms: AtomicU64,
+    failures: AtomicU32,
+}
+
+/// The zero of the millisecond clocks above.
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn millis(now: Instant) -> u64 {
+    now.saturating_duration_since(epoch()).as_millis() as u64
+}
+
+impl Unreachable {
+    fn failed(&self, now: Instant) -> Duration {
+        let n = self.failures.fetch_add(1, Ordering::Relaxed).min(6);
+        let backoff = Duration::from_millis(100 << n).min(Duration::from_secs(5));
+        self.until_ms
+            .store(millis(now) + backoff.as_millis() as u64, Ordering::Relaxed);
+        backoff
+    }
+
+    fn reached(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+            self.until_ms.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn avoided(&self, now: Instant) -> bool {
+        let until = self.until_ms.load(Ordering::Relaxed);
+        until != 0 && millis(now) < until
     }
 }
 
@@ -73,6 +118,22 @@ impl Health {
     /// True when outlier detection has the endpoint out.
     pub fn is_ejected(&self, now: Instant) -> bool {
         self.outlier.is_ejected(now)
+    }
+
+    /// A connection to the endpoint failed: avoid it for a while (doubling
+    /// while it keeps failing). Returns for how long.
+    pub fn connect_failed(&self, now: Instant) -> Duration {
+        self.unreachable.failed(now)
+    }
+
+    /// The endpoint answered: it is reachable again.
+    pub fn reached(&self) {
+        self.unreachable.reached();
+    }
+
+    /// True while connections to it are failing.
+    pub fn is_unreachable(&self, now: Instant) -> bool {
+        self.unreachable.avoided(now)
     }
 
     fn load(&self, now: Instant, decay: Duration) -> f64 {
@@ -107,6 +168,8 @@ pub struct Chosen<T: HasHealth> {
     pub endpoint: Arc<T>,
     start: Instant,
     done: bool,
+    /// Told when the request is done (a request may be waiting for room).
+    freed: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl<T: HasHealth> Chosen<T> {
@@ -116,7 +179,13 @@ impl<T: HasHealth> Chosen<T> {
             endpoint,
             start: now,
             done: false,
+            freed: None,
         }
+    }
+
+    /// Wakes one waiting request when this one is done.
+    pub fn notify_when_done(&mut self, freed: Arc<tokio::sync::Notify>) {
+        self.freed = Some(freed);
     }
 
     /// Records the result: latency into the estimate, success or failure
@@ -132,6 +201,9 @@ impl<T: HasHealth> Chosen<T> {
         let now = Instant::now();
         let h = self.endpoint.health();
         h.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(f) = &self.freed {
+            f.notify_one();
+        }
         h.ewma
             .observe(now.saturating_duration_since(self.start), now, cfg.decay);
         match &cfg.outlier {
@@ -154,25 +226,32 @@ impl<T: HasHealth> Drop for Chosen<T> {
                 .health()
                 .in_flight
                 .fetch_sub(1, Ordering::Relaxed);
+            if let Some(f) = &self.freed {
+                f.notify_one();
+            }
         }
     }
 }
 
-/// Picks an endpoint of `eps`, avoiding `avoid` when another is usable.
+/// Picks an endpoint of `eps`: power of two choices among the usable ones
+/// (not ejected, under their request limit), preferring those not in
+/// `avoid` (a retry's or fail-over's previous endpoints) and not
+/// unreachable (connections failing); when only those are left, one of them.
 pub fn pick<T: HasHealth>(
     eps: &[Arc<T>],
-    avoid: Option<&Arc<T>>,
+    avoid: &[Arc<T>],
     cfg: &BalancerConfig,
 ) -> Result<Chosen<T>, NoEndpoint> {
     let now = Instant::now();
     if eps.is_empty() {
         return Err(NoEndpoint::Empty);
     }
-    let is_avoided = |e: &Arc<T>| avoid.is_some_and(|a| Arc::ptr_eq(a, e));
+    let is_avoided = |e: &Arc<T>| avoid.iter().any(|a| Arc::ptr_eq(a, e));
     let usable = |e: &Arc<T>| e.health().usable(now, cfg);
+    let preferred = |e: &Arc<T>| usable(e) && !is_avoided(e) && !e.health().is_unreachable(now);
     let mut rng = rand::rng();
 
-    // Fast path: two random distinct endpoints, both usable and not avoided.
+    // Fast path: two random distinct endpoints, both preferred.
     if eps.len() >= 2 {
         let i = rng.random_range(0..eps.len());
         let mut j = rng.random_range(0..eps.len() - 1);
@@ -180,7 +259,7 @@ pub fn pick<T: HasHealth>(
             j += 1;
         }
         let (a, b) = (&eps[i], &eps[j]);
-        if usable(a) && usable(b) && !is_avoided(a) && !is_avoided(b) {
+        if preferred(a) && preferred(b) {
             let best = if a.health().load(now, cfg.decay) <= b.health().load(now, cfg.decay) {
                 a
             } else {
@@ -190,8 +269,14 @@ pub fn pick<T: HasHealth>(
         }
     }
 
-    // Slow path: look at every endpoint.
-    let mut candidates: Vec<&Arc<T>> = eps.iter().filter(|e| usable(e)).collect();
+    // Slow path: look at every endpoint, relaxing the preferences in turn.
+    let mut candidates: Vec<&Arc<T>> = eps.iter().filter(|e| preferred(e)).collect();
+    if candidates.is_empty() {
+        candidates = eps.iter().filter(|e| usable(e) && !is_avoided(e)).collect();
+    }
+    if candidates.is_empty() {
+        candidates = eps.iter().filter(|e| usable(e)).collect();
+    }
     if candidates.is_empty() {
         let all_ejected = cfg.outlier.is_some() && eps.iter().all(|e| e.health().is_ejected(now));
         return Err(if all_ejected {
@@ -199,9 +284,6 @@ pub fn pick<T: HasHealth>(
         } else {
             NoEndpoint::AllBusy
         });
-    }
-    if candidates.len() > 1 && avoid.is_some() {
-        candidates.retain(|e| !is_avoided(e));
     }
     let best = if candidates.len() == 1 {
         candidates[0]
@@ -297,7 +379,7 @@ mod tests {
             .observe(Duration::from_millis(200), now, cfg.decay);
         let mut hits = [0; 3];
         for _ in 0..3000 {
-            let c = pick(&set, None, &cfg).unwrap();
+            let c = pick(&set, &[], &cfg).unwrap();
             hits[index(&set, &c)] += 1;
         }
         assert!(hits[0] < 300, "{hits:?}");
@@ -313,14 +395,45 @@ mod tests {
             max_requests: 2,
             ..Default::default()
         };
-        let a = pick(&set, None, &cfg).unwrap();
-        let b = pick(&set, None, &cfg).unwrap();
-        assert_eq!(pick(&set, None, &cfg).err(), Some(NoEndpoint::AllBusy));
+        let a = pick(&set, &[], &cfg).unwrap();
+        let b = pick(&set, &[], &cfg).unwrap();
+        assert_eq!(pick(&set, &[], &cfg).err(), Some(NoEndpoint::AllBusy));
         drop(a);
-        let c = pick(&set, None, &cfg).unwrap();
+        let c = pick(&set, &[], &cfg).unwrap();
         c.finish(true, &cfg, || (0, 1));
         b.finish(true, &cfg, || (0, 1));
         assert_eq!(set[0].0.in_flight(), 0);
+    }
+
+    #[test]
+    fn unreachable_endpoints_are_avoided_until_their_backoff_ends() {
+        let set = eps(3);
+        let cfg = BalancerConfig::default();
+        let now = Instant::now();
+        assert_eq!(set[0].0.connect_failed(now), Duration::from_millis(100));
+        assert_eq!(set[0].0.connect_failed(now), Duration::from_millis(200));
+        for _ in 0..200 {
+            let c = pick(&set, &[], &cfg).unwrap();
+            assert_ne!(index(&set, &c), 0, "a failing endpoint was chosen");
+        }
+        // Every endpoint failing: one is tried anyway (it may be back).
+        set[1].0.connect_failed(now);
+        set[2].0.connect_failed(now);
+        assert!(pick(&set, &[], &cfg).is_ok());
+        // It answered: chosen again.
+        set[0].0.reached();
+        assert!(!set[0].0.is_unreachable(Instant::now()));
+        assert_eq!(index(&set, &pick(&set, &[], &cfg).unwrap()), 0);
+        // The backoff is capped.
+        for _ in 0..20 {
+            set[1].0.connect_failed(now);
+        }
+        assert_eq!(set[1].0.connect_failed(now), Duration::from_secs(5));
+        // Fail-over avoids the endpoints a request already failed on.
+        for _ in 0..50 {
+            let c = pick(&set, &set[..1], &cfg).unwrap();
+            assert_ne!(index(&set, &c), 0);
+        }
     }
 
     #[test]
@@ -328,12 +441,12 @@ mod tests {
         let set = eps(2);
         let cfg = BalancerConfig::default();
         for _ in 0..100 {
-            let c = pick(&set, Some(&set[0]), &cfg).unwrap();
+            let c = pick(&set, &set[..1], &cfg).unwrap();
             assert_eq!(index(&set, &c), 1);
         }
         let one = eps(1);
         assert!(
-            pick(&one, Some(&one[0]), &cfg).is_ok(),
+            pick(&one, &one[..1], &cfg).is_ok(),
             "sole endpoint is still used"
         );
     }
@@ -356,7 +469,7 @@ mod tests {
         }
         assert_eq!(ejected_share(&set), (1, 3));
         for _ in 0..200 {
-            let c = pick(&set, None, &cfg).unwrap();
+            let c = pick(&set, &[], &cfg).unwrap();
             assert_ne!(index(&set, &c), 0);
         }
         // A second endpoint may not be ejected: 2 of 3 is over 50 %.
@@ -389,9 +502,9 @@ mod tests {
             }),
             ..Default::default()
         };
-        assert_eq!(pick::<Ep>(&[], None, &cfg).err(), Some(NoEndpoint::Empty));
+        assert_eq!(pick::<Ep>(&[], &[], &cfg).err(), Some(NoEndpoint::Empty));
         let set = eps(1);
         Chosen::new(set[0].clone(), Instant::now()).finish(false, &cfg, || ejected_share(&set));
-        assert_eq!(pick(&set, None, &cfg).err(), Some(NoEndpoint::AllEjected));
+        assert_eq!(pick(&set, &[], &cfg).err(), Some(NoEndpoint::AllEjected));
     }
 }

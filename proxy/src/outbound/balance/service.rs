@@ -5,7 +5,8 @@
 //! in `call` (fail fast with 503, or wait in the bounded pending queue).
 
 use super::{
-    ejected_share, outlier::Transition, pick, BalancerConfig, Chosen, NoEndpoint, Pending,
+    ejected_share, outlier::Transition, pick, BalancerConfig, Chosen, HasHealth, NoEndpoint,
+    Pending,
 };
 use crate::{
     body::ProxyBody,
@@ -22,6 +23,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// Endpoints one request may be handed to when it cannot be sent.
+const MAX_FAILOVERS: usize = 4;
+
 /// What every backend of a target shares.
 pub struct Shared {
     /// Balancer and circuit-breaker settings.
@@ -33,6 +37,9 @@ pub struct Shared {
     /// How long to wait for a backend's first endpoints.
     pub discovery_timeout: Duration,
     pub metrics: Arc<Metrics>,
+    /// Told when a request with a limited endpoint finishes: a request in
+    /// the pending queue may go.
+    pub freed: Arc<tokio::sync::Notify>,
 }
 
 /// The endpoint that served a request's previous attempt; a retry carries
@@ -105,32 +112,46 @@ impl Balance {
     }
 
     /// Picks an endpoint; when all are at their limit, waits for a free one
-    /// if the pending queue has room, else fails fast.
+    /// if the pending queue has room (woken when a request to this backend
+    /// finishes), else fails fast.
     async fn choose(
         &self,
         eps: &[Arc<EndpointClient>],
-        avoid: Option<&Arc<EndpointClient>>,
+        avoid: &[Arc<EndpointClient>],
     ) -> Result<Chosen<EndpointClient>, ProxyError> {
         let cfg = &self.shared.cfg;
-        match pick(eps, avoid, cfg) {
-            Ok(c) => Ok(c),
-            Err(NoEndpoint::Empty) => Err(ProxyError::NoEndpoints(self.target.0.to_string())),
-            Err(NoEndpoint::AllEjected) => Err(ProxyError::AllEjected(self.target.0.to_string())),
+        let chosen = match pick(eps, avoid, cfg) {
+            Ok(c) => c,
+            Err(NoEndpoint::Empty) => {
+                return Err(ProxyError::NoEndpoints(self.target.0.to_string()))
+            }
+            Err(NoEndpoint::AllEjected) => {
+                return Err(ProxyError::AllEjected(self.target.0.to_string()))
+            }
             Err(NoEndpoint::AllBusy) => {
                 let Some(_slot) = self.shared.pending.try_acquire(cfg.max_pending) else {
                     return Err(ProxyError::BreakerOpen(self.target.0.to_string()));
                 };
                 // Bounded: the request timeout (if any) cuts this short too.
-                let deadline = Instant::now() + Duration::from_secs(5);
-                while Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(2)).await;
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                loop {
+                    tokio::select! {
+                        () = self.shared.freed.notified() => {}
+                        () = tokio::time::sleep_until(deadline) => {
+                            return Err(ProxyError::BreakerOpen(self.target.0.to_string()));
+                        }
+                    }
                     if let Ok(c) = pick(eps, avoid, cfg) {
-                        return Ok(c);
+                        break c;
                     }
                 }
-                Err(ProxyError::BreakerOpen(self.target.0.to_string()))
             }
+        };
+        let mut chosen = chosen;
+        if cfg.max_requests > 0 {
+            chosen.notify_when_done(self.shared.freed.clone());
         }
+        Ok(chosen)
     }
 
     /// Records the result of a request to the chosen endpoint.
@@ -174,27 +195,64 @@ impl Balance {
             return Ok(rsp.map(ProxyBody::from));
         }
         let tried = req.extensions().get::<Tried>().cloned();
-        let avoid = tried.as_ref().and_then(Tried::get);
-        let chosen = self.choose(&set.endpoints, avoid.as_ref()).await?;
-        let ep = chosen.endpoint.clone();
-        if let Some(t) = &tried {
-            t.set(ep.clone());
+        // A retry avoids its previous endpoint; a fail-over every endpoint
+        // the request could not be sent to.
+        let mut avoid: Vec<Arc<EndpointClient>> =
+            tried.as_ref().and_then(Tried::get).into_iter().collect();
+        let mut req = req;
+        loop {
+            let chosen = self.choose(&set.endpoints, &avoid).await?;
+            let ep = chosen.endpoint.clone();
+            if let Some(t) = &tried {
+                t.set(ep.clone());
+            }
+            match ep
+                .send(req, &self.target.0, self.shared.cfg.max_connections)
+                .await
+            {
+                Ok(mut rsp) => {
+                    ep.health().reached();
+                    let success = rsp.status().as_u16() < 500;
+                    self.finish(chosen, success, &set);
+                    rsp.extensions_mut().insert(Peer {
+                        identity: ep.identity.clone(),
+                        tls: ep.is_meshed(),
+                        workload: ep.workload.clone(),
+                        namespace: ep.namespace.clone(),
+                        addr: ep.addr,
+                    });
+                    return Ok(rsp);
+                }
+                Err(failed) => {
+                    if failed.error.is_connect_failure() {
+                        let backoff = ep.health().connect_failed(Instant::now());
+                        tracing::debug!(endpoint = %ep.addr, ?backoff, error = %failed.error, "endpoint unreachable; avoided for a while");
+                    }
+                    self.finish(chosen, false, &set);
+                    match failed.unsent {
+                        // Never sent: another endpoint may take it, no retry
+                        // policy or budget needed.
+                        Some(unsent)
+                            if avoid.len() + 1 < set.endpoints.len().min(MAX_FAILOVERS) =>
+                        {
+                            tracing::debug!(target = %&*self.target.0, endpoint = %ep.addr, error = %failed.error, "request not sent; failing over to another endpoint");
+                            self.shared
+                                .metrics
+                                .retries
+                                .get_or_create(&TrafficLabels {
+                                    dst_service: self.target.clone(),
+                                    route: self.route.clone(),
+                                    reason: "failover",
+                                })
+                                .inc();
+                            avoid.push(ep);
+                            req = unsent;
+                        }
+                        _ => return Err(failed.error),
+                    }
+                }
+            }
         }
-        let result = ep
-            .send(req, &self.target.0, self.shared.cfg.max_connections)
-            .await;
-        let success = result.as_ref().is_ok_and(|r| r.status().as_u16() < 500);
-        self.finish(chosen, success, &set);
-        result.map(|mut rsp| {
-            rsp.extensions_mut().insert(Peer {
-                identity: ep.identity.clone(),
-                tls: ep.is_meshed(),
-                workload: ep.workload.clone(),
-                namespace: ep.namespace.clone(),
-                addr: ep.addr,
-            });
-            rsp
-        })
     }
 
     /// Sends an upgrade request (one attempt, its own connection).
@@ -204,7 +262,7 @@ impl Balance {
         downstream: hyper::upgrade::OnUpgrade,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let set = self.endpoints().await?;
-        let chosen = self.choose(&set.endpoints, None).await?;
+        let chosen = self.choose(&set.endpoints, &[]).await?;
         let ep = chosen.endpoint.clone();
         let rsp = ep
             .upgrade(

@@ -1,0 +1,245 @@
+//! Zero-downtime lifecycle and overload (issue 13): a replica's proxy that
+//! stops under load — gracefully (SIGTERM) or not (SIGKILL) — fails no
+//! request that could have gone to the other replica, the requests it was
+//! serving finish, and a proxy with more requests than its cap sheds the
+//! excess at once.
+
+use mesh_integration::{
+    apps::{self, Behaviour},
+    client,
+    fixture::{admin_get, service, spiffe, Replica},
+    tls::{client_cert, tls_request},
+    Mesh, Proxy,
+};
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+const API: &str = "http://api.demo.svc.cluster.local/";
+
+/// `api` with two replicas and a client proxy.
+async fn two_replicas() -> (Mesh, Replica, Replica, Proxy) {
+    let mesh = Mesh::start("1h").await;
+    let one = mesh.replica("api", "api-1", Behaviour::default()).await;
+    let two = mesh.replica("api", "api-2", Behaviour::default()).await;
+    mesh.write(
+        "svc.yaml",
+        &service("api", "demo", &[("http", 80, "http", "")]),
+    );
+    mesh.wait_for_endpoints("api.demo.svc.cluster.local:80", 2)
+        .await;
+    let web = mesh.proxy("demo", "web", "web-1").await;
+    (mesh, one, two, web)
+}
+
+/// What the load saw: every answer, with when it came.
+#[derive(Default)]
+struct Seen {
+    ok: u64,
+    /// (time since the load started, what went wrong).
+    failed: Vec<(Duration, String)>,
+}
+
+/// Four clients sending requests through `web` until stopped (bounded:
+/// 60 s); each on its own kept-alive connection.
+struct Load {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Seen>>,
+    started: Instant,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(web: &Proxy) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let started = Instant::now();
+        let tasks = (0..4)
+            .map(|_| {
+                let (stop, seen) = (stop.clone(), seen.clone());
+                let c = client::http1(web.outbound);
+                tokio::spawn(async move {
+                    let deadline = started + Duration::from_secs(60);
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                        let r = client::get(&c, API).await;
+                        let mut s = seen.lock().unwrap();
+                        match r {
+                            Ok(r) if r.status == 200 => s.ok += 1,
+                            Ok(r) => s.failed.push((
+                                started.elapsed(),
+                                format!("{} {}", r.status, r.header("x-mesh-proxy-error")),
+                            )),
+                            Err(e) => s.failed.push((started.elapsed(), e.to_string())),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            seen,
+            started,
+            tasks,
+        }
+    }
+
+    async fn stop(self) -> Seen {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_proxy_stopped_gracefully_fails_no_request() {
+    let (mesh, one, mut two, web) = two_replicas().await;
+    let load = Load::start(&web);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+
+    // Slow requests in flight on api-2 when its proxy is told to stop.
+    two.app.set(Behaviour::delayed(1_500));
+    let cert = client_cert(&mesh.identity_dir, &spiffe("demo", "web"));
+    let (inbound, port) = (two.proxy.inbound, two.app.addr.port());
+    let slow: Vec<_> = (0..3)
+        .map(|_| {
+            let cert = cert.clone();
+            tokio::spawn(async move { tls_request(inbound, Some(cert), port).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let stopped = Instant::now();
+    two.proxy.proc.signal("TERM");
+    // Not ready any more, at once.
+    let mut unready = None;
+    while stopped.elapsed() < Duration::from_secs(1) {
+        match admin_get(two.proxy.admin, "/ready").await {
+            Some((200, _)) => tokio::time::sleep(Duration::from_millis(20)).await,
+            _ => {
+                unready = Some(stopped.elapsed());
+                break;
+            }
+        }
+    }
+    let unready = unready.expect("/ready still 200 a second after SIGTERM");
+    println!("api-2 unready {unready:?} after SIGTERM");
+
+    for s in slow {
+        let out = s.await.unwrap();
+        assert!(
+            out.starts_with("HTTP/1.1 200"),
+            "a request in flight on the stopping proxy failed: {out}"
+        );
+    }
+    let status = two
+        .proxy
+        .proc
+        .wait_exit(Duration::from_secs(10))
+        .expect("the proxy did not exit within its grace period");
+    println!(
+        "api-2's proxy exited {:?} after SIGTERM: {status}",
+        stopped.elapsed()
+    );
+    assert!(status.success(), "{status}\n{}", two.proxy.proc.log_text());
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let seen = load.stop().await;
+    println!(
+        "graceful stop under load: {} requests, {} failed",
+        seen.ok + seen.failed.len() as u64,
+        seen.failed.len()
+    );
+    assert!(seen.failed.is_empty(), "failed: {:?}", seen.failed);
+    assert!(seen.ok > 100, "too little load: {}", seen.ok);
+    assert!(one.app.count() > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_proxy_killed_fails_only_what_it_held() {
+    let (_mesh, _one, two, web) = two_replicas().await;
+    let load = Load::start(&web);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let killed = load.started.elapsed();
+    two.proxy.proc.signal("KILL");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let seen = load.stop().await;
+    println!(
+        "killed replica under load: {} requests, {} failed: {:?}",
+        seen.ok + seen.failed.len() as u64,
+        seen.failed.len(),
+        seen.failed
+    );
+    // At most the requests in flight on the dead connection (one per
+    // client), and none once the connections are known dead.
+    assert!(seen.failed.len() <= 4, "{:?}", seen.failed);
+    for (at, what) in &seen.failed {
+        assert!(
+            *at < killed + Duration::from_secs(1),
+            "failed {:?} after the kill: {what}",
+            *at - killed
+        );
+    }
+    assert!(seen.ok > 100, "too little load: {}", seen.ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_over_the_cap_are_shed_at_once() {
+    let mesh = Mesh::start("1h").await;
+    let slow = apps::echo_with("api-1", Behaviour::delayed(800)).await;
+    let api = mesh
+        .proxy_env("demo", "api", "api-1", &[("MESH_PROXY_MAX_IN_FLIGHT", "4")])
+        .await;
+    mesh.serve_api("api", slow.addr.port(), &api).await;
+    let web = mesh.proxy("demo", "web", "web-1").await;
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let c = client::http1(web.outbound);
+            tokio::spawn(async move {
+                let r = client::get(&c, API).await.expect("response");
+                (
+                    r.status.as_u16(),
+                    r.header("x-mesh-proxy-error").to_string(),
+                    start.elapsed(),
+                )
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    let mut shed = Vec::new();
+    for t in tasks {
+        let (status, reason, took) = t.await.unwrap();
+        match status {
+            200 => ok += 1,
+            503 => {
+                assert_eq!(reason, "overloaded");
+                shed.push(took);
+            }
+            other => panic!("unexpected {other} {reason}"),
+        }
+    }
+    println!(
+        "20 concurrent requests, cap 4: {ok} served, {} shed",
+        shed.len()
+    );
+    assert_eq!(ok, 4, "the cap lets exactly 4 in");
+    assert_eq!(shed.len(), 16);
+    assert!(
+        shed.iter().all(|t| *t < Duration::from_millis(700)),
+        "shedding waited: {shed:?}"
+    );
+    assert_eq!(
+        api.metric_sum(
+            "mesh_proxy_errors_total",
+            &["direction=\"inbound\"", "reason=\"overloaded\""]
+        )
+        .await,
+        16.0
+    );
+}
