@@ -100,7 +100,7 @@ fn output_says_how_to_install_the_gateway_api() {
         let out = install(args);
         let header: Vec<_> = out.lines().take_while(|l| l.starts_with('#')).collect();
         let expected = format!(
-            "kubectl apply -f https://github.com/kubernetes-sigs/gateway-api/releases/download/{}/experimental-install.yaml",
+            "kubectl apply --server-side -f https://github.com/kubernetes-sigs/gateway-api/releases/download/{}/experimental-install.yaml",
             mesh_cli::install::GATEWAY_API_VERSION
         );
         assert!(header.iter().any(|l| l.contains(&expected)), "{header:?}");

@@ -74,3 +74,52 @@ fn stat_reads_proxies_through_the_api_server() {
     assert!((100.0..=220.0).contains(&rps), "{api}");
     assert_eq!(api["tcp_conn"], 4, "{api}");
 }
+
+#[test]
+fn one_unreachable_proxy_is_named_and_the_others_shown() {
+    // api-3's proxy refuses its admin port: the API server answers 503 (which the
+    // Kubernetes client would retry for minutes).
+    let pod = |name: &str| {
+        json!({"metadata": {"name": name, "namespace": "demo",
+                "annotations": {"mesh.dev/workload": "api"}},
+            "spec": {"containers": [{"name": "app"}, {"name": "mesh-proxy"}]}})
+    };
+    let mut routes = routes();
+    routes[0].3 = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {},
+        "items": [pod("api-1"), pod("api-2"), pod("api-3")]});
+    routes.push((
+        "/api/v1/namespaces/demo/pods/api-3:4191/proxy/metrics".into(),
+        "",
+        503,
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "reason": "ServiceUnavailable", "code": 503,
+            "message": "error trying to reach service: dial tcp 10.0.0.3:4191: connect: connection refused"}),
+    ));
+    let addr = fake_api(routes);
+    let dir = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_mesh"))
+        .args(["stat", "deploy", "-n", "demo", "-t", "1s", "-o", "json"])
+        .env(
+            "KUBECONFIG",
+            kubeconfig(dir.path(), &format!("http://{addr}")),
+        )
+        .env_remove("MESH_TARGETS")
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
+    let rows: Vec<Value> = serde_json::from_str(&stdout).unwrap();
+    let api = rows.iter().find(|r| r["name"] == "api").unwrap();
+    assert_eq!(api["meshed"], 2, "the two reachable proxies: {api}");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("demo/api-3"))
+        .unwrap_or_else(|| panic!("api-3 not named: {stderr}"));
+    assert!(line.starts_with("unreachable: demo/api-3: "), "{line}");
+    assert!(!line.contains("Status {"), "a raw status dump: {line}");
+    println!("{took:?}: {line}");
+}

@@ -12,6 +12,82 @@ use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+// === schemas the API server understands ===
+//
+// schemars describes `u16`/`u32` with formats the API server does not know (it warns on
+// every apply) and without bounds; closed sets of strings need an `enum` so that a typo
+// is refused at `kubectl apply` rather than at the controller.
+
+/// A list of port numbers.
+fn ports(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "items": {"type": "integer", "format": "int32", "minimum": 1, "maximum": 65535}
+    })
+}
+
+/// Named ports.
+fn named_ports(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "additionalProperties": {"type": "integer", "format": "int32", "minimum": 1, "maximum": 65535}
+    })
+}
+
+/// A count: 0 to 2³²−1.
+fn count(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "integer", "format": "int64", "minimum": 0, "maximum": 4294967295u64})
+}
+
+/// An optional count.
+fn optional_count(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "integer", "format": "int64", "minimum": 0, "maximum": 4294967295u64,
+        "nullable": true
+    })
+}
+
+/// An optional percentage, 0–100.
+fn optional_percent(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "integer", "format": "int32", "minimum": 0, "maximum": 100, "nullable": true})
+}
+
+/// An optional share of requests in percent, 0–100 (fractions allowed).
+fn optional_percent_f64(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "number", "format": "double", "minimum": 0, "maximum": 100, "nullable": true})
+}
+
+/// An optional ratio, 0.0–1.0.
+fn optional_ratio(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "number", "format": "double", "minimum": 0, "maximum": 1, "nullable": true})
+}
+
+/// An HTTP status code, 100–599.
+fn http_status(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "integer", "format": "int32", "minimum": 100, "maximum": 599})
+}
+
+/// An authorization policy's action (any case, as the parser accepts).
+fn authz_action(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string", "nullable": true,
+        "enum": ["allow", "deny", "audit", "Allow", "Deny", "Audit", "ALLOW", "DENY", "AUDIT"]
+    })
+}
+
+/// An mTLS mode (any case).
+fn mtls_mode(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string", "nullable": true,
+        "enum": ["strict", "permissive", "Strict", "Permissive", "STRICT", "PERMISSIVE"]
+    })
+}
+
+/// The load balancer algorithm.
+fn balancer_kind(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "string", "nullable": true, "enum": ["PeakEWMA"]})
+}
+
 /// A reference to the Service a policy applies to.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -59,6 +135,7 @@ pub struct TrafficPolicySpec {
 pub struct LoadBalancer {
     /// Algorithm: `PeakEWMA` (the only one).
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "balancer_kind")]
     pub kind: Option<String>,
     /// Peak-EWMA decay time, a duration such as `10s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -71,12 +148,15 @@ pub struct LoadBalancer {
 pub struct Limits {
     /// Concurrent connections per endpoint.
     #[serde(default)]
+    #[schemars(schema_with = "count")]
     pub max_connections: u32,
     /// Requests waiting for an endpoint with capacity.
     #[serde(default)]
+    #[schemars(schema_with = "count")]
     pub max_pending_requests: u32,
     /// In-flight requests per endpoint.
     #[serde(default)]
+    #[schemars(schema_with = "count")]
     pub max_requests_per_endpoint: u32,
 }
 
@@ -86,12 +166,14 @@ pub struct Limits {
 pub struct OutlierDetection {
     /// Consecutive failures that eject an endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "optional_count")]
     pub consecutive_failures: Option<u32>,
     /// First ejection time (doubles per ejection), e.g. `30s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_ejection_time: Option<String>,
     /// Largest share of endpoints ejected at once, 0–100.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "optional_percent")]
     pub max_ejection_percent: Option<u32>,
     /// Longest ejection, e.g. `5m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -104,9 +186,11 @@ pub struct OutlierDetection {
 pub struct RetryBudget {
     /// Retries as a fraction of requests, 0.0–1.0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "optional_ratio")]
     pub ratio: Option<f64>,
     /// Retries per second always allowed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "optional_count")]
     pub min_retries_per_second: Option<u32>,
     /// Window over which requests are counted, e.g. `10s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -138,9 +222,11 @@ pub struct HttpFaultSpec {
 #[serde(rename_all = "camelCase")]
 pub struct Abort {
     /// The HTTP status to answer with.
+    #[schemars(schema_with = "http_status")]
     pub http_status: i64,
     /// Percentage of requests, 0–100 (default 100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "optional_percent_f64")]
     pub percent: Option<f64>,
 }
 
@@ -152,6 +238,7 @@ pub struct Delay {
     pub fixed_delay: String,
     /// Percentage of requests, 0–100 (default 100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "optional_percent_f64")]
     pub percent: Option<f64>,
 }
 
@@ -171,6 +258,7 @@ pub struct WorkloadEntrySpec {
     pub address: String,
     /// Named ports.
     #[serde(default)]
+    #[schemars(schema_with = "named_ports")]
     pub ports: BTreeMap<String, u16>,
     /// Labels merged over `metadata.labels` for Service selection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -211,9 +299,11 @@ pub struct AuthorizationPolicySpec {
     /// `allow`, `deny` or `audit` (any case); may be left out only by a policy that sets
     /// `mtls` and has no rules.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "authz_action")]
     pub action: Option<String>,
     /// The mTLS mode the workloads require: `strict` or `permissive`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "mtls_mode")]
     pub mtls: Option<String>,
     /// The policy matches a caller when any rule does; an allow policy without rules
     /// allows nothing.
@@ -292,6 +382,7 @@ pub struct AuthzOperation {
     pub methods: Vec<String>,
     /// Workload (container) ports.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "ports")]
     pub ports: Vec<u16>,
 }
 

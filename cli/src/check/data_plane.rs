@@ -21,7 +21,11 @@ fn expected_tag() -> String {
 
 /// Runs the data-plane checks; `anchors` (PEM) are the trust anchors proxies'
 /// certificates must chain to, when known.
-pub async fn checks(client: &Client, anchors: Option<&str>) -> Vec<Check> {
+pub async fn checks(
+    client: &Client,
+    anchors: Option<&str>,
+    timeout: std::time::Duration,
+) -> Vec<Check> {
     let injected = match kube_pods::injected(client, None).await {
         Ok(p) => p,
         Err(e) => {
@@ -50,28 +54,37 @@ pub async fn checks(client: &Client, anchors: Option<&str>) -> Vec<Check> {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs_f64();
-    for p in &injected {
+    // Every proxy at once, each within `timeout`: one that does not answer is
+    // named, not waited for.
+    let read = futures::future::join_all(injected.iter().map(|p| async move {
         let (ns, name) = (
             p.metadata.namespace.clone().unwrap_or_default(),
             p.metadata.name.clone().unwrap_or_default(),
         );
-        let text = kube_pods::admin_get(client, &ns, &name, "/metrics")
-            .await
-            .ok();
-        match text
-            .as_deref()
-            .and_then(|t| metric(t, "mesh_identity_cert_expiry_timestamp_seconds"))
-        {
-            Some(t) if t > now => {}
-            Some(_) => expired.push(format!("{ns}/{name}")),
-            None => unreadable.push(format!("{ns}/{name}")),
+        let metrics = kube_pods::admin_get(client, &ns, &name, "/metrics", timeout).await;
+        let chain = match anchors {
+            Some(_) => Some(
+                kube_pods::admin_get(client, &ns, &name, "/certificate", timeout)
+                    .await
+                    .unwrap_or_default(),
+            ),
+            None => None,
+        };
+        (format!("{ns}/{name}"), metrics, chain)
+    }))
+    .await;
+    for (pod, metrics, chain) in read {
+        match &metrics {
+            Ok(t) => match metric(t, "mesh_identity_cert_expiry_timestamp_seconds") {
+                Some(t) if t > now => {}
+                Some(_) => expired.push(pod.clone()),
+                None => unreadable.push(format!("{pod} (no certificate metric)")),
+            },
+            Err(e) => unreadable.push(format!("{pod} ({e})")),
         }
-        if let Some(anchors) = anchors {
-            let chain = kube_pods::admin_get(client, &ns, &name, "/certificate")
-                .await
-                .unwrap_or_default();
-            if chains_to(&chain, anchors).is_err() {
-                foreign.push(format!("{ns}/{name}"));
+        if let (Some(anchors), Some(chain)) = (anchors, chain) {
+            if metrics.is_ok() && chains_to(&chain, anchors).is_err() {
+                foreign.push(pod);
             }
         }
     }

@@ -37,6 +37,8 @@ pub struct Settings {
     pub namespace: String,
     /// Also check every injected pod's proxy (`--proxy`).
     pub proxies: bool,
+    /// How long each proxy may take to answer.
+    pub timeout: std::time::Duration,
 }
 
 /// Runs every Kubernetes check with `client` (or reports why there is none).
@@ -78,7 +80,7 @@ pub async fn checks(client: Result<Client, String>, settings: &Settings) -> Vec<
     out.extend(identity_checks(&client, &settings.namespace).await);
     if settings.proxies {
         let anchors = trust_anchors(&client, &settings.namespace).await;
-        out.extend(super::data_plane::checks(&client, anchors.as_deref()).await);
+        out.extend(super::data_plane::checks(&client, anchors.as_deref(), settings.timeout).await);
     }
     out
 }

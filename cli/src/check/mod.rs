@@ -104,6 +104,10 @@ pub struct Args {
     /// version).
     #[arg(long)]
     pub proxy: bool,
+    /// `--proxy`: how long each proxy may take to answer (read in parallel; one that
+    /// does not answer is named, not waited for).
+    #[arg(long, default_value = "2s")]
+    pub timeout: String,
     /// Output format.
     #[arg(short = 'o', long, default_value = "table", value_parser = ["table", "json"])]
     pub output: String,
@@ -136,13 +140,15 @@ pub fn run(args: Args) -> anyhow::Result<bool> {
     let settings = kubernetes::Settings {
         namespace: args.namespace,
         proxies: args.proxy,
+        timeout: crate::stat::parse_window(&args.timeout)
+            .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?,
     };
     let checks = rt.block_on(async {
         if let Some(local) = &local {
             return local::checks(local).await;
         }
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = kube::Client::try_default().await.map_err(|e| e.to_string());
+        let client = crate::kube_pods::client().await.map_err(|e| e.to_string());
         kubernetes::checks(client, &settings).await
     });
     let text = if args.output == "json" {

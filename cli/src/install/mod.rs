@@ -28,7 +28,7 @@ pub const NAMESPACE: &str = "mesh-system";
 pub const GATEWAY_API_VERSION: &str = "v1.5.1";
 
 /// The command that installs the Gateway API CRDs of [`GATEWAY_API_VERSION`].
-pub const GATEWAY_API_INSTALL: &str = "kubectl apply -f https://github.com/kubernetes-sigs/gateway-api/releases/download/v1.5.1/experimental-install.yaml";
+pub const GATEWAY_API_INSTALL: &str = "kubectl apply --server-side -f https://github.com/kubernetes-sigs/gateway-api/releases/download/v1.5.1/experimental-install.yaml";
 
 /// `mesh install` arguments.
 #[derive(Debug, Clone, clap::Args)]

@@ -73,6 +73,10 @@ pub struct Args {
     /// The file-SD targets file listing the proxies to scrape.
     #[arg(long, env = "MESH_TARGETS")]
     pub targets: Option<std::path::PathBuf>,
+    /// How long each proxy (or Prometheus query) may take to answer; proxies are read
+    /// in parallel and one that does not answer is listed, not waited for.
+    #[arg(long, default_value = "2s")]
+    pub timeout: String,
 }
 
 /// Parses a window: whole `ms`, `s`, `m` or `h`, more than zero.
@@ -97,6 +101,7 @@ pub fn parse_window(s: &str) -> anyhow::Result<Duration> {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let kind: Kind = args.kind.parse()?;
     let window = parse_window(&args.window)?;
+    let timeout = parse_window(&args.timeout).context("--timeout")?;
     let sel = Selection {
         name: args.name.clone(),
         namespace: (!args.all_namespaces).then(|| args.namespace.clone()),
@@ -108,9 +113,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let answers = rt.block_on(async {
+    let (answers, unreachable) = rt.block_on(async {
         let c = crate::http::client();
         let mut answers = Vec::new();
+        let mut unreachable = Vec::new();
         if let Some(base) = &args.prometheus {
             let w = prom_window(window);
             for q in &queries {
@@ -124,7 +130,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 ),
                 None => {
                     let _ = rustls::crypto::ring::default_provider().install_default();
-                    let client = kube::Client::try_default().await.map_err(|e| {
+                    let client = crate::kube_pods::client().await.map_err(|e| {
                         anyhow::anyhow!(
                             "no data source: give --prometheus URL or --targets FILE (or \
                              MESH_TARGETS), or a kubeconfig to read the proxies through the \
@@ -135,12 +141,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     (targets::Fetch::Kubernetes(client), list)
                 }
             };
-            let scrapes = targets::scrape_twice(&fetch, &list, window).await?;
+            let (scrapes, missing) = targets::scrape_twice(&fetch, &list, window, timeout).await?;
+            unreachable = missing;
             for q in &queries {
                 answers.push((q.clone(), compute::eval(&scrapes, q)?));
             }
         }
-        Ok::<_, anyhow::Error>(answers)
+        Ok::<_, anyhow::Error>((answers, unreachable))
     })?;
     let mut rows = compute::rows(&answers, |k| plan::name_of(kind, k));
     if let (Some(ns), Kind::Svc | Kind::Route) = (&sel.namespace, kind) {
@@ -151,6 +158,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         _ => render::render_table(&rows, wide, args.all_namespaces),
     };
     print!("{text}");
+    // The others are shown; these are named, one line each.
+    for u in &unreachable {
+        eprintln!("unreachable: {}: {}", u.target, u.reason);
+    }
     Ok(())
 }
 

@@ -54,11 +54,14 @@ pub async fn from_kubernetes(
     Ok(out)
 }
 
-async fn fetch(f: &Fetch, t: &ProxyTarget) -> anyhow::Result<String> {
+async fn fetch(f: &Fetch, t: &ProxyTarget, timeout: Duration) -> anyhow::Result<String> {
     match f {
         Fetch::Direct(c) => {
             let url = format!("http://{}/metrics", t.addr);
-            let (status, body) = get(c, &url).await.context("cannot scrape proxy")?;
+            let (status, body) = tokio::time::timeout(timeout, get(c, &url))
+                .await
+                .map_err(|_| anyhow::anyhow!("no answer within {timeout:?}"))?
+                .context("cannot scrape proxy")?;
             if status != 200 {
                 anyhow::bail!("cannot scrape proxy: {url} answered {status}");
             }
@@ -66,9 +69,7 @@ async fn fetch(f: &Fetch, t: &ProxyTarget) -> anyhow::Result<String> {
         }
         Fetch::Kubernetes(client) => {
             let (ns, pod) = t.addr.split_once('/').unwrap_or(("", &t.addr));
-            crate::kube_pods::admin_get(client, ns, pod, "/metrics")
-                .await
-                .with_context(|| format!("cannot scrape the proxy of {}", t.addr))
+            crate::kube_pods::admin_get(client, ns, pod, "/metrics", timeout).await
         }
     }
 }
@@ -93,38 +94,76 @@ pub fn read(path: &Path) -> anyhow::Result<Vec<ProxyTarget>> {
     Ok(out)
 }
 
-/// Scrapes every target in turn: when each answered, and its samples.
-async fn scrape_all(
-    f: &Fetch,
-    targets: &[ProxyTarget],
-) -> anyhow::Result<Vec<(std::time::Instant, Vec<super::scrape::Sample>)>> {
-    let mut out = Vec::new();
-    for t in targets {
-        let body = fetch(f, t).await?;
-        let at = std::time::Instant::now();
-        let samples = super::scrape::parse(&body).with_context(|| t.addr.clone())?;
-        out.push((at, samples));
-    }
-    Ok(out)
+/// A proxy that could not be read, and why (one line).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unreachable {
+    /// `host:port`, or `namespace/pod`.
+    pub target: String,
+    /// Why.
+    pub reason: String,
 }
 
-/// Scrapes every target, waits `window`, scrapes again.
+type Scraped = Result<(std::time::Instant, Vec<super::scrape::Sample>), String>;
+
+/// Scrapes every target at once, each within `timeout`: when each answered
+/// and its samples, or why not.
+async fn scrape_all(f: &Fetch, targets: &[ProxyTarget], timeout: Duration) -> Vec<Scraped> {
+    futures::future::join_all(targets.iter().map(|t| async move {
+        let body = fetch(f, t, timeout).await.map_err(|e| format!("{e:#}"))?;
+        let at = std::time::Instant::now();
+        let samples = super::scrape::parse(&body).map_err(|e| e.to_string())?;
+        Ok((at, samples))
+    }))
+    .await
+}
+
+/// Scrapes every target, waits `window`, scrapes again. Targets that did not
+/// answer both times are returned apart, with the first reason; it is an
+/// error only when none answered.
 pub async fn scrape_twice(
     f: &Fetch,
     targets: &[ProxyTarget],
     window: Duration,
-) -> anyhow::Result<Vec<Scrapes>> {
-    let first = scrape_all(f, targets).await?;
+    timeout: Duration,
+) -> anyhow::Result<(Vec<Scrapes>, Vec<Unreachable>)> {
+    let first = scrape_all(f, targets, timeout).await;
     tokio::time::sleep(window).await;
-    let second = scrape_all(f, targets).await?;
-    Ok(targets
-        .iter()
-        .zip(first.into_iter().zip(second))
-        .map(|(t, ((t0, before), (t1, after)))| Scrapes {
-            target: t.labels.clone(),
-            before,
-            after,
-            elapsed: t1.duration_since(t0).as_secs_f64(),
-        })
-        .collect())
+    // Only those that answered are asked again: one that did not costs one
+    // timeout, not two.
+    let mut unreachable = Vec::new();
+    let mut answered = Vec::new();
+    for (t, a) in targets.iter().zip(first) {
+        match a {
+            Ok(a) => answered.push((t.clone(), a)),
+            Err(reason) => unreachable.push(Unreachable {
+                target: t.addr.clone(),
+                reason,
+            }),
+        }
+    }
+    let again: Vec<ProxyTarget> = answered.iter().map(|(t, _)| t.clone()).collect();
+    let second = scrape_all(f, &again, timeout).await;
+    let mut scrapes = Vec::new();
+    for ((t, (t0, before)), b) in answered.into_iter().zip(second) {
+        match b {
+            Ok((t1, after)) => scrapes.push(Scrapes {
+                target: t.labels.clone(),
+                before,
+                after,
+                elapsed: t1.duration_since(t0).as_secs_f64(),
+            }),
+            Err(reason) => unreachable.push(Unreachable {
+                target: t.addr.clone(),
+                reason,
+            }),
+        }
+    }
+    if scrapes.is_empty() {
+        let all: Vec<String> = unreachable
+            .iter()
+            .map(|u| format!("{}: {}", u.target, u.reason))
+            .collect();
+        anyhow::bail!("no proxy could be scraped: {}", all.join("; "));
+    }
+    Ok((scrapes, unreachable))
 }

@@ -207,7 +207,10 @@ fn env(cfg: &InjectConfig, o: &Overrides) -> Vec<EnvVar> {
     // The kubelet kills the pod at terminationGracePeriodSeconds: the proxy's drain
     // must fit (a native sidecar is stopped after the app, within the same period).
     if let Some(grace) = o.shutdown_grace_seconds {
-        env.push(value("MESH_PROXY_SHUTDOWN_GRACE", format!("{}s", grace.max(0))));
+        env.push(value(
+            "MESH_PROXY_SHUTDOWN_GRACE",
+            format!("{}s", grace.max(0)),
+        ));
     }
     env
 }

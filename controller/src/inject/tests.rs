@@ -500,7 +500,10 @@ fn the_proxy_drains_within_the_pods_grace_period() {
     let (meta, spec) = pod(&[]);
     let (_, injected_spec) = injected(inject_pod(&meta, &spec, &BTreeMap::new(), true, &cfg));
     assert_eq!(
-        env(container(&injected_spec, PROXY_CONTAINER), "MESH_PROXY_SHUTDOWN_GRACE"),
+        env(
+            container(&injected_spec, PROXY_CONTAINER),
+            "MESH_PROXY_SHUTDOWN_GRACE"
+        ),
         None,
         "Kubernetes' default of 30 s is the proxy's too"
     );
@@ -508,7 +511,11 @@ fn the_proxy_drains_within_the_pods_grace_period() {
     spec.termination_grace_period_seconds = Some(75);
     let (_, injected_spec) = injected(inject_pod(&meta, &spec, &BTreeMap::new(), true, &cfg));
     assert_eq!(
-        env(container(&injected_spec, PROXY_CONTAINER), "MESH_PROXY_SHUTDOWN_GRACE").as_deref(),
+        env(
+            container(&injected_spec, PROXY_CONTAINER),
+            "MESH_PROXY_SHUTDOWN_GRACE"
+        )
+        .as_deref(),
         Some("75s")
     );
 }
