@@ -44,8 +44,9 @@ pub struct EndpointClient {
     pub workload: Str,
     pub namespace: Str,
     mtls: Option<Mtls>,
-    /// Pooled plain HTTP/1.1 to an unmeshed endpoint.
-    plain: Option<hyper_util::client::legacy::Client<crate::connect::FixedConnector, ProxyBody>>,
+    /// Pooled plaintext to an unmeshed endpoint: HTTP/1.1, and HTTP/2 with
+    /// prior knowledge for requests that are HTTP/2 at the origin (gRPC).
+    plain: Option<PlainEndpoint>,
     connect_timeout: Duration,
     h2: tokio::sync::Mutex<Option<SendRequest<ProxyBody>>>,
     health: super::balance::Health,
@@ -56,6 +57,12 @@ pub struct EndpointClient {
 
 /// Counts a connection as open until dropped.
 pub struct ConnGuard(Arc<AtomicUsize>);
+
+/// Plaintext clients of an unmeshed endpoint, by protocol.
+struct PlainEndpoint {
+    h1: hyper_util::client::legacy::Client<crate::connect::FixedConnector, ProxyBody>,
+    h2: hyper_util::client::legacy::Client<crate::connect::FixedConnector, ProxyBody>,
+}
 
 /// A byte stream to an endpoint: mTLS to its proxy, or plain TCP.
 pub trait OpaqueIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
@@ -145,9 +152,16 @@ impl EndpointClient {
             None => (Str::default(), None),
         };
         let plain = meta.tls.is_none().then(|| {
-            hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(30))
-                .build(crate::connect::fixed(meta.addr, settings.connect_timeout))
+            let connector = crate::connect::fixed(meta.addr, settings.connect_timeout);
+            PlainEndpoint {
+                h1: hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(30))
+                    .build(connector.clone()),
+                h2: hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(30))
+                    .http2_only(true)
+                    .build(connector),
+            }
         });
         EndpointClient {
             addr: meta.addr,
@@ -307,7 +321,12 @@ impl EndpointClient {
                 }
                 .into());
             };
-            return plain
+            let client = if req.version() == http::Version::HTTP_2 {
+                &plain.h2
+            } else {
+                &plain.h1
+            };
+            return client
                 .request(req)
                 .await
                 .map(|r| r.map(ProxyBody::from))

@@ -63,8 +63,37 @@ use tokio::net::TcpStream;
 /// An application connection, counted into the TCP metrics.
 type AppConn = Metered<TcpStream>;
 
-/// A plaintext HTTP client for unmeshed endpoints and unknown targets.
-pub type PlainClient = Client<HttpConnector, ProxyBody>;
+/// Plaintext HTTP clients for targets the mesh does not know: a request keeps
+/// its protocol (HTTP/1.1, or HTTP/2 with prior knowledge for one that is
+/// HTTP/2 at the origin, gRPC included).
+#[derive(Clone)]
+pub struct PlainClient {
+    h1: Client<HttpConnector, ProxyBody>,
+    h2: Client<HttpConnector, ProxyBody>,
+}
+
+impl PlainClient {
+    fn new(connector: HttpConnector) -> Self {
+        PlainClient {
+            h1: Client::builder(TokioExecutor::new()).build(connector.clone()),
+            h2: Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build(connector),
+        }
+    }
+
+    /// Sends `req` in its own protocol.
+    pub fn request(
+        &self,
+        req: ::http::Request<ProxyBody>,
+    ) -> hyper_util::client::legacy::ResponseFuture {
+        if req.version() == ::http::Version::HTTP_2 {
+            self.h2.request(req)
+        } else {
+            self.h1.request(req)
+        }
+    }
+}
 
 /// Everything the outbound side shares across connections.
 pub struct Outbound {
@@ -98,7 +127,7 @@ impl Outbound {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(1)));
-        let plain: PlainClient = Client::builder(TokioExecutor::new()).build(connector);
+        let plain = PlainClient::new(connector);
         let env = logical::Env {
             resolver: resolver.clone(),
             plain,
