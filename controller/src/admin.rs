@@ -32,6 +32,8 @@ pub struct Scrape {
     /// The gRPC server's certificate: `/ready` fails until it is issued (no proxy could
     /// connect before). `None`: not waited for.
     pub certs: Option<Arc<mesh_proto::workload::CertStore>>,
+    /// `true` once the controller is shutting down: `/ready` fails at once.
+    pub stopping: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Scrape {
@@ -184,6 +186,7 @@ mod tests {
         writer.update(|index| index.apply_file("/svc.yaml", resources));
         let scrape = Scrape {
             certs: None,
+            stopping: None,
             metrics: Arc::clone(writer.metrics()),
             index: writer.subscribe(),
         };

@@ -198,16 +198,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .local_addr()
         .context("admin listener address")?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped_flag = stop_rx.clone();
     let stopped = move || {
         let mut rx = stop_rx.clone();
         async move {
             let _ = rx.wait_for(|stop| *stop).await;
         }
     };
+    // Readiness fails from the shutdown signal on; the admin server itself runs until
+    // the gRPC server has drained.
+    let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
     let scrape = admin::Scrape {
         metrics: Arc::clone(&metrics),
         index: reader.clone(),
         certs: Some(workload.certs.clone()),
+        stopping: Some(stopped_flag.clone()),
     };
     let limits = grpc::Limits {
         max_connections: args.max_connections,
@@ -228,7 +233,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         )
         .await;
     });
-    let admin = tokio::spawn(admin::serve(admin_listener, scrape, stopped()));
+    let admin = tokio::spawn(admin::serve(admin_listener, scrape, async move {
+        let mut rx = admin_stop_rx;
+        let _ = rx.wait_for(|stop| *stop).await;
+    }));
     let webhook = tokio::spawn(webhook::serve(
         webhook_listener,
         tls,
@@ -251,16 +259,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         sig = shutdown_signal() => sig?,
     }
-    tracing::info!("shutting down");
-    // Dropping the source drops the index writer, which ends every open stream.
-    drop(running);
+    tracing::info!("shutting down: not ready, ending streams, draining connections");
+    // Not ready at once (the flag), then: dropping the source drops the index writer,
+    // which ends every open stream cleanly (clients reconnect, to another replica);
+    // the gRPC server stops accepting and sends GOAWAY.
     let _ = stop_tx.send(true);
+    drop(running);
     match tokio::time::timeout(SHUTDOWN_GRACE, grpc).await {
         Ok(res) => res.context("gRPC server panicked")?,
         Err(_) => {
             tracing::warn!("gRPC connections still open after {SHUTDOWN_GRACE:?}; exiting anyway")
         }
     }
+    let _ = admin_stop_tx.send(true);
     admin.await.context("admin server panicked")?;
     webhook.await.context("webhook server panicked")?;
     Ok(())

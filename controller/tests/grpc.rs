@@ -56,6 +56,7 @@ impl Fixture {
             metrics: Arc::clone(&metrics),
             index: reader.clone(),
             certs: None,
+            stopping: None,
         };
         tokio::spawn(mesh_controller::admin::serve(
             admin_listener,

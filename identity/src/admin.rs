@@ -23,7 +23,11 @@ const MAX_CONNECTIONS: usize = 256;
 
 /// Accepts admin connections on `listener` until the task is dropped; `/metrics`
 /// answers what `metrics` renders.
-pub async fn serve(listener: TcpListener, metrics: RenderMetrics) {
+pub async fn serve(
+    listener: TcpListener,
+    metrics: RenderMetrics,
+    stopping: Arc<std::sync::atomic::AtomicBool>,
+) {
     let listener = mesh_proto::net::accept::Limited::new(
         listener,
         MAX_CONNECTIONS,
@@ -32,8 +36,10 @@ pub async fn serve(listener: TcpListener, metrics: RenderMetrics) {
     loop {
         let (stream, peer, slot) = listener.accept().await;
         let metrics = Arc::clone(&metrics);
+        let stopping = stopping.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, &metrics).await {
+            let ready = !stopping.load(std::sync::atomic::Ordering::Relaxed);
+            if let Err(e) = handle(stream, &metrics, ready).await {
                 debug!(%peer, error = %e, "admin connection failed");
             }
             drop(slot);
@@ -41,18 +47,31 @@ pub async fn serve(listener: TcpListener, metrics: RenderMetrics) {
     }
 }
 
-/// Maps a request line to `(status line, content type, body)`.
-fn respond(request_line: &str, metrics: &RenderMetrics) -> (&'static str, &'static str, String) {
+/// Maps a request line to `(status line, content type, body)`; `/ready` fails
+/// once the service is stopping.
+fn respond(
+    request_line: &str,
+    metrics: &RenderMetrics,
+    ready: bool,
+) -> (&'static str, &'static str, String) {
     let mut parts = request_line.split_whitespace();
     let path = parts.nth(1).map(|p| p.split('?').next().unwrap_or(p));
     match (request_line.split_whitespace().next(), path) {
-        (Some("GET"), Some("/live" | "/ready")) => ("200 OK", "text/plain", "ok\n".into()),
+        (Some("GET"), Some("/live")) => ("200 OK", "text/plain", "ok\n".into()),
+        (Some("GET"), Some("/ready")) if ready => ("200 OK", "text/plain", "ok\n".into()),
+        (Some("GET"), Some("/ready")) => {
+            ("503 Service Unavailable", "text/plain", "stopping\n".into())
+        }
         (Some("GET"), Some("/metrics")) => ("200 OK", METRICS_CONTENT_TYPE, metrics()),
         _ => ("404 Not Found", "text/plain", "not found\n".into()),
     }
 }
 
-async fn handle(mut stream: TcpStream, metrics: &RenderMetrics) -> std::io::Result<()> {
+async fn handle(
+    mut stream: TcpStream,
+    metrics: &RenderMetrics,
+    ready: bool,
+) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(512);
     let mut chunk = [0u8; 512];
     // Read the request head (until the blank line), bounded in size and time.
@@ -72,7 +91,8 @@ async fn handle(mut stream: TcpStream, metrics: &RenderMetrics) -> std::io::Resu
         Err(_) => return Ok(()),
     }
     let head = String::from_utf8_lossy(&buf);
-    let (status, content_type, body) = respond(head.lines().next().unwrap_or_default(), metrics);
+    let (status, content_type, body) =
+        respond(head.lines().next().unwrap_or_default(), metrics, ready);
     let response = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
@@ -100,7 +120,8 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let render: RenderMetrics = Arc::new(|| "m_total 1\n# EOF\n".to_string());
-        let task = tokio::spawn(serve(listener, render));
+        let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = tokio::spawn(serve(listener, render, stopping.clone()));
         for path in ["/live", "/ready"] {
             let resp = get(addr, path).await;
             assert!(resp.starts_with("HTTP/1.1 200 OK\r\n"), "{resp}");
@@ -115,6 +136,10 @@ mod tests {
         assert!(resp.ends_with("\r\n\r\nm_total 1\n# EOF\n"), "{resp}");
         let resp = get(addr, "/other").await;
         assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
+        // Stopping: not ready any more, still live.
+        stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(get(addr, "/ready").await.starts_with("HTTP/1.1 503"));
+        assert!(get(addr, "/live").await.starts_with("HTTP/1.1 200"));
         task.abort();
     }
 }

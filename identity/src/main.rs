@@ -219,8 +219,18 @@ async fn run(args: Args) -> Result<()> {
         admin_listener: Some(admin_listener),
         service,
     };
-    server::serve(config, shutdown_signal()).await?;
-    drop(kube_mode);
+    // On the signal a leader hands its Lease back at once, while the server drains.
+    let release = kube_mode.as_ref().map(KubeMode::release_handle);
+    let shutdown = async move {
+        shutdown_signal().await;
+        if let Some(r) = &release {
+            r.release();
+        }
+    };
+    server::serve(config, shutdown).await?;
+    if let Some(mut k) = kube_mode {
+        k.step_down(Duration::from_secs(5)).await;
+    }
     Ok(())
 }
 

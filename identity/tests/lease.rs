@@ -220,3 +220,32 @@ async fn a_replace_with_a_stale_resource_version_conflicts() {
         "{err:?}"
     );
 }
+
+#[tokio::test]
+async fn a_stopping_leader_hands_the_lease_back_at_once() {
+    let api = KubeApi::start(&[LEASES]).await;
+    let ms = Duration::from_millis;
+    // A long lease: the standby could only take over after 30 s without the release.
+    let settings = |id| LeaseSettings::with_timings(id, ms(30_000), ms(200), ms(100)).unwrap();
+    let (mut leader_rx, task, release) =
+        lease::start_releasable(api.client(), NS, settings("a"), Arc::new(Metrics::new()));
+    eventually("a leads", || *leader_rx.borrow_and_update()).await;
+    let b = lease::start(api.client(), NS, settings("b"), Arc::new(Metrics::new()));
+    tokio::time::sleep(ms(300)).await;
+    assert!(!*b.0.borrow(), "b may not lead while a holds the lease");
+
+    let released = std::time::Instant::now();
+    release.release();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the election ends")
+        .unwrap();
+    assert!(!*leader_rx.borrow(), "a no longer leads");
+    let b_leader = b.0.clone();
+    eventually("b takes over", || *b_leader.borrow()).await;
+    let took = released.elapsed();
+    println!("b leads {took:?} after a stepped down");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert_eq!(stored(&api)["spec"]["holderIdentity"], "b");
+    b.1.abort();
+}

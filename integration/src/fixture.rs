@@ -94,13 +94,20 @@ impl Mesh {
 
     /// Starts (or restarts) the controller on its fixed address.
     pub fn start_controller(&mut self) {
+        let p = self.spawn_controller(self.controller_addr, self.controller_admin);
+        self.controller = Some(p);
+    }
+
+    /// Starts another controller replica on the same manifests, serving gRPC on
+    /// `grpc` and its admin server on `admin`; waits until it is ready.
+    pub fn spawn_controller(&self, grpc: SocketAddr, admin: SocketAddr) -> Proc {
         let mut cmd = Command::new(bin("mesh-controller"));
         cmd.arg("--source")
             .arg(format!("dir:{}", self.manifests.display()))
             .arg("--grpc-addr")
-            .arg(self.controller_addr.to_string())
+            .arg(grpc.to_string())
             .arg("--admin-addr")
-            .arg(self.controller_admin.to_string())
+            .arg(admin.to_string())
             .arg("--webhook-addr")
             .arg(free_addr().to_string())
             // Its own certificate, from identity like any workload's.
@@ -110,18 +117,22 @@ impl Mesh {
             .arg(self.anchors_path())
             .arg("--identity-token")
             .arg(self.token("mesh-system", "mesh-controller"));
-        let log = self.root.path().join(format!(
-            "controller-{}.log",
-            Instant::now().elapsed().as_nanos()
-        ));
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let log = self
+            .root
+            .path()
+            .join(format!("controller-{}-{started}.log", grpc.port()));
         let mut p = Proc::spawn("mesh-controller", cmd, log);
-        if !wait_for_port(self.controller_addr, Duration::from_secs(20)) {
+        if !wait_for_port(grpc, Duration::from_secs(20)) {
             p.assert_running();
             panic!("controller did not listen:\n{}", p.log_text());
         }
         // Ready once it has its certificate: proxies can connect from then on.
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !wait_ready(self.controller_admin) {
+        while !wait_ready(admin) {
             p.assert_running();
             assert!(
                 Instant::now() < deadline,
@@ -130,7 +141,7 @@ impl Mesh {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        self.controller = Some(p);
+        p
     }
 
     /// A gRPC channel to the controller over mutual TLS, with a certificate

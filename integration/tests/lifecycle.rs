@@ -243,3 +243,131 @@ async fn requests_over_the_cap_are_shed_at_once() {
         16.0
     );
 }
+
+/// A TCP "Service address" in front of controller replicas: each new
+/// connection goes to the first of `backends` that accepts it, as kube-proxy
+/// sends it to a ready endpoint.
+async fn service_vip(backends: Vec<std::net::SocketAddr>) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut downstream, _)) = listener.accept().await {
+            let backends = backends.clone();
+            tokio::spawn(async move {
+                for b in backends {
+                    if let Ok(mut upstream) = tokio::net::TcpStream::connect(b).await {
+                        let _ = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_replica_drains_and_proxies_move_to_the_other() {
+    use mesh_integration::process::free_addr;
+    let mut mesh = Mesh::start("1h").await;
+    let (b_grpc, b_admin) = (free_addr(), free_addr());
+    let _b = mesh.spawn_controller(b_grpc, b_admin);
+    let vip = service_vip(vec![mesh.controller_addr, b_grpc]).await;
+    let vip_s = vip.to_string();
+    let env = [("MESH_PROXY_DESTINATION_ADDR", vip_s.as_str())];
+
+    let app1 = apps::echo("api-1").await;
+    let api1 = mesh.proxy_env("demo", "api", "api-1", &env).await;
+    mesh.serve_api("api", app1.addr.port(), &api1).await;
+    let web = mesh.proxy_env("demo", "web", "web-1", &env).await;
+    let load = Load::start(&web);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Controller A (the fixture's) is told to stop.
+    let a_admin = mesh.controller_admin;
+    let a = mesh.controller.as_mut().unwrap();
+    let stopped = Instant::now();
+    a.signal("TERM");
+    let mut unready = false;
+    while stopped.elapsed() < Duration::from_secs(1) {
+        if admin_get(a_admin, "/ready").await.map(|r| r.0) != Some(200) {
+            unready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(unready, "controller A still ready a second after SIGTERM");
+    let status = a
+        .wait_exit(Duration::from_secs(15))
+        .expect("controller A did not exit within its grace period");
+    println!(
+        "controller A exited {:?} after SIGTERM: {status}",
+        stopped.elapsed()
+    );
+    assert!(status.success(), "{status}");
+
+    // Updates now come from B: a second replica appears and gets traffic.
+    let app2 = apps::echo("api-2").await;
+    let api2 = mesh.proxy_env("demo", "api", "api-2", &env).await;
+    mesh.write(
+        "api-2.yaml",
+        &mesh_integration::fixture::workload(
+            "api-2",
+            "demo",
+            "api",
+            "api",
+            &[("http", app2.addr.port())],
+            api2.inbound,
+        ),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app2.count() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the new replica got no traffic: updates stopped with controller A"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seen = load.stop().await;
+    println!(
+        "controller failover under load: {} requests, {} failed",
+        seen.ok + seen.failed.len() as u64,
+        seen.failed.len()
+    );
+    assert!(seen.failed.is_empty(), "{:?}", seen.failed);
+    // The proxies saw their streams end cleanly (not broken) and reconnected.
+    let log = web.proc.log_text();
+    assert!(
+        log.contains("stream ended; reconnecting"),
+        "no clean end of stream in the proxy's log:\n{log}"
+    );
+    mesh.controller = None;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_stops_cleanly_and_the_mesh_keeps_serving() {
+    let (mut mesh, _one, _two, web) = two_replicas().await;
+    let load = Load::start(&web);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopped = Instant::now();
+    mesh.identity.signal("TERM");
+    let status = mesh
+        .identity
+        .wait_exit(Duration::from_secs(10))
+        .expect("identity did not exit");
+    println!(
+        "identity exited {:?} after SIGTERM: {status}",
+        stopped.elapsed()
+    );
+    assert!(status.success(), "{status}\n{}", mesh.identity.log_text());
+    assert!(
+        mesh.identity.log_text().contains("stopping: not ready"),
+        "{}",
+        mesh.identity.log_text()
+    );
+    // Certificates already issued keep the mesh going.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen = load.stop().await;
+    assert!(seen.failed.is_empty(), "{:?}", seen.failed);
+    assert!(seen.ok > 50);
+}

@@ -254,15 +254,42 @@ pub fn start(
     settings: LeaseSettings,
     metrics: Arc<Metrics>,
 ) -> (watch::Receiver<bool>, JoinHandle<()>) {
+    let (leader, task, _release) = start_releasable(client, namespace, settings, metrics);
+    // The release handle is dropped: this election runs until aborted.
+    (leader, task)
+}
+
+/// Asks an election to end: a leader hands the Lease back (holder cleared)
+/// so that another replica takes over at once instead of after the lease
+/// duration; then the election task returns.
+#[derive(Clone, Debug)]
+pub struct Release(Arc<watch::Sender<bool>>);
+
+impl Release {
+    /// Steps down (once).
+    pub fn release(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+/// [`start`], with the handle that ends the election cleanly.
+pub fn start_releasable(
+    client: Client,
+    namespace: &str,
+    settings: LeaseSettings,
+    metrics: Arc<Metrics>,
+) -> (watch::Receiver<bool>, JoinHandle<()>, Release) {
     let (tx, rx) = watch::channel(false);
+    let (stop_tx, stop) = watch::channel(false);
     let elector = Elector {
         api: Api::namespaced(client, namespace),
         namespace: namespace.to_string(),
         settings,
         metrics,
         leader: tx,
+        stop,
     };
-    (rx, tokio::spawn(elector.run()))
+    (rx, tokio::spawn(elector.run()), Release(Arc::new(stop_tx)))
 }
 
 /// The running election of one replica.
@@ -272,6 +299,8 @@ struct Elector {
     settings: LeaseSettings,
     metrics: Arc<Metrics>,
     leader: watch::Sender<bool>,
+    /// `true` when the replica is stopping ([`Release`]).
+    stop: watch::Receiver<bool>,
 }
 
 // === impl Elector ===
@@ -307,8 +336,56 @@ impl Elector {
             } else {
                 self.settings.retry_every
             };
-            tokio::time::sleep(pause).await;
+            let mut stop = self.stop.clone();
+            let released = async move {
+                // A dropped handle never releases.
+                if stop.wait_for(|s| *s).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = released => {
+                    if leading {
+                        match tokio::time::timeout(self.settings.renew_every, self.hand_back()).await {
+                            Ok(Ok(())) => info!(lease = %self.lease(), "stepped down: lease handed back"),
+                            Ok(Err(error)) => warn!(%error, lease = %self.lease(), "cannot hand the lease back; it will expire"),
+                            Err(_) => warn!(lease = %self.lease(), "no answer in time handing the lease back; it will expire"),
+                        }
+                    }
+                    self.report(leading, false, false);
+                    return;
+                }
+            }
         }
+    }
+
+    /// Clears the holder of the Lease this replica holds, so that another
+    /// replica may take it at once (conditional on the version read).
+    async fn hand_back(&self) -> Result<(), kube::Error> {
+        let Some(mut lease) = self.api.get_opt(LEASE_NAME).await? else {
+            return Ok(());
+        };
+        let mine = lease
+            .spec
+            .as_ref()
+            .and_then(|s| s.holder_identity.as_deref())
+            == Some(self.settings.identity());
+        if !mine {
+            return Ok(());
+        }
+        if let Some(spec) = lease.spec.as_mut() {
+            spec.holder_identity = None;
+            spec.renew_time = None;
+        }
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.to_string()),
+            ..PostParams::default()
+        };
+        self.api
+            .replace(LEASE_NAME, &params, &lease)
+            .await
+            .map(|_| ())
     }
 
     /// `namespace/name` of the Lease.

@@ -98,6 +98,24 @@ pub struct KubeMode {
     /// [`lease::is_leader`].
     pub leader: watch::Receiver<bool>,
     tasks: Vec<JoinHandle<()>>,
+    release: lease::Release,
+}
+
+impl KubeMode {
+    /// Stepping down (the process is stopping): the leader hands its Lease back at
+    /// once, so that another replica takes over the writes without waiting for the lease
+    /// to expire. Waits for that (at most `within`).
+    pub async fn step_down(&mut self, within: std::time::Duration) {
+        self.release.release();
+        if let Some(elect) = self.tasks.first_mut() {
+            let _ = tokio::time::timeout(within, elect).await;
+        }
+    }
+
+    /// The handle that steps down, for a shutdown path that cannot await.
+    pub fn release_handle(&self) -> lease::Release {
+        self.release.clone()
+    }
 }
 
 impl Drop for KubeMode {
@@ -118,7 +136,7 @@ pub async fn start(
     metrics: Arc<Metrics>,
 ) -> Result<KubeMode, KubeError> {
     let bundle = settings.trust_anchors_pem.trim().to_string() + "\n";
-    let (leader, elect) = lease::start(
+    let (leader, elect, release) = lease::start_releasable(
         client.clone(),
         &settings.namespace,
         settings.lease,
@@ -154,6 +172,7 @@ pub async fn start(
         authenticator: Arc::new(TokenReviewer::new(client)),
         leader,
         tasks: vec![elect, watch, publish],
+        release,
     })
 }
 

@@ -75,7 +75,15 @@ pub async fn serve(
     let metrics_service = service.clone();
     let render: Arc<dyn Fn() -> String + Send + Sync> =
         Arc::new(move || metrics_service.render_metrics());
-    let admin = admin_listener.map(|l| tokio::spawn(crate::admin::serve(l, render)));
+    // `/ready` fails from the shutdown signal on, while calls in flight finish.
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let admin =
+        admin_listener.map(|l| tokio::spawn(crate::admin::serve(l, render, stopping.clone())));
+    let shutdown = async move {
+        shutdown.await;
+        stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+        info!("stopping: not ready, draining");
+    };
 
     let routes = tonic::service::Routes::new(IdentityServer::new(service));
     info!(%addr, admin = %admin_addr, trust_domain = %td, "listening");
