@@ -257,17 +257,33 @@ async fn watch_events_and_a_relist_reach_a_live_destination_stream() {
         "enabled"
     );
     assert!(namespaces.annotations("nowhere").is_none());
+    // A namespace the watch has not delivered (created a moment ago, or while the API
+    // was away) is looked up with a GET rather than taken as "no annotations".
+    api.apply_silently(
+        NAMESPACES,
+        json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "late", "annotations": {"mesh.dev/inject": "enabled"}}}),
+    );
+    assert!(namespaces.annotations("late").is_none());
+    let late = namespaces.lookup("late").await.unwrap().unwrap();
+    assert_eq!(late["mesh.dev/inject"], "enabled");
+    assert_eq!(namespaces.lookup("nowhere").await.unwrap(), None);
 
     // Every call is granted by the RBAC rules, and every rule is used.
     let mut used = BTreeSet::new();
     for call in api.calls() {
         assert_eq!(call.method, "GET", "{call:?}");
-        let (group, resource) = match call.path.split('/').collect::<Vec<_>>()[..] {
-            ["", "api", "v1", resource] => ("", resource),
-            ["", "apis", group, _version, resource] => (group, resource),
+        let (group, resource, named) = match call.path.split('/').collect::<Vec<_>>()[..] {
+            ["", "api", "v1", resource] => ("", resource, false),
+            ["", "api", "v1", resource, _name] => ("", resource, true),
+            ["", "apis", group, _version, resource] => (group, resource, false),
             _ => panic!("unexpected path {}", call.path),
         };
-        let verb = if call.watch { "watch" } else { "list" };
+        let verb = match (named, call.watch) {
+            (true, _) => "get",
+            (false, true) => "watch",
+            (false, false) => "list",
+        };
         let granted = CONTROLLER_RULES.iter().any(|r| {
             r.group == group && r.resources.contains(&resource) && r.verbs.contains(&verb)
         });
@@ -384,5 +400,49 @@ async fn authorization_policy_events_reach_a_live_inbound_policy_stream() {
         source_events(&metrics, "AuthorizationPolicy", "delete"),
         1.0
     );
+    drop(source);
+}
+
+#[tokio::test]
+async fn after_an_api_outage_the_index_is_current_within_seconds() {
+    let api = KubeApi::start(PATHS).await;
+    api.apply(SERVICES, service());
+    api.apply(PODS, pod("web-1", "10.0.0.1"));
+    api.apply(SLICES, slice(&[("web-1", "10.0.0.1")]));
+    let writer = IndexWriter::new(IndexConfig::default());
+    let reader = writer.subscribe();
+    let source = KubeSource::start(api.client(), writer, Duration::from_secs(10)).await;
+    let endpoints = |reader: &mesh_controller::index::IndexReader| -> Vec<String> {
+        let index = reader.borrow();
+        let target = index.parse_target("web.shop.svc.cluster.local:80").unwrap();
+        match index.resolve(&target) {
+            mesh_controller::index::Resolution::Endpoints(set) => {
+                set.endpoints.keys().cloned().collect()
+            }
+            _ => Vec::new(),
+        }
+    };
+    assert_eq!(endpoints(&reader), ["10.0.0.1:8080"]);
+
+    // Six seconds without the API server: every watcher keeps failing (its backoff
+    // grows meanwhile) and the world moves on without it.
+    api.set_down(true);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    api.apply_silently(PODS, pod("web-2", "10.0.0.2"));
+    api.apply_silently(SLICES, slice(&[("web-2", "10.0.0.2")]));
+    // Back, with its history compacted: resuming watches get 410 Gone.
+    api.compact();
+    api.set_down(false);
+    let back = std::time::Instant::now();
+    while endpoints(&reader) != ["10.0.0.2:8080"] {
+        assert!(
+            back.elapsed() < Duration::from_secs(5),
+            "still {:?} {:?} after the API came back",
+            endpoints(&reader),
+            back.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("index current {:?} after the API came back", back.elapsed());
     drop(source);
 }

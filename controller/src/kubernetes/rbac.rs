@@ -14,11 +14,17 @@ pub struct ApiRule {
 }
 
 /// Cluster-wide read access the destination controller and the injector need: the
-/// watched kinds (list + watch; the reflectors never get single objects).
+/// watched kinds (list + watch), and `get` on a namespace the injector's cache has not
+/// seen yet.
 pub const CONTROLLER_RULES: &[ApiRule] = &[
     ApiRule {
         group: "",
-        resources: &["namespaces", "pods", "services"],
+        resources: &["namespaces"],
+        verbs: &["get", "list", "watch"],
+    },
+    ApiRule {
+        group: "",
+        resources: &["pods", "services"],
         verbs: &["list", "watch"],
     },
     ApiRule {

@@ -18,8 +18,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
-use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, ResourceExt};
+use mesh_proto::net::retry::with_backoff;
 use serde::de::DeserializeOwned;
 use tokio::task::JoinHandle;
 
@@ -89,6 +89,7 @@ type Convert<K> = Box<dyn Fn(&K) -> Result<Vec<Resource>, String> + Send + Sync>
 pub struct KubeSource {
     tasks: Vec<JoinHandle<()>>,
     namespaces: Store<Namespace>,
+    namespace_api: Api<Namespace>,
 }
 
 impl Debug for KubeSource {
@@ -166,12 +167,15 @@ impl KubeSource {
         }));
 
         let (store, store_writer) = reflector::store();
+        let namespace_api: Api<Namespace> = Api::all(client.clone());
         let ns_api: Api<Namespace> = Api::all(client);
-        let ns_stream = reflector::reflector(
-            store_writer,
-            watcher::watcher(ns_api, watcher::Config::default()),
+        let ns_stream = with_backoff(
+            Box::pin(reflector::reflector(
+                store_writer,
+                watcher::watcher(ns_api, watcher::Config::default()),
+            )),
+            expired,
         )
-        .default_backoff()
         .for_each(move |e| {
             if let Err(error) = e {
                 // Namespaces feed the webhook, not the index: an error, not a source event.
@@ -191,12 +195,16 @@ impl KubeSource {
         KubeSource {
             tasks,
             namespaces: store,
+            namespace_api,
         }
     }
 
     /// The namespaces' annotations, for the injector webhook.
     pub fn namespaces(&self) -> Arc<dyn NamespaceAnnotations> {
-        Arc::new(KubeNamespaces(self.namespaces.clone()))
+        Arc::new(KubeNamespaces(
+            self.namespaces.clone(),
+            self.namespace_api.clone(),
+        ))
     }
 }
 
@@ -208,14 +216,38 @@ fn api_version(group: &str, version: &str) -> String {
     }
 }
 
-/// Namespace annotations from the watched Namespace cache.
-struct KubeNamespaces(Store<Namespace>);
+/// Namespace annotations from the watched Namespace cache, and from a GET for a
+/// namespace the cache has not seen yet.
+struct KubeNamespaces(Store<Namespace>, Api<Namespace>);
 
 impl NamespaceAnnotations for KubeNamespaces {
     fn annotations(&self, namespace: &str) -> Option<std::collections::BTreeMap<String, String>> {
         let ns = self.0.get(&ObjectRef::new(namespace))?;
         Some(ns.metadata.annotations.clone().unwrap_or_default())
     }
+
+    fn lookup<'a>(
+        &'a self,
+        namespace: &'a str,
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<Option<std::collections::BTreeMap<String, String>>, String>,
+    > {
+        Box::pin(async move {
+            if let Some(known) = self.annotations(namespace) {
+                return Ok(Some(known));
+            }
+            match self.1.get_opt(namespace).await {
+                Ok(ns) => Ok(ns.map(|ns| ns.metadata.annotations.unwrap_or_default())),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+    }
+}
+
+/// A watch whose resource version expired (`410 Gone`): the watcher relists, at once.
+pub fn expired(e: &watcher::Error) -> bool {
+    matches!(e, watcher::Error::WatchError(status) if status.code == 410)
 }
 
 /// The index key of an object.
@@ -238,7 +270,10 @@ async fn run<K>(
     let mut known: HashSet<PathBuf> = HashSet::new();
     // During a (re)list: each listed key, with its resources or `None` if invalid.
     let mut listing: Option<HashMap<PathBuf, Option<Vec<Resource>>>> = None;
-    let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+    let stream = with_backoff(
+        Box::pin(watcher::watcher(api, watcher::Config::default())),
+        expired,
+    );
     futures::pin_mut!(stream);
     let convert_one = |obj: &K| -> Option<(PathBuf, Vec<Resource>)> {
         let (ns, name) = (obj.namespace().unwrap_or_default(), obj.name_any());

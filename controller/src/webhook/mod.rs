@@ -17,8 +17,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 pub use self::review::{
-    review, AdmissionRequest, AdmissionResponse, AdmissionReview, GroupVersionKind, ResponseStatus,
-    ADMISSION_API_VERSION, ADMISSION_KIND,
+    namespace_of, review, AdmissionRequest, AdmissionResponse, AdmissionReview, GroupVersionKind,
+    ResponseStatus, ADMISSION_API_VERSION, ADMISSION_KIND,
 };
 pub use self::server::{load_tls, self_signed_tls, serve, TlsError, MAX_BODY, WEBHOOK_DNS_NAME};
 
@@ -26,6 +26,33 @@ pub use self::server::{load_tls, self_signed_tls, serve, TlsError, MAX_BODY, WEB
 pub trait NamespaceAnnotations: Send + Sync {
     /// The annotations of `namespace`; `None` when the namespace is unknown.
     fn annotations(&self, namespace: &str) -> Option<BTreeMap<String, String>>;
+
+    /// The annotations of a namespace [`Self::annotations`] does not know (yet): a
+    /// cache that may lag asks its source. `Err` when the source cannot answer (the
+    /// webhook then fails the request, and the API server's `failurePolicy` decides,
+    /// rather than admitting an unmeshed pod); `Ok(None)`: there is no such namespace.
+    fn lookup<'a>(
+        &'a self,
+        namespace: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Option<BTreeMap<String, String>>, String>> {
+        Box::pin(std::future::ready(Ok(self.annotations(namespace))))
+    }
+}
+
+/// `inner`, with one namespace's annotations looked up ahead of a review.
+pub(crate) struct WithLookedUp<'a> {
+    pub inner: &'a dyn NamespaceAnnotations,
+    pub namespace: String,
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl NamespaceAnnotations for WithLookedUp<'_> {
+    fn annotations(&self, namespace: &str) -> Option<BTreeMap<String, String>> {
+        if namespace == self.namespace {
+            return Some(self.annotations.clone());
+        }
+        self.inner.annotations(namespace)
+    }
 }
 
 /// A fixed, in-memory map from namespace name to its annotations.

@@ -159,6 +159,26 @@ pub fn review(body: &[u8], namespaces: &dyn NamespaceAnnotations, cfg: &InjectCo
     serde_json::to_vec(&review).unwrap_or_default()
 }
 
+/// The namespace a review's request is in, if the body says (for a lookup before the
+/// review).
+pub fn namespace_of(body: &[u8]) -> Option<String> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    let request = value.get("request")?;
+    request
+        .get("namespace")
+        .or_else(|| request.get("object")?.get("metadata")?.get("namespace"))
+        .and_then(Value::as_str)
+        // A namespace name is a DNS label: anything else is not looked up.
+        .filter(|ns| {
+            !ns.is_empty()
+                && ns.len() <= 63
+                && ns
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+        .map(str::to_string)
+}
+
 /// The JSON patch (serialised) for a request, `None` to admit it unchanged.
 fn decide(
     value: Value,

@@ -18,7 +18,7 @@ use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use super::{review, NamespaceAnnotations};
+use super::{namespace_of, review, NamespaceAnnotations};
 use crate::inject::InjectConfig;
 
 /// The DNS name of the webhook Service, the subject of the self-signed certificate.
@@ -194,7 +194,43 @@ async fn handle(
             return Ok(plain(StatusCode::BAD_REQUEST, "cannot read the body\n"));
         }
     };
-    let answer = review(&body, state.namespaces.as_ref(), &state.cfg);
+    // A namespace the cache has not seen yet (created a moment ago, or while the API
+    // was away) is asked for: never "no annotations, so no proxy" by default.
+    let namespaces = state.namespaces.as_ref();
+    let looked_up = match namespace_of(&body) {
+        Some(ns) if namespaces.annotations(&ns).is_none() => {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, namespaces.lookup(&ns)).await {
+                Ok(Ok(found)) => Some((ns, found.unwrap_or_default())),
+                Ok(Err(error)) => {
+                    tracing::warn!(namespace = %ns, %error, "cannot look the namespace up; failing the request");
+                    return Ok(plain(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "namespace annotations unknown\n",
+                    ));
+                }
+                Err(_) => {
+                    tracing::warn!(namespace = %ns, "namespace lookup timed out; failing the request");
+                    return Ok(plain(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "namespace annotations unknown\n",
+                    ));
+                }
+            }
+        }
+        _ => None,
+    };
+    let answer = match looked_up {
+        Some((namespace, annotations)) => review(
+            &body,
+            &super::WithLookedUp {
+                inner: namespaces,
+                namespace,
+                annotations,
+            },
+            &state.cfg,
+        ),
+        None => review(&body, namespaces, &state.cfg),
+    };
     let mut response = Response::new(Full::new(Bytes::from(answer)));
     response.headers_mut().insert(
         header::CONTENT_TYPE,

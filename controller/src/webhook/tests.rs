@@ -246,6 +246,16 @@ async fn start() -> (
     tokio_rustls::TlsConnector,
     tokio::sync::oneshot::Sender<()>,
 ) {
+    start_with(Arc::new(namespaces())).await
+}
+
+async fn start_with(
+    namespaces: Arc<dyn NamespaceAnnotations>,
+) -> (
+    std::net::SocketAddr,
+    tokio_rustls::TlsConnector,
+    tokio::sync::oneshot::Sender<()>,
+) {
     let (tls, cert) = self_signed_tls().expect("self-signed");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -255,7 +265,7 @@ async fn start() -> (
     tokio::spawn(serve(
         listener,
         tls,
-        Arc::new(namespaces()),
+        namespaces,
         InjectConfig::default(),
         async move {
             let _ = stop_rx.await;
@@ -358,4 +368,69 @@ fn tls_from_pem_files() {
         Err(TlsError::Cert { .. })
     ));
     assert!(matches!(load_tls(&cert, &cert), Err(TlsError::Key { .. })));
+}
+
+/// A namespace cache that has not seen anything yet; its source answers lookups
+/// (`Err` while it is unreachable) and counts them.
+struct LaggingCache {
+    source: Option<StaticNamespaces>,
+    lookups: std::sync::atomic::AtomicUsize,
+}
+
+impl NamespaceAnnotations for LaggingCache {
+    fn annotations(&self, _: &str) -> Option<BTreeMap<String, String>> {
+        None
+    }
+
+    fn lookup<'a>(
+        &'a self,
+        namespace: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Option<BTreeMap<String, String>>, String>> {
+        self.lookups
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let answer = match &self.source {
+            Some(source) => Ok(source.annotations(namespace)),
+            None => Err("connection refused".to_string()),
+        };
+        Box::pin(std::future::ready(answer))
+    }
+}
+
+#[tokio::test]
+async fn a_namespace_missing_from_the_cache_is_looked_up_before_deciding() {
+    let cache = Arc::new(LaggingCache {
+        source: Some(namespaces()),
+        lookups: Default::default(),
+    });
+    let (addr, connector, _stop) = start_with(cache.clone()).await;
+    let original = pod_json();
+    let body = serde_json::to_vec(&request(original.clone())).expect("json");
+    let (code, out) = send(addr, &connector, "POST", &body).await;
+    assert_eq!(code, 200);
+    assert_meshed(&patched(&original, &parse_response(&out)));
+    assert_eq!(cache.lookups.load(std::sync::atomic::Ordering::Relaxed), 1);
+
+    // A namespace name that is not a DNS label is never looked up.
+    let mut bad = request(original.clone());
+    bad["request"]["namespace"] = json!("../../secrets");
+    bad["request"]["object"]["metadata"]["namespace"] = json!("../../secrets");
+    let body = serde_json::to_vec(&bad).expect("json");
+    let (code, out) = send(addr, &connector, "POST", &body).await;
+    assert_eq!(code, 200);
+    assert_unchanged(&parse_response(&out));
+    assert_eq!(cache.lookups.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn an_unanswerable_namespace_fails_the_request_instead_of_skipping_the_pod() {
+    let cache = Arc::new(LaggingCache {
+        source: None,
+        lookups: Default::default(),
+    });
+    let (addr, connector, _stop) = start_with(cache).await;
+    let body = serde_json::to_vec(&request(pod_json())).expect("json");
+    let (code, out) = send(addr, &connector, "POST", &body).await;
+    // Not "admitted without a proxy": the API server retries or applies failurePolicy.
+    assert_eq!(code, 503);
+    assert_eq!(out, b"namespace annotations unknown\n");
 }

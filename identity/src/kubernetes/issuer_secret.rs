@@ -10,7 +10,6 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use kube::runtime::watcher::{self, Event};
-use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, ResourceExt};
 use thiserror::Error;
 use tokio::sync::watch;
@@ -137,7 +136,10 @@ impl Watch {
     async fn run(mut self, api: Api<Secret>) {
         let config =
             watcher::Config::default().fields(&format!("metadata.name={}", self.source.name));
-        let stream = watcher::watcher(api, config).default_backoff();
+        let stream = mesh_proto::net::retry::with_backoff(
+            Box::pin(watcher::watcher(api, config)),
+            super::expired,
+        );
         futures::pin_mut!(stream);
         let mut listed = false;
         while let Some(event) = stream.next().await {

@@ -126,6 +126,12 @@ impl Drop for KubeMode {
     }
 }
 
+/// A watch whose resource version expired (`410 Gone`): the watcher relists, at once
+/// (other errors wait a capped backoff: `mesh_proto::net::retry`).
+pub fn expired(e: &kube::runtime::watcher::Error) -> bool {
+    matches!(e, kube::runtime::watcher::Error::WatchError(status) if status.code == 410)
+}
+
 /// Starts Kubernetes mode: starts the leader election, waits for the first valid issuer
 /// from the Secret, then keeps watching it, and starts the trust-bundle publisher.
 /// Before returning it also waits (within the startup timeout) for the first election

@@ -6,3 +6,4 @@
 
 pub mod accept;
 pub mod idle;
+pub mod retry;

@@ -89,6 +89,11 @@ struct State {
     version: u64,
     collections: BTreeMap<String, Collection>,
     calls: Vec<Call>,
+    /// An outage: every request is answered 503 and open watches are cut.
+    down: bool,
+    /// Watches from a resourceVersion older than this get `410 Gone` (etcd
+    /// compacted the history they would need).
+    compacted: u64,
 }
 
 /// The fake API server.
@@ -333,6 +338,26 @@ impl KubeApi {
         c.objects.remove(&format!("{namespace}/{name}"));
     }
 
+    /// Starts (`true`) or ends an outage: while down, every request gets `503` and the
+    /// open watches are cut, as when the API server or etcd is away.
+    pub fn set_down(&self, down: bool) {
+        let mut state = self.state.lock().unwrap();
+        state.down = down;
+        if down {
+            for c in state.collections.values_mut() {
+                c.watchers.clear();
+            }
+        }
+    }
+
+    /// Compacts the history: a watch resuming from any resourceVersion issued so far is
+    /// answered `410 Gone` (what an API server does after a long enough outage), so the
+    /// client must list again.
+    pub fn compact(&self) {
+        let mut state = self.state.lock().unwrap();
+        state.compacted = state.version + 1;
+    }
+
     /// Ends every open watch with `410 Gone`.
     pub fn expire(&self) {
         let mut state = self.state.lock().unwrap();
@@ -375,6 +400,12 @@ impl KubeApi {
             query: query.clone(),
             body: body.clone(),
         });
+        if state.down {
+            return respond(
+                503,
+                &status(503, "ServiceUnavailable", "the API server is away".into()),
+            );
+        }
         let target = parse_path(&path);
         let not_found = status(
             404,
@@ -400,10 +431,18 @@ impl KubeApi {
                         .unwrap_or_default(),
                 };
                 let version = state.version;
+                let compacted = state.compacted;
                 let c = state.collections.get_mut(&target.collection).unwrap();
                 if watch {
                     let (tx, rx) = mpsc::unbounded_channel();
-                    c.watchers.push(Watcher { filter, tx });
+                    let from: Option<u64> = param("resourceVersion").and_then(|v| v.parse().ok());
+                    if from.is_some_and(|v| v < compacted) {
+                        let gone = json!({"type": "ERROR", "object": status(410, "Expired", "too old resource version".into())});
+                        let _ = tx.send(Bytes::from(format!("{gone}\n")));
+                        drop(tx);
+                    } else {
+                        c.watchers.push(Watcher { filter, tx });
+                    }
                     let stream = futures::stream::unfold(rx, |mut rx| async move {
                         let chunk = rx.recv().await?;
                         Some((Ok::<_, Infallible>(Frame::data(chunk)), rx))

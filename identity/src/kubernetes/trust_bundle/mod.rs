@@ -22,8 +22,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::watcher::{self, Event};
-use kube::runtime::WatchStreamExt;
 use kube::{Api, Client};
+use mesh_proto::net::retry::with_backoff;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -48,17 +48,21 @@ enum Update {
 /// once when it becomes the leader.
 pub async fn run(client: Client, bundle: String, mut leader: watch::Receiver<bool>) {
     let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY}");
-    let namespace_events = watcher::watcher(
-        Api::<Namespace>::all(client.clone()),
-        watcher::Config::default(),
+    let namespace_events = with_backoff(
+        Box::pin(watcher::watcher(
+            Api::<Namespace>::all(client.clone()),
+            watcher::Config::default(),
+        )),
+        super::expired,
     )
-    .default_backoff()
     .map(Update::Namespace);
-    let config_map_events = watcher::watcher(
-        Api::<ConfigMap>::all(client.clone()),
-        watcher::Config::default().labels(&selector),
+    let config_map_events = with_backoff(
+        Box::pin(watcher::watcher(
+            Api::<ConfigMap>::all(client.clone()),
+            watcher::Config::default().labels(&selector),
+        )),
+        super::expired,
     )
-    .default_backoff()
     .map(Update::ConfigMap);
     let updates = futures::stream::select(namespace_events, config_map_events);
     futures::pin_mut!(updates);
