@@ -182,19 +182,37 @@ async fn an_issuer_that_does_not_chain_to_the_anchors_is_refused() {
         .find(|e| e["reason"] == "IssuerRejected")
         .unwrap();
     assert_eq!(event["type"], "Warning");
+    assert_eq!(event["action"], "Reload");
+    assert_eq!(event["reportingController"], "mesh-identity");
     assert_eq!(event["metadata"]["namespace"], CONTROL_NS);
-    assert_eq!(event["involvedObject"]["kind"], "Secret");
-    assert_eq!(event["involvedObject"]["name"], SECRET);
-    assert_eq!(event["involvedObject"]["namespace"], CONTROL_NS);
-    let message = event["message"].as_str().unwrap();
+    assert_eq!(event["regarding"]["kind"], "Secret");
+    assert_eq!(event["regarding"]["name"], SECRET);
+    assert_eq!(event["regarding"]["namespace"], CONTROL_NS);
+    let message = event["note"].as_str().unwrap();
     assert!(
         message.contains("keeping the current issuer")
             && message.contains("is not signed by any of the 1 trust anchor(s)"),
         "{message}"
     );
     assert!(api.calls().iter().any(|c| c.method == "POST"
-        && c.path == "/api/v1/namespaces/mesh-system/events"
+        && c.path == "/apis/events.k8s.io/v1/namespaces/mesh-system/events"
         && c.body.as_ref().unwrap()["reason"] == "IssuerRejected"));
+
+    // Seen again (every relist delivers the same Secret): one Event with a series
+    // count, not a new Event each time.
+    api.expire();
+    eventually("the repeat is folded into a series", || {
+        api.objects(EVENTS)
+            .iter()
+            .any(|e| e["reason"] == "IssuerRejected" && e["series"]["count"] == 2)
+    })
+    .await;
+    let rejected: Vec<Value> = api
+        .objects(EVENTS)
+        .into_iter()
+        .filter(|e| e["reason"] == "IssuerRejected")
+        .collect();
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
 
     // The old issuer keeps signing.
     assert_eq!(

@@ -73,6 +73,30 @@ async fn the_trust_bundle_is_published_to_every_namespace_and_kept_current() {
             .count();
         assert_eq!(posts, 1, "{ns}");
     }
+    // A deleted copy is put back.
+    api.delete(CONFIG_MAPS, "default", "mesh-trust-roots");
+    eventually("the deleted bundle is recreated", || {
+        roots(&api, "default").is_some()
+    })
+    .await;
+    // After an API outage that outlived the watches' history (410 Gone on resume), a
+    // namespace created meanwhile is served within seconds.
+    api.set_down(true);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    api.apply_silently(NAMESPACES, namespace("during-outage"));
+    api.compact();
+    api.set_down(false);
+    let back = std::time::Instant::now();
+    eventually(
+        "the bundle reaches a namespace created during the outage",
+        || roots(&api, "during-outage").is_some(),
+    )
+    .await;
+    assert!(
+        back.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        back.elapsed()
+    );
     // System namespaces never get it.
     for ns in ["kube-system", "kube-public"] {
         assert!(roots(&api, ns).is_none(), "{ns}");
@@ -81,6 +105,44 @@ async fn the_trust_bundle_is_published_to_every_namespace_and_kept_current() {
     assert!(api.calls().iter().any(|c| c.path == CONFIG_MAPS
         && c.query
             .contains("labelSelector=app.kubernetes.io%2Fmanaged-by%3Dmesh-identity")));
+}
+
+#[tokio::test]
+async fn a_lagging_watch_does_not_make_the_reconciler_repeat_its_writes() {
+    let anchor = anchor();
+    let (api, _) = cluster(&anchor).await;
+    // ConfigMap events reach the watch 400 ms late: the reconciler's own create is not
+    // in its cache when the namespace changes again right after it.
+    api.set_watch_lag(CONFIG_MAPS, Duration::from_millis(400));
+    let _r = start(&api, &anchor).await;
+    let posts = |ns: &str| {
+        let path = format!("/api/v1/namespaces/{ns}/configmaps");
+        api.calls()
+            .iter()
+            .filter(|c| c.method == "POST" && c.path == path)
+            .count()
+    };
+    api.apply(NAMESPACES, namespace("busy"));
+    eventually("the bundle is in busy", || posts("busy") >= 1).await;
+    for i in 0..3 {
+        let mut ns = namespace("busy");
+        ns["metadata"]["labels"] = json!({"touch": i.to_string()});
+        api.apply(NAMESPACES, ns);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(roots(&api, "busy").is_some());
+    let writes: Vec<String> = api
+        .calls()
+        .iter()
+        .filter(|c| c.method != "GET" && c.path.contains("/namespaces/busy/"))
+        .map(|c| format!("{} {}", c.method, c.path))
+        .collect();
+    assert_eq!(
+        writes,
+        ["POST /api/v1/namespaces/busy/configmaps"],
+        "one create, nothing repeated"
+    );
 }
 
 #[tokio::test]
@@ -166,12 +228,20 @@ async fn every_api_call_is_granted_and_every_rule_is_used() {
     certify(&mut r.client, "web-token", &spiffe_id(TD, "shop", "web"))
         .await
         .unwrap();
-    // A refused issuer (create events).
+    // A refused issuer (create events), seen again after a relist (patch events: the
+    // repeat joins the Event's series).
     api.apply(SECRETS, issuer_secret(&issuer(&self::anchor())));
     eventually("the refusal is recorded", || {
         api.calls()
             .iter()
             .any(|c| c.method == "POST" && c.path.ends_with("/events"))
+    })
+    .await;
+    api.expire();
+    eventually("the repeat is recorded", || {
+        api.calls()
+            .iter()
+            .any(|c| c.method == "PATCH" && c.path.contains("/events/"))
     })
     .await;
     // The bundle created (create configmaps) and patched (patch configmaps).

@@ -91,6 +91,7 @@ pub async fn start(
             events,
             state: tx,
             last: None,
+            refused: None,
         }
         .run(api),
     );
@@ -128,6 +129,9 @@ struct Watch {
     state: watch::Sender<State>,
     /// `tls.crt` and `tls.key` of the version handled last (relists repeat it).
     last: Option<(Vec<u8>, Vec<u8>)>,
+    /// The Event about that version when it was refused: a relist that finds it still
+    /// there reports it again (folded into the Event's series, not a new Event).
+    refused: Option<(ObjectReference, String)>,
 }
 
 // === impl Watch ===
@@ -193,6 +197,17 @@ impl Watch {
         };
         let content = (field(ISSUER_CERT_KEY), field(ISSUER_KEY_KEY));
         if self.last.as_ref() == Some(&content) {
+            if let Some((object, message)) = &self.refused {
+                self.events
+                    .publish(
+                        object.clone(),
+                        EventType::Warning,
+                        "IssuerRejected",
+                        "Reload",
+                        message,
+                    )
+                    .await;
+            }
             return;
         }
         self.last = Some(content);
@@ -204,6 +219,7 @@ impl Watch {
     }
 
     async fn accept(&mut self, issuer: Issuer, object: ObjectReference) {
+        self.refused = None;
         self.metrics.issuer_reload(ReloadResult::Ok);
         let not_after = issuer.not_after();
         let valid_until = k8s_time(not_after);
@@ -218,7 +234,13 @@ impl Watch {
                 info!(secret = %self.name(), %valid_until, "issuer reloaded from the Secret");
                 let message = format!("new issuer loaded, valid until {valid_until}");
                 self.events
-                    .publish(object, EventType::Normal, "IssuerUpdated", &message)
+                    .publish(
+                        object,
+                        EventType::Normal,
+                        "IssuerUpdated",
+                        "Reload",
+                        &message,
+                    )
                     .await;
             }
             None => {
@@ -241,8 +263,15 @@ impl Watch {
         let message = format!("issuer refused ({keeping}): {e}");
         self.waiting(format!("Secret {}: {e}", self.name()));
         self.events
-            .publish(object, EventType::Warning, "IssuerRejected", &message)
+            .publish(
+                object.clone(),
+                EventType::Warning,
+                "IssuerRejected",
+                "Reload",
+                &message,
+            )
             .await;
+        self.refused = Some((object, message));
     }
 }
 

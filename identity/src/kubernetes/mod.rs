@@ -148,7 +148,7 @@ pub async fn start(
         settings.lease,
         metrics.clone(),
     );
-    let events = events::EventRecorder::new(client.clone(), &settings.namespace, leader.clone());
+    let events = events::EventRecorder::new(client.clone(), leader.clone());
     let source = issuer_secret::IssuerSource {
         namespace: settings.namespace,
         name: settings.issuer_secret,

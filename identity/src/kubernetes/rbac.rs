@@ -43,9 +43,9 @@ pub const NAMESPACE_RULES: &[ApiRule] = &[
         verbs: &["list", "watch"],
     },
     ApiRule {
-        group: "",
+        group: "events.k8s.io",
         resources: &["events"],
-        verbs: &["create"],
+        verbs: &["create", "patch"],
     },
     ApiRule {
         group: "coordination.k8s.io",

@@ -71,7 +71,19 @@ impl Filter {
 
 struct Watcher {
     filter: Filter,
-    tx: mpsc::UnboundedSender<Bytes>,
+    /// Each line with the moment it may be delivered.
+    tx: mpsc::UnboundedSender<(tokio::time::Instant, Bytes)>,
+    /// How late events reach this watch (see [`KubeApi::set_watch_lag`]).
+    lag: std::time::Duration,
+}
+
+impl Watcher {
+    /// Queues `line`, to be delivered after the watch's lag; false once it is closed.
+    fn send(&self, line: Bytes) -> bool {
+        self.tx
+            .send((tokio::time::Instant::now() + self.lag, line))
+            .is_ok()
+    }
 }
 
 #[derive(Default)]
@@ -82,6 +94,11 @@ struct Collection {
     watchers: Vec<Watcher>,
     /// Answers POSTs instead of creating objects.
     reactor: Option<Reactor>,
+    /// Every event sent, with its resourceVersion: a watch that resumes from a version
+    /// gets what it missed since, as from etcd's history.
+    history: Vec<(u64, Value, Bytes)>,
+    /// How late new watches deliver events.
+    lag: std::time::Duration,
 }
 
 #[derive(Default)]
@@ -318,7 +335,10 @@ impl KubeApi {
     pub fn delete(&self, path: &str, namespace: &str, name: &str) {
         let mut state = self.state.lock().unwrap();
         let c = state.collections.get_mut(path).expect("declared path");
-        if let Some(obj) = c.objects.remove(&format!("{namespace}/{name}")) {
+        if let Some(mut obj) = c.objects.remove(&format!("{namespace}/{name}")) {
+            // A deletion is a new version too.
+            Self::stamp(&mut state, &mut obj);
+            let c = state.collections.get_mut(path).expect("declared path");
             broadcast(c, "DELETED", &obj);
         }
     }
@@ -350,6 +370,14 @@ impl KubeApi {
         }
     }
 
+    /// Delays the events of `path`'s watches opened from now on by `lag` (in order), as
+    /// a busy API server does: a client's own write reaches its watch after the write
+    /// returned, and after events of other kinds sent later.
+    pub fn set_watch_lag(&self, path: &str, lag: std::time::Duration) {
+        let mut state = self.state.lock().unwrap();
+        state.collections.get_mut(path).expect("declared path").lag = lag;
+    }
+
     /// Compacts the history: a watch resuming from any resourceVersion issued so far is
     /// answered `410 Gone` (what an API server does after a long enough outage), so the
     /// client must list again.
@@ -364,7 +392,7 @@ impl KubeApi {
         let gone = json!({"type": "ERROR", "object": status(410, "Expired", "too old resource version".into())});
         for c in state.collections.values_mut() {
             for w in c.watchers.drain(..) {
-                let _ = w.tx.send(Bytes::from(format!("{gone}\n")));
+                w.send(Bytes::from(format!("{gone}\n")));
             }
         }
     }
@@ -433,18 +461,31 @@ impl KubeApi {
                 let version = state.version;
                 let compacted = state.compacted;
                 let c = state.collections.get_mut(&target.collection).unwrap();
+                let lag = c.lag;
                 if watch {
                     let (tx, rx) = mpsc::unbounded_channel();
                     let from: Option<u64> = param("resourceVersion").and_then(|v| v.parse().ok());
                     if from.is_some_and(|v| v < compacted) {
                         let gone = json!({"type": "ERROR", "object": status(410, "Expired", "too old resource version".into())});
-                        let _ = tx.send(Bytes::from(format!("{gone}\n")));
+                        let _ = tx.send((
+                            tokio::time::Instant::now(),
+                            Bytes::from(format!("{gone}\n")),
+                        ));
                         drop(tx);
                     } else {
-                        c.watchers.push(Watcher { filter, tx });
+                        let watcher = Watcher { filter, tx, lag };
+                        if let Some(from) = from {
+                            for (_, obj, line) in c.history.iter().filter(|(v, _, _)| *v > from) {
+                                if watcher.filter.matches(obj) {
+                                    watcher.send(line.clone());
+                                }
+                            }
+                        }
+                        c.watchers.push(watcher);
                     }
                     let stream = futures::stream::unfold(rx, |mut rx| async move {
-                        let chunk = rx.recv().await?;
+                        let (at, chunk) = rx.recv().await?;
+                        tokio::time::sleep_until(at).await;
                         Some((Ok::<_, Infallible>(Frame::data(chunk)), rx))
                     });
                     return Response::builder()
@@ -565,6 +606,11 @@ impl KubeApi {
 
 fn broadcast(c: &mut Collection, kind: &str, obj: &Value) {
     let line = Bytes::from(format!("{}\n", json!({"type": kind, "object": obj})));
+    let version = obj["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_default();
+    c.history.push((version, obj.clone(), line.clone()));
     c.watchers
-        .retain(|w| !w.filter.matches(obj) || w.tx.send(line.clone()).is_ok());
+        .retain(|w| !w.filter.matches(obj) || w.send(line.clone()));
 }

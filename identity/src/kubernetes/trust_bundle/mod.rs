@@ -2,52 +2,61 @@
 //! names the injector mounts) holding the trust anchors, in every namespace but the
 //! Kubernetes system ones, labelled `app.kubernetes.io/managed-by: mesh-identity`.
 //!
-//! A reconciler: Namespaces and the managed ConfigMaps (label selector) are watched into
-//! caches; after each change [`plan`] computes the missing and stale ConfigMaps and
-//! [`apply`] creates (POST) or merge-patches (PATCH) them, recording what it wrote so
-//! the next plan does not repeat it. Failed calls are retried after [`RETRY_DELAY`].
-//! Only the leader ([`super::lease`]) plans and writes; the others keep their caches
-//! warm so that a new leader reconciles at once.
+//! A `kube::runtime::Controller` over Namespaces: a namespace is reconciled when it
+//! changes, when its managed ConfigMap changes or goes (a label-selected watch mapped
+//! to its namespace), and all of them when this replica becomes the leader
+//! ([`super::lease`]). [`plan`] (pure) says what one namespace needs; [`apply`] creates
+//! (POST) or merge-patches (PATCH) it. A failed call is retried after [`RETRY_DELAY`].
+//! Every replica keeps the watches warm; only the leader writes. Watches relist at once
+//! on `410 Gone` and back off only on errors (`mesh_proto::net::retry`).
 
-mod cache;
+mod pending;
 mod plan;
 
 pub use plan::{plan, Action};
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Patch, PatchParams, PostParams};
-use kube::runtime::watcher::{self, Event};
-use kube::{Api, Client};
+use kube::runtime::controller::{self, Controller};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, ResourceExt};
 use mesh_proto::net::retry::with_backoff;
 use tokio::sync::watch;
-use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use self::cache::Cache;
+use self::pending::PendingWrites;
 use super::lease;
 use super::{MANAGED_BY, MANAGED_BY_LABEL, TRUST_ROOTS_CONFIG_MAP, TRUST_ROOTS_KEY};
 
-/// Delay before failed calls are tried again.
+/// Delay before a failed namespace is tried again.
 pub const RETRY_DELAY: Duration = Duration::from_secs(5);
 /// The field manager named in writes.
 const FIELD_MANAGER: &str = "mesh-identity";
+/// Namespaces reconciled at once (bounds the API calls in flight after a takeover).
+const CONCURRENCY: u16 = 4;
 
-/// An event of either watch.
-enum Update {
-    Namespace(Result<Event<Namespace>, watcher::Error>),
-    ConfigMap(Result<Event<ConfigMap>, watcher::Error>),
+/// What every reconcile reads.
+struct Context {
+    client: Client,
+    bundle: String,
+    leader: watch::Receiver<bool>,
+    /// The managed ConfigMaps, as watched.
+    config_maps: Store<ConfigMap>,
+    /// Writes the ConfigMap watch has not delivered yet.
+    pending: PendingWrites,
 }
 
-/// Runs the reconciler for as long as the task lives. Every replica watches; only the
-/// leader (`leader` reads true, see [`super::lease`]) plans and writes, and it plans at
-/// once when it becomes the leader.
-pub async fn run(client: Client, bundle: String, mut leader: watch::Receiver<bool>) {
+/// Runs the reconciler for as long as the task lives.
+pub async fn run(client: Client, bundle: String, leader: watch::Receiver<bool>) {
     let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY}");
+    let (namespaces, namespace_writer) = reflector::store::<Namespace>();
     let namespace_events = with_backoff(
         Box::pin(watcher::watcher(
             Api::<Namespace>::all(client.clone()),
@@ -55,7 +64,9 @@ pub async fn run(client: Client, bundle: String, mut leader: watch::Receiver<boo
         )),
         super::expired,
     )
-    .map(Update::Namespace);
+    .reflect(namespace_writer)
+    .applied_objects();
+    let (config_maps, config_map_writer) = reflector::store::<ConfigMap>();
     let config_map_events = with_backoff(
         Box::pin(watcher::watcher(
             Api::<ConfigMap>::all(client.clone()),
@@ -63,64 +74,115 @@ pub async fn run(client: Client, bundle: String, mut leader: watch::Receiver<boo
         )),
         super::expired,
     )
-    .map(Update::ConfigMap);
-    let updates = futures::stream::select(namespace_events, config_map_events);
-    futures::pin_mut!(updates);
+    .reflect(config_map_writer)
+    // Deletions too: a deleted ConfigMap is put back.
+    .touched_objects();
+    let context = Arc::new(Context {
+        client,
+        bundle,
+        leader: leader.clone(),
+        config_maps,
+        pending: PendingWrites::default(),
+    });
+    let mapper = {
+        let context = Arc::clone(&context);
+        move |cm: ConfigMap| {
+            let namespace = cm.namespace()?;
+            context
+                .pending
+                .seen(&namespace, cm.resource_version().as_deref());
+            Some(ObjectRef::<Namespace>::new(&namespace))
+        }
+    };
+    Controller::for_stream(namespace_events, namespaces)
+        .watches_stream(config_map_events, mapper)
+        .reconcile_all_on(became_leader(leader))
+        // The watches wait after their errors themselves (and not after a 410).
+        .trigger_backoff(NoWait)
+        .with_config(controller::Config::default().concurrency(CONCURRENCY))
+        .run(reconcile, retry_later, context)
+        .for_each(|result| {
+            match result {
+                Ok((namespace, _)) => {
+                    debug!(namespace = %namespace.name, "trust bundle reconciled")
+                }
+                Err(controller::Error::QueueError(error)) => {
+                    warn!(%error, "trust bundle watch failed; retrying")
+                }
+                Err(error) => debug!(%error, "trust bundle reconcile failed"),
+            }
+            std::future::ready(())
+        })
+        .await;
+}
 
-    let mut namespaces = Cache::<Namespace>::default();
-    let mut config_maps = Cache::<ConfigMap>::default();
-    let mut retry_at: Option<Instant> = None;
-    let mut leading = lease::is_leader(&leader);
-    // Whether the elector still runs (else this replica never leads again).
-    let mut electing = true;
-    loop {
-        let retry = async {
-            match retry_at {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
-        let changed = tokio::select! {
-            update = updates.next() => match update {
-                None => return,
-                Some(Update::Namespace(Ok(event))) => namespaces.apply(event),
-                Some(Update::ConfigMap(Ok(event))) => config_maps.apply(event),
-                Some(Update::Namespace(Err(error)) | Update::ConfigMap(Err(error))) => {
-                    warn!(%error, "trust bundle watch failed; retrying");
-                    false
-                }
-            },
-            () = retry => true,
-            gone = leader.changed(), if electing => {
-                electing = gone.is_ok();
-                let was = leading;
-                leading = electing && *leader.borrow_and_update();
-                leading && !was
-            }
-        };
-        if !leading {
-            retry_at = None;
-        }
-        if !changed || !leading || !namespaces.listed() || !config_maps.listed() {
-            continue;
-        }
-        let actions = plan(namespaces.values(), config_maps.values(), &bundle);
-        let mut failed = 0;
-        for action in &actions {
-            if !lease::is_leader(&leader) {
-                debug!("no longer the leader: trust bundle writes stopped");
-                break;
-            }
-            match apply(&client, &bundle, action).await {
-                Ok(written) => config_maps.insert(written),
-                Err(error) => {
-                    warn!(?action, %error, "cannot publish the trust bundle; will retry");
-                    failed += 1;
-                }
-            }
-        }
-        retry_at = (failed > 0).then(|| Instant::now() + RETRY_DELAY);
+/// Brings one namespace's trust-roots ConfigMap up to date, if this replica leads.
+async fn reconcile(
+    namespace: Arc<Namespace>,
+    context: Arc<Context>,
+) -> Result<controller::Action, kube::Error> {
+    if !lease::is_leader(&context.leader) {
+        return Ok(controller::Action::await_change());
     }
+    let name = namespace.name_any();
+    if let Some(left) = context.pending.waiting(&name) {
+        // Our own write is on its way through the watch: planning now would repeat it.
+        return Ok(controller::Action::requeue(left));
+    }
+    if context.config_maps.wait_until_ready().await.is_err() {
+        return Ok(controller::Action::await_change());
+    }
+    let existing = context
+        .config_maps
+        .get(&ObjectRef::new(TRUST_ROOTS_CONFIG_MAP).within(&name));
+    for action in plan([namespace.as_ref()], existing.as_deref(), &context.bundle) {
+        if !lease::is_leader(&context.leader) {
+            debug!("no longer the leader: trust bundle writes stopped");
+            break;
+        }
+        match apply(&context.client, &context.bundle, &action).await {
+            Ok(written) => context
+                .pending
+                .wrote(&name, written.resource_version().unwrap_or_default()),
+            Err(error) => {
+                warn!(?action, %error, "cannot publish the trust bundle; will retry");
+                return Err(error);
+            }
+        }
+    }
+    Ok(controller::Action::await_change())
+}
+
+/// A failed namespace is tried again after [`RETRY_DELAY`].
+fn retry_later(_: Arc<Namespace>, _: &kube::Error, _: Arc<Context>) -> controller::Action {
+    controller::Action::requeue(RETRY_DELAY)
+}
+
+/// One item each time `leader` turns true: reconcile everything on taking over.
+fn became_leader(leader: watch::Receiver<bool>) -> impl futures::Stream<Item = ()> + Send {
+    futures::stream::unfold(leader, |mut leader| async move {
+        loop {
+            // The elector gone: this replica never leads again.
+            leader.changed().await.ok()?;
+            if *leader.borrow_and_update() {
+                return Some(((), leader));
+            }
+        }
+    })
+}
+
+/// No wait between a trigger stream's error and its next poll.
+struct NoWait;
+
+impl Iterator for NoWait {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        Some(Duration::ZERO)
+    }
+}
+
+impl kube::runtime::utils::Backoff for NoWait {
+    fn reset(&mut self) {}
 }
 
 /// The trust-roots ConfigMap of `namespace`.
