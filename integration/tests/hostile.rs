@@ -5,6 +5,7 @@
 use mesh_integration::{
     apps, client,
     fixture::{admin_get, service, spiffe, workload},
+    process::rss_mib,
     tls::{client_cert, tls_exchange, tls_request, transport_header},
     Mesh,
 };
@@ -170,16 +171,6 @@ async fn a_denied_caller_cannot_borrow_the_servers_identity() {
     }
     assert_eq!(ledger_app.count(), 1, "ledger served the attacker");
     assert_eq!(server_app.count(), 0);
-}
-
-/// The resident memory of process `pid`, in MiB.
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// Completes when the peer closed `tcp` (EOF or an error), reading and
