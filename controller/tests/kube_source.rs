@@ -403,15 +403,25 @@ async fn authorization_policy_events_reach_a_live_inbound_policy_stream() {
     drop(source);
 }
 
+fn shop_namespace(inject: Option<&str>) -> Value {
+    let annotations: BTreeMap<&str, &str> =
+        inject.map(|v| ("mesh.dev/inject", v)).into_iter().collect();
+    json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": "shop", "annotations": annotations}})
+}
+
 #[tokio::test]
 async fn after_an_api_outage_the_index_is_current_within_seconds() {
     let api = KubeApi::start(PATHS).await;
+    api.apply(NAMESPACES, shop_namespace(None));
     api.apply(SERVICES, service());
     api.apply(PODS, pod("web-1", "10.0.0.1"));
     api.apply(SLICES, slice(&[("web-1", "10.0.0.1")]));
     let writer = IndexWriter::new(IndexConfig::default());
     let reader = writer.subscribe();
-    let source = KubeSource::start(api.client(), writer, Duration::from_secs(10)).await;
+    // The client the controller builds (kube's own retries would hide the outage).
+    let client = mesh_controller::kubernetes::client(api.config()).unwrap();
+    let source = KubeSource::start(client, writer, Duration::from_secs(10)).await;
     let endpoints = |reader: &mesh_controller::index::IndexReader| -> Vec<String> {
         let index = reader.borrow();
         let target = index.parse_target("web.shop.svc.cluster.local:80").unwrap();
@@ -424,12 +434,20 @@ async fn after_an_api_outage_the_index_is_current_within_seconds() {
     };
     assert_eq!(endpoints(&reader), ["10.0.0.1:8080"]);
 
+    let namespaces = source.namespaces();
+    assert_eq!(namespaces.annotations("shop"), Some(BTreeMap::new()));
+
     // Six seconds without the API server: every watcher keeps failing (its backoff
     // grows meanwhile) and the world moves on without it.
     api.set_down(true);
     tokio::time::sleep(Duration::from_secs(6)).await;
+    // The injector does not trust a namespace cache whose watch is failing: it asks
+    // the API server (which cannot answer now, so the review fails, see the webhook).
+    assert_eq!(namespaces.annotations("shop"), None);
+    assert!(namespaces.lookup("shop").await.is_err());
     api.apply_silently(PODS, pod("web-2", "10.0.0.2"));
     api.apply_silently(SLICES, slice(&[("web-2", "10.0.0.2")]));
+    api.apply_silently(NAMESPACES, shop_namespace(Some("enabled")));
     // Back, with its history compacted: resuming watches get 410 Gone.
     api.compact();
     api.set_down(false);
@@ -444,5 +462,19 @@ async fn after_an_api_outage_the_index_is_current_within_seconds() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     println!("index current {:?} after the API came back", back.elapsed());
+    // The annotation made during the outage is seen, from the API or the relisted cache.
+    let annotations = namespaces.lookup("shop").await.unwrap().unwrap();
+    assert_eq!(annotations["mesh.dev/inject"], "enabled");
+    while namespaces.annotations("shop").is_none() {
+        assert!(
+            back.elapsed() < Duration::from_secs(5),
+            "namespace cache still stale"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        namespaces.annotations("shop").unwrap()["mesh.dev/inject"],
+        "enabled"
+    );
     drop(source);
 }

@@ -172,7 +172,7 @@ async fn kubernetes_service(args: &Args) -> Result<(IdentityService, KubeMode)> 
     let count = mesh_identity::ca::parse_trust_anchors(&anchors)
         .with_context(|| format!("--trust-anchors {}", anchors_path.display()))?;
     // kube's error repeats its causes in its own message: print that message once.
-    let client = kube::Client::try_default().await.map_err(|e| {
+    let client = mesh_identity::kubernetes::connect().await.map_err(|e| {
         anyhow::anyhow!("connecting to the Kubernetes API (in-cluster config or kubeconfig): {e}")
     })?;
     let metrics = Arc::new(Metrics::new());

@@ -20,6 +20,8 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, ResourceExt};
 use mesh_proto::net::retry::with_backoff;
+
+use super::freshness::Freshness;
 use serde::de::DeserializeOwned;
 use tokio::task::JoinHandle;
 
@@ -89,6 +91,7 @@ type Convert<K> = Box<dyn Fn(&K) -> Result<Vec<Resource>, String> + Send + Sync>
 pub struct KubeSource {
     tasks: Vec<JoinHandle<()>>,
     namespaces: Store<Namespace>,
+    namespaces_current: Arc<Freshness>,
     namespace_api: Api<Namespace>,
 }
 
@@ -167,6 +170,9 @@ impl KubeSource {
         }));
 
         let (store, store_writer) = reflector::store();
+        // Whether the namespace cache is known to be current: false until the first
+        // list, and from a watch error until the relist after it.
+        let namespaces_current = Arc::new(Freshness::default());
         let namespace_api: Api<Namespace> = Api::all(client.clone());
         let ns_api: Api<Namespace> = Api::all(client);
         let ns_stream = with_backoff(
@@ -176,13 +182,18 @@ impl KubeSource {
             )),
             expired,
         )
-        .for_each(move |e| {
-            if let Err(error) = e {
-                // Namespaces feed the webhook, not the index: an error, not a source event.
-                tracing::warn!(%error, "namespace watch failed; retrying");
-                metrics.error(ErrorReason::WatchFailed);
+        .for_each({
+            let current = Arc::clone(&namespaces_current);
+            move |e| {
+                current.observe(&e);
+                if let Err(error) = e {
+                    // Namespaces feed the webhook, not the index: an error, not a
+                    // source event.
+                    tracing::warn!(%error, "namespace watch failed; retrying");
+                    metrics.error(ErrorReason::WatchFailed);
+                }
+                std::future::ready(())
             }
-            std::future::ready(())
         });
         tasks.push(tokio::spawn(ns_stream));
 
@@ -195,16 +206,18 @@ impl KubeSource {
         KubeSource {
             tasks,
             namespaces: store,
+            namespaces_current,
             namespace_api,
         }
     }
 
     /// The namespaces' annotations, for the injector webhook.
     pub fn namespaces(&self) -> Arc<dyn NamespaceAnnotations> {
-        Arc::new(KubeNamespaces(
-            self.namespaces.clone(),
-            self.namespace_api.clone(),
-        ))
+        Arc::new(KubeNamespaces {
+            cache: self.namespaces.clone(),
+            current: Arc::clone(&self.namespaces_current),
+            api: self.namespace_api.clone(),
+        })
     }
 }
 
@@ -216,13 +229,21 @@ fn api_version(group: &str, version: &str) -> String {
     }
 }
 
-/// Namespace annotations from the watched Namespace cache, and from a GET for a
-/// namespace the cache has not seen yet.
-struct KubeNamespaces(Store<Namespace>, Api<Namespace>);
+/// Namespace annotations from the watched Namespace cache while it is current, and
+/// from a GET for a namespace the cache has not seen yet or while its watch is down
+/// (annotations changed meanwhile would be missed).
+struct KubeNamespaces {
+    cache: Store<Namespace>,
+    current: Arc<Freshness>,
+    api: Api<Namespace>,
+}
 
 impl NamespaceAnnotations for KubeNamespaces {
     fn annotations(&self, namespace: &str) -> Option<std::collections::BTreeMap<String, String>> {
-        let ns = self.0.get(&ObjectRef::new(namespace))?;
+        if !self.current.is_current() {
+            return None;
+        }
+        let ns = self.cache.get(&ObjectRef::new(namespace))?;
         Some(ns.metadata.annotations.clone().unwrap_or_default())
     }
 
@@ -237,7 +258,7 @@ impl NamespaceAnnotations for KubeNamespaces {
             if let Some(known) = self.annotations(namespace) {
                 return Ok(Some(known));
             }
-            match self.1.get_opt(namespace).await {
+            match self.api.get_opt(namespace).await {
                 Ok(ns) => Ok(ns.map(|ns| ns.metadata.annotations.unwrap_or_default())),
                 Err(e) => Err(e.to_string()),
             }

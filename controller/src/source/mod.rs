@@ -88,7 +88,7 @@ pub async fn start(spec: SourceSpec, writer: IndexWriter) -> Result<RunningSourc
             Ok(RunningSource::Dir(watch))
         }
         SourceSpec::Kubernetes => {
-            let client = kube::Client::try_default()
+            let client = crate::kubernetes::connect()
                 .await
                 .map_err(|e| SourceError::Kubernetes(e.to_string()))?;
             let source = crate::kubernetes::source::KubeSource::start(

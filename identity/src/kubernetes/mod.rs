@@ -16,6 +16,24 @@ pub use lease::LeaseSettings;
 pub use rbac::{ApiRule, CLUSTER_RULES, NAMESPACE_RULES};
 pub use token_review::TokenReviewer;
 
+/// A client for `config` as the identity service uses it: without kube's built-in retries
+/// (a `503` retried for minutes with growing waits, hiding an outage from the
+/// caller). Every caller retries on its own terms: watches after at most 3 s
+/// (`mesh_proto::net::retry`), a failed TokenReview fails the Certify call (the proxy retries it), the
+/// elector renews on its own schedule, the trust bundle is retried by its controller.
+pub fn client(mut config: kube::Config) -> Result<kube::Client, kube::Error> {
+    config.default_retry = false;
+    kube::Client::try_from(config)
+}
+
+/// A client of the in-cluster config (or the kubeconfig): see [`client`].
+pub async fn connect() -> Result<kube::Client, kube::Error> {
+    let config = kube::Config::infer()
+        .await
+        .map_err(kube::Error::InferConfig)?;
+    client(config)
+}
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -154,7 +154,8 @@ pub async fn start(api: &KubeApi, anchor: &Anchor) -> Running {
     mesh_identity::install_crypto_provider();
     let metrics = Arc::new(Metrics::new());
     let settings = settings(anchor, Duration::from_secs(10));
-    let kube = kubernetes::start(api.client(), settings, metrics.clone())
+    let client = kubernetes::client(api.config()).unwrap();
+    let kube = kubernetes::start(client, settings, metrics.clone())
         .await
         .unwrap();
     let service = IdentityService::with_config(ServiceConfig {

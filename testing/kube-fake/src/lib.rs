@@ -275,8 +275,12 @@ impl KubeApi {
 
     /// A client of this server.
     pub fn client(&self) -> kube::Client {
-        let config = kube::Config::new(format!("http://{}", self.addr).parse().unwrap());
-        kube::Client::try_from(config).unwrap()
+        kube::Client::try_from(self.config()).unwrap()
+    }
+
+    /// A client configuration for this server (kube's defaults).
+    pub fn config(&self) -> kube::Config {
+        kube::Config::new(format!("http://{}", self.addr).parse().unwrap())
     }
 
     /// Answers POSTs to `path` with `reactor` instead of creating objects.
