@@ -23,3 +23,6 @@ pub mod workload;
 
 #[cfg(feature = "server")]
 pub mod server;
+
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;

@@ -18,8 +18,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, ResourceExt};
-use mesh_proto::net::retry::with_backoff;
+use mesh_proto::kubernetes::watch;
 
 use super::freshness::Freshness;
 use serde::de::DeserializeOwned;
@@ -175,26 +176,21 @@ impl KubeSource {
         let namespaces_current = Arc::new(Freshness::default());
         let namespace_api: Api<Namespace> = Api::all(client.clone());
         let ns_api: Api<Namespace> = Api::all(client);
-        let ns_stream = with_backoff(
-            Box::pin(reflector::reflector(
-                store_writer,
-                watcher::watcher(ns_api, watcher::Config::default()),
-            )),
-            expired,
-        )
-        .for_each({
-            let current = Arc::clone(&namespaces_current);
-            move |e| {
-                current.observe(&e);
-                if let Err(error) = e {
-                    // Namespaces feed the webhook, not the index: an error, not a
-                    // source event.
-                    tracing::warn!(%error, "namespace watch failed; retrying");
-                    metrics.error(ErrorReason::WatchFailed);
+        let ns_stream = watch(ns_api, watcher::Config::default())
+            .reflect(store_writer)
+            .for_each({
+                let current = Arc::clone(&namespaces_current);
+                move |e| {
+                    current.observe(&e);
+                    if let Err(error) = e {
+                        // Namespaces feed the webhook, not the index: an error, not a
+                        // source event.
+                        tracing::warn!(%error, "namespace watch failed; retrying");
+                        metrics.error(ErrorReason::WatchFailed);
+                    }
+                    std::future::ready(())
                 }
-                std::future::ready(())
-            }
-        });
+            });
         tasks.push(tokio::spawn(ns_stream));
 
         let all = futures::future::join_all(ready);
@@ -266,11 +262,6 @@ impl NamespaceAnnotations for KubeNamespaces {
     }
 }
 
-/// A watch whose resource version expired (`410 Gone`): the watcher relists, at once.
-pub fn expired(e: &watcher::Error) -> bool {
-    matches!(e, watcher::Error::WatchError(status) if status.code == 410)
-}
-
 /// The index key of an object.
 fn key(kind: &str, namespace: &str, name: &str) -> PathBuf {
     PathBuf::from(format!("k8s/{kind}/{namespace}/{name}"))
@@ -291,10 +282,7 @@ async fn run<K>(
     let mut known: HashSet<PathBuf> = HashSet::new();
     // During a (re)list: each listed key, with its resources or `None` if invalid.
     let mut listing: Option<HashMap<PathBuf, Option<Vec<Resource>>>> = None;
-    let stream = with_backoff(
-        Box::pin(watcher::watcher(api, watcher::Config::default())),
-        expired,
-    );
+    let stream = watch(api, watcher::Config::default());
     futures::pin_mut!(stream);
     let convert_one = |obj: &K| -> Option<(PathBuf, Vec<Resource>)> {
         let (ns, name) = (obj.namespace().unwrap_or_default(), obj.name_any());

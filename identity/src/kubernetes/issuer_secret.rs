@@ -140,10 +140,7 @@ impl Watch {
     async fn run(mut self, api: Api<Secret>) {
         let config =
             watcher::Config::default().fields(&format!("metadata.name={}", self.source.name));
-        let stream = mesh_proto::net::retry::with_backoff(
-            Box::pin(watcher::watcher(api, config)),
-            super::expired,
-        );
+        let stream = mesh_proto::kubernetes::watch(api, config);
         futures::pin_mut!(stream);
         let mut listed = false;
         while let Some(event) = stream.next().await {
@@ -197,16 +194,8 @@ impl Watch {
         };
         let content = (field(ISSUER_CERT_KEY), field(ISSUER_KEY_KEY));
         if self.last.as_ref() == Some(&content) {
-            if let Some((object, message)) = &self.refused {
-                self.events
-                    .publish(
-                        object.clone(),
-                        EventType::Warning,
-                        "IssuerRejected",
-                        "Reload",
-                        message,
-                    )
-                    .await;
+            if let Some((object, message)) = self.refused.clone() {
+                self.report_refusal(object, &message).await;
             }
             return;
         }
@@ -262,16 +251,22 @@ impl Watch {
         error!(secret = %self.name(), reason = %e, "issuer refused; {keeping}");
         let message = format!("issuer refused ({keeping}): {e}");
         self.waiting(format!("Secret {}: {e}", self.name()));
+        self.report_refusal(object.clone(), &message).await;
+        self.refused = Some((object, message));
+    }
+
+    /// Records the Warning Event about a refused issuer (a repeat of the same refusal
+    /// joins the same Event's series).
+    async fn report_refusal(&self, object: ObjectReference, message: &str) {
         self.events
             .publish(
-                object.clone(),
+                object,
                 EventType::Warning,
                 "IssuerRejected",
                 "Reload",
-                &message,
+                message,
             )
             .await;
-        self.refused = Some((object, message));
     }
 }
 

@@ -16,23 +16,8 @@ pub use lease::LeaseSettings;
 pub use rbac::{ApiRule, CLUSTER_RULES, NAMESPACE_RULES};
 pub use token_review::TokenReviewer;
 
-/// A client for `config` as the identity service uses it: without kube's built-in retries
-/// (a `503` retried for minutes with growing waits, hiding an outage from the
-/// caller). Every caller retries on its own terms: watches after at most 3 s
-/// (`mesh_proto::net::retry`), a failed TokenReview fails the Certify call (the proxy retries it), the
-/// elector renews on its own schedule, the trust bundle is retried by its controller.
-pub fn client(mut config: kube::Config) -> Result<kube::Client, kube::Error> {
-    config.default_retry = false;
-    kube::Client::try_from(config)
-}
-
-/// A client of the in-cluster config (or the kubeconfig): see [`client`].
-pub async fn connect() -> Result<kube::Client, kube::Error> {
-    let config = kube::Config::infer()
-        .await
-        .map_err(kube::Error::InferConfig)?;
-    client(config)
-}
+/// The identity service's Kubernetes clients (no built-in retry): `mesh_proto::kubernetes`.
+pub use mesh_proto::kubernetes::{client, connect};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -142,12 +127,6 @@ impl Drop for KubeMode {
             task.abort();
         }
     }
-}
-
-/// A watch whose resource version expired (`410 Gone`): the watcher relists, at once
-/// (other errors wait a capped backoff: `mesh_proto::net::retry`).
-pub fn expired(e: &kube::runtime::watcher::Error) -> bool {
-    matches!(e, kube::runtime::watcher::Error::WatchError(status) if status.code == 410)
 }
 
 /// Starts Kubernetes mode: starts the leader election, waits for the first valid issuer

@@ -27,7 +27,7 @@ use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
-use mesh_proto::net::retry::with_backoff;
+use mesh_proto::kubernetes::watch;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
@@ -57,22 +57,16 @@ struct Context {
 pub async fn run(client: Client, bundle: String, leader: watch::Receiver<bool>) {
     let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY}");
     let (namespaces, namespace_writer) = reflector::store::<Namespace>();
-    let namespace_events = with_backoff(
-        Box::pin(watcher::watcher(
-            Api::<Namespace>::all(client.clone()),
-            watcher::Config::default(),
-        )),
-        super::expired,
+    let namespace_events = watch(
+        Api::<Namespace>::all(client.clone()),
+        watcher::Config::default(),
     )
     .reflect(namespace_writer)
     .applied_objects();
     let (config_maps, config_map_writer) = reflector::store::<ConfigMap>();
-    let config_map_events = with_backoff(
-        Box::pin(watcher::watcher(
-            Api::<ConfigMap>::all(client.clone()),
-            watcher::Config::default().labels(&selector),
-        )),
-        super::expired,
+    let config_map_events = watch(
+        Api::<ConfigMap>::all(client.clone()),
+        watcher::Config::default().labels(&selector),
     )
     .reflect(config_map_writer)
     // Deletions too: a deleted ConfigMap is put back.
