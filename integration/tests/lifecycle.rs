@@ -9,7 +9,7 @@ use mesh_integration::{
     client,
     fixture::{admin_get, service, spiffe, Replica},
     process::rss_mib,
-    tls::{client_cert, tls_request},
+    tls::{client_cert, client_config, tls_exchange, tls_request, transport_header},
     Mesh, Proxy,
 };
 use std::{
@@ -159,6 +159,117 @@ async fn a_replica_proxy_stopped_gracefully_fails_no_request() {
     assert!(seen.failed.is_empty(), "failed: {:?}", seen.failed);
     assert!(seen.ok > 100, "too little load: {}", seen.ok);
     assert!(one.app.count() > 0);
+}
+
+/// Dials `inbound` with mTLS as `cert` and sends the transport header for an
+/// HTTP/2 session to `port`; returns the HTTP/2 sender and the connection task.
+async fn h2_session(
+    inbound: std::net::SocketAddr,
+    cert: (String, String),
+    port: u16,
+) -> (
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    tokio::task::JoinHandle<()>,
+) {
+    use tokio::io::AsyncWriteExt;
+    let tcp = tokio::net::TcpStream::connect(inbound).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("proxy.mesh.local").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(client_config(Some(cert)))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    tls.write_all(&transport_header(1, port, "")).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    let task = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    (sender, task)
+}
+
+fn get_x() -> http::Request<http_body_util::Empty<bytes::Bytes>> {
+    http::Request::get("http://api.demo.svc.cluster.local/x")
+        .body(http_body_util::Empty::new())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_proxy_ends_each_protocol_cleanly() {
+    let (mesh, _one, mut two, _web) = two_replicas().await;
+    two.app.set(Behaviour::delayed(1_500));
+    let cert = client_cert(&mesh.identity_dir, &spiffe("demo", "web"));
+    let (inbound, port) = (two.proxy.inbound, two.app.addr.port());
+
+    // In flight when the proxy is told to stop: a kept-alive HTTP/1.1 request, an
+    // opaque session, and a request on an HTTP/2 session.
+    let started = Instant::now();
+    let http1 = {
+        let cert = cert.clone();
+        tokio::spawn(async move {
+            let mut bytes = transport_header(0, port, "");
+            bytes.extend_from_slice(b"GET /x HTTP/1.1\r\nHost: api\r\n\r\n");
+            let out = tls_exchange(inbound, Some(cert), &bytes).await;
+            (out, started.elapsed())
+        })
+    };
+    let opaque = {
+        let cert = cert.clone();
+        tokio::spawn(async move {
+            let mut bytes = transport_header(2, port, "");
+            bytes.extend_from_slice(b"GET /x HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n");
+            tls_exchange(inbound, Some(cert), &bytes).await
+        })
+    };
+    let (mut h2, h2_conn) = h2_session(inbound, cert.clone(), port).await;
+    let h2_in_flight = tokio::spawn(h2.send_request(get_x()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    two.proxy.proc.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // HTTP/2: GOAWAY came, so the client opens no new stream on this session...
+    let after = h2.send_request(get_x()).await;
+    assert!(after.is_err(), "a new stream after GOAWAY: {after:?}");
+    // ...while the one in flight completes.
+    let rsp = h2_in_flight
+        .await
+        .unwrap()
+        .expect("in-flight HTTP/2 request");
+    assert_eq!(rsp.status(), 200);
+    tokio::time::timeout(Duration::from_secs(3), h2_conn)
+        .await
+        .expect("the HTTP/2 session was not closed after its last stream")
+        .unwrap();
+    // HTTP/1.1: answered, with `Connection: close`, and closed right after (not
+    // when the client's 5 s read timeout ends).
+    let (out, took) = http1.await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        out.to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{out}"
+    );
+    assert!(took < Duration::from_secs(4), "closed only after {took:?}");
+    // Opaque: the session runs to its end.
+    let out = opaque.await.unwrap();
+    assert!(
+        out.starts_with("HTTP/1.1 200"),
+        "opaque session cut: {out:?}"
+    );
+
+    let status = two
+        .proxy
+        .proc
+        .wait_exit(Duration::from_secs(10))
+        .expect("the proxy did not exit within its grace period");
+    assert!(status.success(), "{status}");
+    println!(
+        "drained HTTP/1.1, HTTP/2 and opaque in {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

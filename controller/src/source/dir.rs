@@ -52,6 +52,15 @@ pub struct DirSource {
     seen: HashMap<PathBuf, Vec<u8>>,
 }
 
+/// A file a scan refused: it keeps its last good objects in the index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejected {
+    /// The refused file.
+    pub path: PathBuf,
+    /// Why it was refused.
+    pub error: String,
+}
+
 /// A change a scan makes to the index.
 enum Change {
     Apply(PathBuf, Vec<Resource>),
@@ -70,8 +79,9 @@ impl DirSource {
     }
 
     /// Reads the whole directory and applies new, changed and deleted files to the index in
-    /// one update. Invalid files are logged (and counted) and keep their last good objects.
-    pub async fn scan(&mut self, writer: &IndexWriter) -> Result<(), SourceError> {
+    /// one update. Invalid files are logged (and counted), keep their last good objects and
+    /// are returned.
+    pub async fn scan(&mut self, writer: &IndexWriter) -> Result<Vec<Rejected>, SourceError> {
         let events = source_events(writer);
         let read_dir_err = |error| SourceError::ReadDir {
             path: self.dir.clone(),
@@ -80,6 +90,7 @@ impl DirSource {
         let mut entries = tokio::fs::read_dir(&self.dir).await.map_err(read_dir_err)?;
         let mut present = BTreeSet::new();
         let mut changes = Vec::new();
+        let mut rejected = Vec::new();
         while let Some(entry) = entries.next_entry().await.map_err(read_dir_err)? {
             let path = entry.path();
             if !is_manifest(&path) {
@@ -133,6 +144,7 @@ impl DirSource {
                         "invalid manifest, keeping its last good version: {e}"
                     );
                     events.invalid();
+                    rejected.push(Rejected { path, error: e });
                 }
             }
         }
@@ -156,7 +168,7 @@ impl DirSource {
                 })
             });
         }
-        Ok(())
+        Ok(rejected)
     }
 }
 
