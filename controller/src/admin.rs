@@ -34,6 +34,8 @@ pub struct Scrape {
     pub certs: Option<Arc<mesh_proto::workload::CertStore>>,
     /// `true` once the controller is shutting down: `/ready` fails at once.
     pub stopping: Option<tokio::sync::watch::Receiver<bool>>,
+    /// The trust bundle in force, served on `/trust-bundle`.
+    pub bundle: Option<Arc<mesh_proto::workload::TrustBundle>>,
 }
 
 impl Scrape {
@@ -42,7 +44,39 @@ impl Scrape {
         let objects = self.index.borrow().object_counts();
         self.metrics.render(&objects)
     }
+
+    /// Ready: not stopping, and (when waited for) a certificate that has not expired.
+    fn ready(&self) -> bool {
+        let stopping = self.stopping.as_ref().is_some_and(|s| *s.borrow());
+        let certified = self
+            .certs
+            .as_ref()
+            .is_none_or(|c| c.valid_at(std::time::SystemTime::now()));
+        !stopping && certified
+    }
+
+    /// The body of a GET of `path` other than the probes, if it exists.
+    fn document(&self, path: &str) -> Option<(&'static str, String)> {
+        let pem = |chain: &[rustls::pki_types::CertificateDer<'_>]| -> String {
+            chain
+                .iter()
+                .map(|c| mesh_proto::workload::to_pem(c))
+                .collect()
+        };
+        match path {
+            "/metrics" => Some((METRICS_CONTENT_TYPE, self.render())),
+            "/certificate" => {
+                let key = self.certs.as_ref()?.current()?;
+                Some((TEXT, pem(&key.cert)))
+            }
+            "/trust-bundle" => Some((TEXT, self.bundle.as_ref()?.current().pem().to_string())),
+            _ => None,
+        }
+    }
 }
+
+/// Content type of the PEM documents.
+const TEXT: &str = "text/plain; charset=utf-8";
 
 /// Open admin connections; past it, the oldest still silent one is shed.
 const MAX_CONNECTIONS: usize = 256;
@@ -74,10 +108,7 @@ const BUSY: &[u8] =
 async fn handle(mut conn: TcpStream, scrape: Scrape) {
     let head = tokio::time::timeout(READ_TIMEOUT, read_head(&mut conn)).await;
     let response = match head {
-        Ok(Ok(Some(head))) => {
-            let ready = scrape.certs.as_ref().is_none_or(|c| c.current().is_some());
-            respond(&head, ready, || scrape.render())
-        }
+        Ok(Ok(Some(head))) => respond(&head, scrape.ready(), |path| scrape.document(path)),
         Ok(Ok(None)) => return, // closed before sending anything
         Ok(Err(_)) | Err(_) => status(400, "Bad Request", false),
     };
@@ -110,8 +141,13 @@ async fn read_head(conn: &mut TcpStream) -> std::io::Result<Option<String>> {
     Ok(Some(String::from_utf8_lossy(&buf).into_owned()))
 }
 
-/// The response to a request head; `metrics` renders the `/metrics` body.
-fn respond(head: &str, ready: bool, metrics: impl FnOnce() -> String) -> String {
+/// The response to a request head; `document` renders the body of any other path
+/// (`/metrics`, `/certificate`, `/trust-bundle`) with its content type.
+fn respond(
+    head: &str,
+    ready: bool,
+    document: impl FnOnce(&str) -> Option<(&'static str, String)>,
+) -> String {
     let line = head.lines().next().unwrap_or_default();
     let mut parts = line.split(' ');
     let (Some(method), Some(target), Some(version), None) =
@@ -128,8 +164,10 @@ fn respond(head: &str, ready: bool, metrics: impl FnOnce() -> String) -> String 
         ("GET" | "HEAD", "/live") => status(200, "OK", head_only),
         ("GET" | "HEAD", "/ready") if ready => status(200, "OK", head_only),
         ("GET" | "HEAD", "/ready") => status(503, "Service Unavailable", head_only),
-        ("GET" | "HEAD", "/metrics") => ok(METRICS_CONTENT_TYPE, &metrics(), head_only),
-        ("GET" | "HEAD", _) => status(404, "Not Found", head_only),
+        ("GET" | "HEAD", _) => match document(path) {
+            Some((content_type, body)) => ok(content_type, &body, head_only),
+            None => status(404, "Not Found", head_only),
+        },
         _ => status(405, "Method Not Allowed", false),
     }
 }
@@ -184,11 +222,14 @@ mod tests {
         .unwrap()
         .resources;
         writer.update(|index| index.apply_file("/svc.yaml", resources));
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let bundle = mesh_proto::workload::TrustBundle::trusting_no_one();
         let scrape = Scrape {
             certs: None,
-            stopping: None,
+            stopping: Some(stop_rx),
             metrics: Arc::clone(writer.metrics()),
             index: writer.subscribe(),
+            bundle: Some(bundle.clone()),
         };
         let server = tokio::spawn(serve(listener, scrape, async {
             let _ = rx.await;
@@ -229,6 +270,17 @@ mod tests {
         assert!(post.starts_with("HTTP/1.1 405 "), "{post}");
         let junk = request(addr, "hello\r\n\r\n").await;
         assert!(junk.starts_with("HTTP/1.1 400 "), "{junk}");
+        // The bundle in force; no certificate when none is waited for.
+        let served = request(addr, "GET /trust-bundle HTTP/1.1\r\n\r\n").await;
+        assert!(served.ends_with(bundle.current().pem()), "{served}");
+        let cert = request(addr, "GET /certificate HTTP/1.1\r\n\r\n").await;
+        assert!(cert.starts_with("HTTP/1.1 404 "), "{cert}");
+        // Stopping: not ready at once, still live.
+        stop_tx.send(true).unwrap();
+        let ready = request(addr, "GET /ready HTTP/1.1\r\n\r\n").await;
+        assert!(ready.starts_with("HTTP/1.1 503 "), "{ready}");
+        let live = request(addr, "GET /live HTTP/1.1\r\n\r\n").await;
+        assert!(live.starts_with("HTTP/1.1 200 "), "{live}");
         tx.send(()).unwrap();
         server.await.unwrap();
     }

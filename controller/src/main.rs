@@ -213,6 +213,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         index: reader.clone(),
         certs: Some(workload.certs.clone()),
         stopping: Some(stopped_flag.clone()),
+        bundle: Some(workload.bundle.clone()),
     };
     let limits = grpc::Limits {
         max_connections: args.max_connections,
@@ -280,13 +281,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
 /// The controller's own workload certificate, from the identity service, kept renewed.
 struct WorkloadIdentity {
     certs: Arc<CertStore>,
-    roots: Arc<rustls::RootCertStore>,
+    bundle: Arc<mesh_proto::workload::TrustBundle>,
 }
 
 impl WorkloadIdentity {
     /// Reads the anchors and the token and starts obtaining the certificate.
     async fn start(args: &Args) -> anyhow::Result<Self> {
-        use mesh_proto::workload::{trust_roots, IdentityClient, TokenSource};
+        use mesh_proto::workload::{IdentityClient, Reload, TokenSource, TrustBundle};
         let Some(anchors_path) = &args.trust_anchors else {
             anyhow::bail!(
                 "--trust-anchors is required: the controller serves only over mutual TLS, \
@@ -296,8 +297,25 @@ impl WorkloadIdentity {
         let anchors = std::fs::read_to_string(anchors_path).with_context(|| {
             format!("--trust-anchors {}: cannot read it", anchors_path.display())
         })?;
-        let roots = trust_roots(&anchors)
+        let bundle = TrustBundle::from_pem(&anchors)
             .with_context(|| format!("--trust-anchors {}", anchors_path.display()))?;
+        // Reloaded live (a ConfigMap volume, or `mesh identity rotate` locally).
+        let file = anchors_path.display().to_string();
+        tokio::spawn(mesh_proto::workload::watch_file(
+            bundle.clone(),
+            anchors_path.clone(),
+            std::time::Duration::from_secs(1),
+            move |reload| match reload {
+                Reload::Replaced(b) => {
+                    tracing::info!(%file, bundle = %b.id(), anchors = b.anchors().len(), "trust bundle reloaded")
+                }
+                Reload::Rejected(error) => tracing::warn!(
+                    %file,
+                    %error,
+                    "trust bundle file refused; keeping the last good bundle"
+                ),
+            },
+        ));
         let token = match (&args.identity_token, &args.identity_token_file) {
             (Some(t), _) => TokenSource::Inline(t.trim().to_string()),
             (None, Some(p)) => TokenSource::File(p.clone()),
@@ -323,8 +341,9 @@ impl WorkloadIdentity {
         } else {
             format!("https://{}", args.identity_addr)
         };
-        let client = IdentityClient::new(&url, &server_name, &anchors, identity.clone(), token)
-            .context("--identity-addr")?;
+        let client =
+            IdentityClient::new(&url, &server_name, bundle.clone(), identity.clone(), token)
+                .context("--identity-addr")?;
         let certs = Arc::new(CertStore::default());
         let store = certs.clone();
         tokio::spawn(async move {
@@ -344,13 +363,13 @@ impl WorkloadIdentity {
                 })
                 .await;
         });
-        Ok(WorkloadIdentity { certs, roots })
+        Ok(WorkloadIdentity { certs, bundle })
     }
 
     /// TLS for the gRPC server: this certificate, and a client certificate from the
     /// mesh's anchors required of every caller.
     fn server_config(&self) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-        mesh_proto::workload::server_config(self.certs.clone(), self.roots.clone())
+        mesh_proto::workload::server_config(self.certs.clone(), self.bundle.clone())
             .context("gRPC server TLS")
     }
 }

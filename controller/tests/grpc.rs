@@ -57,6 +57,7 @@ impl Fixture {
             index: reader.clone(),
             certs: None,
             stopping: None,
+            bundle: None,
         };
         tokio::spawn(mesh_controller::admin::serve(
             admin_listener,

@@ -10,7 +10,7 @@ use mesh_controller::index::{IndexConfig, IndexWriter};
 use mesh_controller::resources::parse_documents;
 use mesh_proto::destination::destination_client::DestinationClient;
 use mesh_proto::destination::GetDestination;
-use mesh_proto::workload::{client_config, trust_roots, CertStore};
+use mesh_proto::workload::{client_config, CertStore, TrustBundle};
 use tokio::io::AsyncReadExt;
 
 mod support;
@@ -54,7 +54,12 @@ async fn handshake(
     pki: &Pki,
     certs: Arc<CertStore>,
 ) -> Result<(), String> {
-    let config = client_config(certs, trust_roots(&pki.anchors).unwrap(), CONTROLLER_ID).unwrap();
+    let config = client_config(
+        certs,
+        TrustBundle::from_pem(&pki.anchors).unwrap(),
+        CONTROLLER_ID,
+    )
+    .unwrap();
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = mesh_proto::workload::server_name().unwrap();
     let mut tls = tokio_rustls::TlsConnector::from(config)
@@ -187,7 +192,7 @@ async fn a_silent_authenticated_connection_is_closed() {
     let (addr, pki, _writer) = start(limits).await;
     let config = client_config(
         pki.certs("spiffe://cluster.local/ns/prod/sa/web"),
-        trust_roots(&pki.anchors).unwrap(),
+        TrustBundle::from_pem(&pki.anchors).unwrap(),
         CONTROLLER_ID,
     )
     .unwrap();

@@ -11,6 +11,7 @@ pub mod admin;
 pub mod ca;
 pub mod duration;
 pub mod files;
+pub mod issuer_files;
 pub mod kubernetes;
 pub mod metrics;
 pub mod server;

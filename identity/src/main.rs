@@ -11,10 +11,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
+use mesh_identity::ca::SharedIssuer;
 use mesh_identity::files::{IssuerPaths, TOKEN_KEY};
 use mesh_identity::kubernetes::{self, lease, KubeMode, KubeSettings, LeaseSettings};
 use mesh_identity::metrics::Metrics;
-use mesh_identity::server::{self, IdentityService, ServeConfig, ServiceConfig};
+use mesh_identity::server::{self, IdentityService, LocalTokens, ServeConfig, ServiceConfig};
 use mesh_identity::token::TokenKey;
 use mesh_identity::{duration, spiffe};
 use tokio::net::TcpListener;
@@ -143,12 +144,22 @@ fn local_service(args: &Args) -> Result<IdentityService> {
     let token_key_path = path_for(&args.token_key, &args.dir, TOKEN_KEY, "token-key")?;
     let issuer = paths.load().context("loading the issuer")?;
     let token_key = TokenKey::load(&token_key_path).context("loading the token key")?;
-    Ok(IdentityService::new(
-        Arc::new(issuer),
-        token_key,
-        &args.trust_domain,
-        args.cert_lifetime,
-    ))
+    let issuer = SharedIssuer::new(Arc::new(issuer));
+    let metrics = Arc::new(Metrics::new());
+    // Anchors and issuer are reloaded live (`mesh identity rotate`).
+    tokio::spawn(mesh_identity::issuer_files::watch(
+        paths,
+        issuer.clone(),
+        metrics.clone(),
+        mesh_identity::issuer_files::POLL,
+    ));
+    Ok(IdentityService::with_config(ServiceConfig {
+        issuer,
+        authenticator: Arc::new(LocalTokens::new(token_key)),
+        trust_domain: args.trust_domain.clone(),
+        lifetime: args.cert_lifetime,
+        metrics,
+    }))
 }
 
 /// The kubernetes source: TokenReview, the issuer Secret, the published trust bundle.
@@ -188,6 +199,7 @@ async fn kubernetes_service(args: &Args) -> Result<(IdentityService, KubeMode)> 
         namespace: args.namespace.clone(),
         issuer_secret: args.issuer_secret.clone(),
         trust_anchors_pem: anchors,
+        trust_anchors_file: Some(anchors_path.clone()),
         startup_timeout: kubernetes::DEFAULT_STARTUP_TIMEOUT,
         lease,
     };

@@ -17,6 +17,20 @@ struct CodeLabels {
     code: &'static str,
 }
 
+/// Labels of a trust anchor.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AnchorLabels {
+    /// SHA-256 of the anchor, hex.
+    fingerprint: String,
+}
+
+/// Labels of the trust bundle.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BundleLabels {
+    /// The bundle's id, as proxies compute it.
+    bundle: String,
+}
+
 /// Labels of an issuer reload.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
@@ -82,6 +96,8 @@ pub struct Metrics {
     certify_errors: Family<CodeLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
     leader: Gauge,
+    anchor_expiry: Family<AnchorLabels, Gauge>,
+    bundle: Family<BundleLabels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -109,6 +125,18 @@ impl Metrics {
         let certify_errors = Family::<CodeLabels, Counter>::default();
         let reloads = Family::<ResultLabels, Counter>::default();
         let leader = Gauge::default();
+        let anchor_expiry = Family::<AnchorLabels, Gauge>::default();
+        let bundle = Family::<BundleLabels, Gauge>::default();
+        registry.register(
+            "trust_anchor_expiry_timestamp_seconds",
+            "When each trust anchor of the bundle in force expires (Unix seconds)",
+            anchor_expiry.clone(),
+        );
+        registry.register(
+            "trust_bundle_info",
+            "1 for the trust bundle in force, by id (as proxies report theirs in mesh_trust_bundle_info)",
+            bundle.clone(),
+        );
         registry.register(
             "issuer_expiry_timestamp_seconds",
             "When the current issuer certificate expires (Unix seconds)",
@@ -153,6 +181,8 @@ impl Metrics {
             certify_errors,
             reloads,
             leader,
+            anchor_expiry,
+            bundle,
         }
     }
 
@@ -209,6 +239,30 @@ impl Metrics {
                 result: result.label(),
             })
             .map_or(0, |c| c.get())
+    }
+
+    /// The Prometheus text exposition for the issuer in force: its expiry, its
+    /// bundle and the bundle's anchors.
+    pub fn render_for(&self, issuer: &crate::ca::Issuer) -> String {
+        self.bundle.clear();
+        self.bundle
+            .get_or_create(&BundleLabels {
+                bundle: issuer.bundle_id().to_string(),
+            })
+            .set(1);
+        self.anchor_expiry.clear();
+        for anchor in issuer.anchors() {
+            let expiry = anchor
+                .not_after
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            self.anchor_expiry
+                .get_or_create(&AnchorLabels {
+                    fingerprint: anchor.fingerprint.clone(),
+                })
+                .set(expiry);
+        }
+        self.render(issuer.not_after())
     }
 
     /// The Prometheus text exposition, with the expiry gauge set to `issuer_not_after`.

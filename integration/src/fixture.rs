@@ -148,7 +148,7 @@ impl Mesh {
     /// for `spiffe://cluster.local/ns/test/sa/fixture` (the controller
     /// serves nobody else).
     pub fn controller_channel(&self) -> tonic::transport::Channel {
-        use mesh_proto::workload::{certified_key, mtls_channel, trust_roots, CertStore};
+        use mesh_proto::workload::{certified_key, mtls_channel, CertStore, TrustBundle};
         let (chain, key) = crate::tls::client_cert(&self.identity_dir, &spiffe("test", "fixture"));
         let certs = std::sync::Arc::new(CertStore::default());
         certs.set(certified_key(&chain, &key).expect("fixture certificate"));
@@ -156,7 +156,7 @@ impl Mesh {
         mtls_channel(
             &self.controller_addr.to_string(),
             certs,
-            trust_roots(&anchors).expect("anchors"),
+            TrustBundle::from_pem(&anchors).expect("anchors"),
             &spiffe("mesh-system", "mesh-controller"),
             Duration::from_secs(2),
         )

@@ -1,13 +1,28 @@
 //! The admin server on 4191: `/live` (the process runs), `/ready` (200 only
-//! once the first certificate is installed, and no more once shutting down), `/metrics`, and `/certificate`
-//! (the current certificate chain as PEM, public data, so `mesh check` can
-//! verify it chains to the trust anchors).
+//! once the first certificate is installed, not once it has expired, and no
+//! more once shutting down), `/metrics`, `/certificate` (the current
+//! certificate chain as PEM, public data, so `mesh check` can verify it chains
+//! to the trust anchors) and `/trust-bundle` (the anchors in force, PEM).
 
-use crate::{body::ProxyBody, metrics::Metrics, tls::CertStore};
+use crate::{
+    body::ProxyBody,
+    metrics::Metrics,
+    tls::{CertStore, TrustBundle},
+};
 use http::{header::CONTENT_TYPE, HeaderValue, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::{convert::Infallible, sync::Arc, time::Duration};
 use tokio::sync::watch;
+
+/// The workload's certificate and trust bundle, which `/ready`, `/certificate` and
+/// `/trust-bundle` report.
+#[derive(Clone)]
+pub struct Tls {
+    /// The current certificate.
+    pub certs: Arc<CertStore>,
+    /// The trust bundle in force.
+    pub bundle: Arc<TrustBundle>,
+}
 
 /// Brings scrape-time gauges up to date before `/metrics` is rendered.
 pub type Refresh = Arc<dyn Fn() + Send + Sync>;
@@ -19,10 +34,11 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     ready: watch::Receiver<bool>,
     refresh: Refresh,
-    certs: Arc<CertStore>,
+    tls: Tls,
     header: Duration,
     drain: crate::serve::Drain,
 ) {
+    let Tls { certs, bundle } = tls;
     let timeouts = crate::serve::ConnTimeouts {
         header,
         idle: header,
@@ -33,6 +49,7 @@ pub async fn serve(
         let ready = ready.clone();
         let refresh = refresh.clone();
         let certs = certs.clone();
+        let bundle = bundle.clone();
         let drain = drain.clone();
         tokio::spawn(async move {
             if !crate::serve::first_bytes(&tcp, &mut slot, header).await {
@@ -46,12 +63,20 @@ pub async fn serve(
                 if req.uri().path() == "/metrics" {
                     refresh();
                 }
-                let rsp = if req.uri().path() == "/certificate" {
-                    certificate(&certs)
-                } else {
-                    // Shutting down: not ready any more, at once.
-                    let ready = *ready.borrow() && !drain.is_draining();
-                    respond(&req, &metrics, ready)
+                let rsp = match req.uri().path() {
+                    "/certificate" => certificate(&certs),
+                    "/trust-bundle" => {
+                        Response::new(ProxyBody::full(bundle.current().pem().to_string()))
+                    }
+                    _ => {
+                        let ready = readiness(
+                            *ready.borrow(),
+                            drain.is_draining(),
+                            &certs,
+                            std::time::SystemTime::now(),
+                        );
+                        respond(&req, &metrics, ready)
+                    }
                 };
                 async move { Ok::<_, Infallible>(rsp) }
             });
@@ -81,21 +106,41 @@ fn certificate(certs: &CertStore) -> Response<ProxyBody> {
 
 /// DER certificates as PEM blocks.
 fn chain_pem(chain: &[rustls::pki_types::CertificateDer<'_>]) -> String {
-    use base64::Engine;
-    let mut out = String::new();
-    for der in chain {
-        let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
-        out.push_str("-----BEGIN CERTIFICATE-----\n");
-        for line in b64.as_bytes().chunks(64) {
-            out.push_str(std::str::from_utf8(line).unwrap_or_default());
-            out.push('\n');
-        }
-        out.push_str("-----END CERTIFICATE-----\n");
-    }
-    out
+    chain
+        .iter()
+        .map(|der| mesh_proto::workload::to_pem(der))
+        .collect()
 }
 
-fn respond<B>(req: &Request<B>, metrics: &Metrics, ready: bool) -> Response<ProxyBody> {
+/// What `/ready` says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Readiness {
+    Ready,
+    NoCertificate,
+    Expired,
+    Draining,
+}
+
+/// Shutting down: not ready any more, at once; an expired certificate: not
+/// ready until a renewal succeeds.
+fn readiness(
+    issued: bool,
+    draining: bool,
+    certs: &CertStore,
+    now: std::time::SystemTime,
+) -> Readiness {
+    if draining {
+        Readiness::Draining
+    } else if !issued {
+        Readiness::NoCertificate
+    } else if !certs.valid_at(now) {
+        Readiness::Expired
+    } else {
+        Readiness::Ready
+    }
+}
+
+fn respond<B>(req: &Request<B>, metrics: &Metrics, ready: Readiness) -> Response<ProxyBody> {
     let text = |status: StatusCode, body: String| {
         let mut rsp = Response::new(ProxyBody::full(body));
         *rsp.status_mut() = status;
@@ -103,11 +148,21 @@ fn respond<B>(req: &Request<B>, metrics: &Metrics, ready: bool) -> Response<Prox
     };
     match req.uri().path() {
         "/live" => text(StatusCode::OK, "live\n".into()),
-        "/ready" if ready => text(StatusCode::OK, "ready\n".into()),
-        "/ready" => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: no certificate yet\n".into(),
-        ),
+        "/ready" => match ready {
+            Readiness::Ready => text(StatusCode::OK, "ready\n".into()),
+            Readiness::NoCertificate => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: no certificate yet\n".into(),
+            ),
+            Readiness::Expired => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: the certificate has expired and could not be renewed\n".into(),
+            ),
+            Readiness::Draining => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: shutting down\n".into(),
+            ),
+        },
         "/metrics" => {
             let mut rsp = text(StatusCode::OK, metrics.encode());
             rsp.headers_mut().insert(
@@ -124,17 +179,52 @@ fn respond<B>(req: &Request<B>, metrics: &Metrics, ready: bool) -> Response<Prox
 mod tests {
     use super::*;
 
+    /// A store holding a certificate valid until `not_after`.
+    fn store_until(not_after: std::time::SystemTime) -> CertStore {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.not_after = not_after.into();
+        let cert = params.self_signed(&key).unwrap();
+        let store = CertStore::default();
+        store.set(mesh_proto::workload::certified_key(&cert.pem(), &key.serialize_pem()).unwrap());
+        store
+    }
+
     #[test]
-    fn ready_follows_the_certificate() {
+    fn ready_follows_the_certificate_and_its_expiry() {
+        use std::time::{Duration, SystemTime};
         let m = Metrics::new();
         let req = Request::get("/ready").body(()).unwrap();
+        let status = |r| respond(&req, &m, r).status();
+        let now = SystemTime::now();
+        let none = CertStore::default();
         assert_eq!(
-            respond(&req, &m, false).status(),
+            readiness(false, false, &none, now),
+            Readiness::NoCertificate
+        );
+        assert_eq!(
+            status(Readiness::NoCertificate),
             StatusCode::SERVICE_UNAVAILABLE
         );
-        assert_eq!(respond(&req, &m, true).status(), StatusCode::OK);
+
+        let store = store_until(now + Duration::from_secs(3600));
+        assert_eq!(readiness(true, false, &store, now), Readiness::Ready);
+        assert_eq!(status(Readiness::Ready), StatusCode::OK);
+        // The same certificate once its notAfter has passed (X.509 times are whole seconds).
+        let later = now + Duration::from_secs(3602);
+        assert_eq!(readiness(true, false, &store, later), Readiness::Expired);
+        assert_eq!(status(Readiness::Expired), StatusCode::SERVICE_UNAVAILABLE);
+        let body = respond(&req, &m, Readiness::Expired);
+        assert_eq!(body.status(), StatusCode::SERVICE_UNAVAILABLE);
+        // Draining wins.
+        assert_eq!(readiness(true, true, &store, now), Readiness::Draining);
+        assert_eq!(status(Readiness::Draining), StatusCode::SERVICE_UNAVAILABLE);
+
         let req = Request::get("/nope").body(()).unwrap();
-        assert_eq!(respond(&req, &m, true).status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            respond(&req, &m, Readiness::Ready).status(),
+            StatusCode::NOT_FOUND
+        );
     }
 
     #[test]

@@ -29,8 +29,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         namespace: config.namespace.as_str().into(),
         workload: config.workload.as_str().into(),
     };
-    let roots =
-        tls::trust_roots(&config.trust_anchors_pem).context("MESH_PROXY_TRUST_ANCHORS_FILE")?;
+    let bundle = tls::TrustBundle::from_pem(&config.trust_anchors_pem)
+        .context("MESH_PROXY_TRUST_ANCHORS_FILE")?;
+    match &config.trust_anchors_file {
+        Some(path) => {
+            tokio::spawn(identity::bundle::watch(
+                bundle.clone(),
+                path.clone(),
+                config.trust_anchors_poll,
+                metrics.clone(),
+            ));
+        }
+        None => identity::bundle::export(&bundle.current(), &metrics),
+    }
     let certs = Arc::new(CertStore::default());
 
     // Bind everything first so a port conflict fails at once.
@@ -46,7 +57,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let client = IdentityClient::new(
         &grpc_url(&config.identity_addr, true),
         &config.identity_server_name,
-        &config.trust_anchors_pem,
+        bundle.clone(),
         config.identity.clone(),
         config.token.clone(),
     )
@@ -65,7 +76,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let settings = EndpointSettings {
         certs: certs.clone(),
-        roots: roots.clone(),
+        bundle: bundle.clone(),
         connect_timeout: config.connect_timeout,
     };
     // Mutual TLS with the workload's certificate, to the controller's
@@ -73,7 +84,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let controller = mesh_proto::workload::mtls_channel(
         &config.destination_addr,
         certs.clone(),
-        roots.clone(),
+        bundle.clone(),
         &config.destination_identity,
         config
             .connect_timeout
@@ -122,7 +133,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         metrics.clone(),
         ready_rx.clone(),
         refresh,
-        certs.clone(),
+        admin::Tls {
+            certs: certs.clone(),
+            bundle: bundle.clone(),
+        },
         config.header_timeout,
         drain.clone(),
     ));
@@ -135,7 +149,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     policies.prefetch(config.inbound_ports.as_deref().unwrap_or_default());
     let inbound = Arc::new(Inbound::new(
-        tls::server_config(certs.clone(), roots)?,
+        tls::server_config(certs.clone(), bundle)?,
         metrics.clone(),
         &config.identity,
         policies,

@@ -46,8 +46,12 @@ pub struct Config {
     pub identity_addr: String,
     /// The DNS name the identity service's certificate must carry.
     pub identity_server_name: String,
-    /// PEM trust anchors of the mesh.
+    /// PEM trust anchors of the mesh (the bundle at startup).
     pub trust_anchors_pem: String,
+    /// The bundle's file, watched for changes (`None` when given inline).
+    pub trust_anchors_file: Option<std::path::PathBuf>,
+    /// How often the bundle file is read for changes.
+    pub trust_anchors_poll: Duration,
     /// This workload's SPIFFE ID.
     pub identity: String,
     /// How the proxy proves its identity to the identity service.
@@ -165,17 +169,18 @@ impl Config {
             }
         };
 
-        let trust_anchors_pem = match (
+        let (trust_anchors_pem, trust_anchors_file) = match (
             get("MESH_PROXY_TRUST_ANCHORS"),
             get("MESH_PROXY_TRUST_ANCHORS_FILE"),
         ) {
-            (Some(pem), _) => pem,
+            (Some(pem), _) => (pem, None),
             (None, Some(path)) => {
-                std::fs::read_to_string(&path).map_err(|err| ConfigError::File {
+                let pem = std::fs::read_to_string(&path).map_err(|err| ConfigError::File {
                     name: "MESH_PROXY_TRUST_ANCHORS_FILE",
-                    path,
+                    path: path.clone(),
                     err,
-                })?
+                })?;
+                (pem, Some(path.into()))
             }
             (None, None) => return Err(ConfigError::Missing("MESH_PROXY_TRUST_ANCHORS_FILE")),
         };
@@ -357,6 +362,8 @@ impl Config {
                 // domain (which doubles as the cluster domain).
                 .unwrap_or_else(|| format!("identity.mesh-system.svc.{td}")),
             trust_anchors_pem,
+            trust_anchors_file,
+            trust_anchors_poll: millis("MESH_PROXY_TRUST_ANCHORS_POLL_MS", 1_000)?,
             identity,
             token,
             pod_name: get("MESH_PROXY_POD_NAME").unwrap_or_else(|| workload.clone()),

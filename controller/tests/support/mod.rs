@@ -11,7 +11,7 @@ use std::time::Duration;
 use mesh_controller::index::IndexReader;
 use mesh_controller::metrics::Metrics;
 use mesh_identity::ca::{generate_issuer, generate_trust_anchor, Issuer};
-use mesh_proto::workload::{certified_key, mtls_channel, server_config, trust_roots, CertStore};
+use mesh_proto::workload::{certified_key, mtls_channel, server_config, CertStore, TrustBundle};
 use tonic::transport::Channel;
 
 /// The controller's SPIFFE ID in tests.
@@ -48,7 +48,7 @@ impl Pki {
     pub fn server_tls(&self) -> Arc<rustls::ServerConfig> {
         server_config(
             self.certs(CONTROLLER_ID),
-            trust_roots(&self.anchors).unwrap(),
+            TrustBundle::from_pem(&self.anchors).unwrap(),
         )
         .unwrap()
     }
@@ -58,7 +58,7 @@ impl Pki {
         mtls_channel(
             &addr.to_string(),
             self.certs(identity),
-            trust_roots(&self.anchors).unwrap(),
+            TrustBundle::from_pem(&self.anchors).unwrap(),
             CONTROLLER_ID,
             Duration::from_secs(2),
         )

@@ -37,6 +37,8 @@ pub struct Issuer {
     cert_der: CertificateDer<'static>,
     cert_pem: String,
     anchors_pem: String,
+    anchors: Vec<mesh_proto::workload::Anchor>,
+    bundle_id: String,
     not_after: SystemTime,
 }
 
@@ -114,6 +116,12 @@ impl Issuer {
     /// anchors (name and signature checked).
     pub fn load(cert_pem: &str, key_pem: &str, anchors_pem: &str) -> Result<Self, CaError> {
         let anchors = parse_certs_pem("trust anchors", anchors_pem)?;
+        // The bundle as workloads read it (its id and anchors are reported).
+        let bundle =
+            mesh_proto::workload::Bundle::parse(anchors_pem).map_err(|e| CaError::Pem {
+                what: "trust anchors",
+                reason: e.to_string(),
+            })?;
         let cert_der = parse_certs_pem("issuer certificate", cert_pem)?.remove(0);
         let key = KeyPair::from_pem(key_pem).map_err(|e| CaError::Pem {
             what: "issuer key",
@@ -130,8 +138,14 @@ impl Issuer {
         }
 
         let mut signed_by_anchor = None;
+        let mut names = Vec::with_capacity(anchors.len());
         for der in &anchors {
             let anchor = parse_x509("trust anchor", der)?;
+            names.push(format!(
+                "{} (sha256 {})",
+                anchor.subject(),
+                mesh_proto::workload::fingerprint(der)
+            ));
             if anchor.subject().as_raw() == cert.issuer().as_raw()
                 && cert.verify_signature(Some(anchor.public_key())).is_ok()
             {
@@ -142,8 +156,9 @@ impl Issuer {
         let Some(anchor) = signed_by_anchor else {
             return Err(CaError::Untrusted {
                 subject: cert.subject().to_string(),
+                fingerprint: mesh_proto::workload::fingerprint(&cert_der),
                 issuer: cert.issuer().to_string(),
-                anchors: anchors.len(),
+                anchors: names.join(", "),
             });
         };
         if !is_ca(&anchor) {
@@ -160,6 +175,8 @@ impl Issuer {
             cert_der,
             cert_pem,
             anchors_pem,
+            anchors: bundle.anchors().to_vec(),
+            bundle_id: bundle.id(),
             not_after,
         })
     }
@@ -167,6 +184,16 @@ impl Issuer {
     /// The trust anchors (PEM) that verify this issuer's certificates.
     pub fn trust_anchors_pem(&self) -> &str {
         &self.anchors_pem
+    }
+
+    /// The anchors of the bundle this issuer was checked against.
+    pub fn anchors(&self) -> &[mesh_proto::workload::Anchor] {
+        &self.anchors
+    }
+
+    /// The id of that bundle (as workloads compute it).
+    pub fn bundle_id(&self) -> &str {
+        &self.bundle_id
     }
 
     /// The issuer certificate, DER.

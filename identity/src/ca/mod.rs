@@ -60,14 +60,16 @@ pub enum CaError {
         not_after: String,
     },
     /// The issuer does not chain to any trust anchor.
-    #[error("issuer certificate (subject {subject}, issuer {issuer}) is not signed by any of the {anchors} trust anchor(s)")]
+    #[error("issuer certificate {subject} (sha256 {fingerprint}, issued by {issuer}) is not signed by any trust anchor of the bundle: {anchors}")]
     Untrusted {
         /// The issuer's subject.
         subject: String,
+        /// The issuer certificate's SHA-256.
+        fingerprint: String,
         /// The issuer's issuer name.
         issuer: String,
-        /// How many anchors were tried.
-        anchors: usize,
+        /// The anchors tried, each as `subject (sha256 …)`.
+        anchors: String,
     },
     /// The private key does not belong to the certificate.
     #[error("issuer key does not match the issuer certificate's public key")]
@@ -194,6 +196,26 @@ fn random_serial() -> Result<SerialNumber, ring::error::Unspecified> {
 }
 
 /// Parses every `CERTIFICATE` block of `pem` into DER.
+/// Whether the first certificate of `cert_pem` names the first of `anchor_pem` as its
+/// issuer and carries its signature.
+pub fn is_signed_by(cert_pem: &str, anchor_pem: &str) -> bool {
+    use x509_parser::prelude::FromDer;
+    let (Ok(cert), Ok(anchor)) = (
+        parse_certs_pem("certificate", cert_pem),
+        parse_certs_pem("anchor", anchor_pem),
+    ) else {
+        return false;
+    };
+    let (Ok((_, cert)), Ok((_, anchor))) = (
+        x509_parser::certificate::X509Certificate::from_der(&cert[0]),
+        x509_parser::certificate::X509Certificate::from_der(&anchor[0]),
+    ) else {
+        return false;
+    };
+    anchor.subject().as_raw() == cert.issuer().as_raw()
+        && cert.verify_signature(Some(anchor.public_key())).is_ok()
+}
+
 fn parse_certs_pem(what: &'static str, pem: &str) -> Result<Vec<CertificateDer<'static>>, CaError> {
     let certs = rustls_pemfile::certs(&mut pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()

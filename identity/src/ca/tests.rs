@@ -213,7 +213,16 @@ fn issuer_not_signed_by_the_anchor_is_refused() {
     let (cert, key) = generate_issuer(&other_anchor, &other_key, "cluster.local").unwrap();
     let err = Issuer::load(&cert, &key, &f.anchor_pem).unwrap_err();
     assert!(matches!(err, CaError::Untrusted { .. }), "{err:?}");
-    assert!(err.to_string().contains("not signed by any"));
+    // The message names the issuer and every anchor, by fingerprint.
+    let text = err.to_string();
+    assert!(text.contains("not signed by any trust anchor"), "{text}");
+    let fp = |pem: &str| {
+        let der = super::parse_certs_pem("x", pem).unwrap().remove(0);
+        mesh_proto::workload::fingerprint(&der)
+    };
+    assert!(text.contains(&fp(&cert)), "{text}");
+    assert!(text.contains(&fp(&f.anchor_pem)), "{text}");
+    assert!(text.contains("CN=root.cluster.local"), "{text}");
 
     // Accepted once its anchor is among several.
     let both = format!("{}{}", f.anchor_pem, other_anchor);

@@ -59,8 +59,9 @@ pub struct IssuerSource {
     pub namespace: String,
     /// The Secret's name.
     pub name: String,
-    /// The trust anchors the issuer must chain to (PEM).
-    pub anchors_pem: String,
+    /// The trust bundle the issuer must chain to (PEM), as it changes: a new bundle
+    /// checks the Secret again.
+    pub anchors: watch::Receiver<String>,
 }
 
 /// What the watch has achieved so far.
@@ -143,7 +144,29 @@ impl Watch {
         let stream = mesh_proto::kubernetes::watch(api, config);
         futures::pin_mut!(stream);
         let mut listed = false;
-        while let Some(event) = stream.next().await {
+        let mut anchors = self.source.anchors.clone();
+        let mut anchors_open = true;
+        let mut latest: Option<Secret> = None;
+        loop {
+            let event = tokio::select! {
+                event = stream.next() => match event {
+                    Some(event) => event,
+                    None => return,
+                },
+                changed = anchors.changed(), if anchors_open => {
+                    anchors_open = changed.is_ok();
+                    // A new bundle: the Secret is checked again against it (an issuer
+                    // refused before may chain to it now, or no longer).
+                    if let (true, Some(secret)) = (anchors_open, latest.clone()) {
+                        self.last = None;
+                        self.handle(&secret).await;
+                    }
+                    continue;
+                }
+            };
+            if let Ok(Event::InitApply(secret) | Event::Apply(secret)) = &event {
+                latest = Some(secret.clone());
+            }
             match event {
                 Ok(Event::Init) => listed = false,
                 Ok(Event::InitApply(secret) | Event::Apply(secret)) => {
@@ -201,7 +224,8 @@ impl Watch {
         }
         self.last = Some(content);
         let object = reference(secret);
-        match load(secret, &self.source.anchors_pem) {
+        let anchors = self.source.anchors.borrow().clone();
+        match load(secret, &anchors) {
             Ok(issuer) => self.accept(issuer, object).await,
             Err(e) => self.reject(&e, object).await,
         }

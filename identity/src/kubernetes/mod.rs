@@ -5,6 +5,7 @@
 //! only the leader elected over a Lease ([`lease`]) writes the ConfigMaps and Events.
 //! [`rbac`] lists the permissions all of this needs.
 
+pub mod anchors_file;
 pub mod events;
 pub mod issuer_secret;
 pub mod lease;
@@ -83,6 +84,9 @@ pub struct KubeSettings {
     pub issuer_secret: String,
     /// The trust anchors (PEM): issuers must chain to them; published as the bundle.
     pub trust_anchors_pem: String,
+    /// The file they were read from (a ConfigMap volume), watched: a new bundle is
+    /// checked against the issuer and published. `None`: fixed.
+    pub trust_anchors_file: Option<std::path::PathBuf>,
     /// How long to wait for the first valid issuer.
     pub startup_timeout: Duration,
     /// Leader election: who this replica is, and the Lease timings.
@@ -139,6 +143,10 @@ pub async fn start(
     metrics: Arc<Metrics>,
 ) -> Result<KubeMode, KubeError> {
     let bundle = settings.trust_anchors_pem.trim().to_string() + "\n";
+    let (anchors_tx, anchors) = watch::channel(bundle.clone());
+    let anchors_watch = settings
+        .trust_anchors_file
+        .map(|path| tokio::spawn(anchors_file::watch(path, anchors_tx, anchors_file::POLL)));
     let (leader, elect, release) = lease::start_releasable(
         client.clone(),
         &settings.namespace,
@@ -149,7 +157,7 @@ pub async fn start(
     let source = issuer_secret::IssuerSource {
         namespace: settings.namespace,
         name: settings.issuer_secret,
-        anchors_pem: bundle.clone(),
+        anchors: anchors.clone(),
     };
     let started = issuer_secret::start(
         client.clone(),
@@ -163,18 +171,23 @@ pub async fn start(
         Ok(started) => started,
         Err(e) => {
             elect.abort();
+            if let Some(w) = anchors_watch {
+                w.abort();
+            }
             return Err(e);
         }
     };
     let mut first_round = leader.clone();
     // Either way (leader or not, or no answer in time), the replica serves.
     let _ = tokio::time::timeout(settings.startup_timeout, first_round.changed()).await;
-    let publish = tokio::spawn(trust_bundle::run(client.clone(), bundle, leader.clone()));
+    let publish = tokio::spawn(trust_bundle::run(client.clone(), anchors, leader.clone()));
+    let mut tasks = vec![elect, watch, publish];
+    tasks.extend(anchors_watch);
     Ok(KubeMode {
         issuer,
         authenticator: Arc::new(TokenReviewer::new(client)),
         leader,
-        tasks: vec![elect, watch, publish],
+        tasks,
         release,
     })
 }

@@ -97,7 +97,7 @@ impl IdentityService {
 
     /// The Prometheus text of [`Self::metrics`], with the current issuer's expiry.
     pub fn render_metrics(&self) -> String {
-        self.metrics.render(self.issuer().not_after())
+        self.metrics.render_for(&self.issuer())
     }
 
     /// How many certificates have been issued.

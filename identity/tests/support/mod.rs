@@ -93,6 +93,7 @@ pub fn settings(anchor: &Anchor, startup_timeout: Duration) -> KubeSettings {
         namespace: CONTROL_NS.to_string(),
         issuer_secret: SECRET.to_string(),
         trust_anchors_pem: anchor.cert.clone(),
+        trust_anchors_file: None,
         startup_timeout,
         lease: LeaseSettings::with_timings(ME, ms(1000), ms(200), ms(100)).unwrap(),
     }

@@ -1,12 +1,15 @@
 //! The workload's current certificate (swapped on renewal, read by every
-//! handshake) and the trust anchors.
+//! handshake), when it was installed and when it expires.
 
 use rustls::{
     pki_types::{pem::PemObject, CertificateDer},
     sign::CertifiedKey,
-    RootCertStore,
 };
-use std::sync::{Arc, RwLock};
+use std::{
+    sync::{Arc, RwLock},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+use x509_parser::prelude::FromDer;
 
 /// A TLS setup error.
 #[derive(Debug, thiserror::Error)]
@@ -15,21 +18,6 @@ pub enum TlsError {
     Anchors(String),
     #[error("tls config: {0}")]
     Config(#[from] rustls::Error),
-}
-
-/// Parses PEM trust anchors into a root store; at least one is required.
-pub fn trust_roots(pem: &str) -> Result<Arc<RootCertStore>, TlsError> {
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-        let cert = cert.map_err(|e| TlsError::Anchors(format!("bad PEM: {e}")))?;
-        roots
-            .add(cert)
-            .map_err(|e| TlsError::Anchors(format!("bad certificate: {e}")))?;
-    }
-    if roots.is_empty() {
-        return Err(TlsError::Anchors("no certificate found".into()));
-    }
-    Ok(Arc::new(roots))
 }
 
 /// A certified key from PEM: a chain (leaf first) and its private key (for
@@ -56,7 +44,7 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// it without touching established connections.
 #[derive(Debug)]
 pub struct CertStore {
-    current: RwLock<Option<Arc<CertifiedKey>>>,
+    current: RwLock<Option<Installed>>,
     /// `true` once a certificate is installed.
     ready: tokio::sync::watch::Sender<bool>,
 }
@@ -70,20 +58,59 @@ impl Default for CertStore {
     }
 }
 
+/// The installed certificate and what is known of it.
+#[derive(Clone, Debug)]
+struct Installed {
+    key: Arc<CertifiedKey>,
+    at: SystemTime,
+    not_after: Option<SystemTime>,
+}
+
 impl CertStore {
-    /// The current certificate, if one was issued yet.
-    pub fn current(&self) -> Option<Arc<CertifiedKey>> {
+    fn snapshot(&self) -> Option<Installed> {
         match self.current.read() {
             Ok(g) => g.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 
+    /// The current certificate, if one was issued yet.
+    pub fn current(&self) -> Option<Arc<CertifiedKey>> {
+        self.snapshot().map(|i| i.key)
+    }
+
+    /// When the current certificate was installed.
+    pub fn installed_at(&self) -> Option<SystemTime> {
+        self.snapshot().map(|i| i.at)
+    }
+
+    /// When the current certificate expires (`None` before the first, or if
+    /// its leaf does not parse).
+    pub fn not_after(&self) -> Option<SystemTime> {
+        self.snapshot().and_then(|i| i.not_after)
+    }
+
+    /// Whether there is a certificate and it has not expired at `now`.
+    pub fn valid_at(&self, now: SystemTime) -> bool {
+        self.snapshot()
+            .is_some_and(|i| i.not_after.is_none_or(|t| now < t))
+    }
+
     /// Installs a newly issued certificate.
     pub fn set(&self, key: Arc<CertifiedKey>) {
+        let not_after = key.cert.first().and_then(|leaf| {
+            let (_, x509) = x509_parser::certificate::X509Certificate::from_der(leaf).ok()?;
+            let secs = u64::try_from(x509.validity().not_after.timestamp()).ok()?;
+            Some(UNIX_EPOCH + Duration::from_secs(secs))
+        });
+        let installed = Installed {
+            key,
+            at: SystemTime::now(),
+            not_after,
+        };
         match self.current.write() {
-            Ok(mut g) => *g = Some(key),
-            Err(poisoned) => *poisoned.into_inner() = Some(key),
+            Ok(mut g) => *g = Some(installed),
+            Err(poisoned) => *poisoned.into_inner() = Some(installed),
         }
         self.ready.send_replace(true);
     }

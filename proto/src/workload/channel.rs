@@ -3,9 +3,9 @@
 //! proves its own identity with its current certificate. The channel dials
 //! only once the workload has a certificate, and reconnects by itself.
 
-use super::{client_config, CertStore, TlsError};
+use super::{client_config, CertStore, TlsError, TrustBundle};
 use hyper_util::rt::TokioIo;
-use rustls::{pki_types::ServerName, RootCertStore};
+use rustls::pki_types::ServerName;
 use std::{sync::Arc, time::Duration};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -16,7 +16,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 pub fn mtls_channel(
     addr: &str,
     certs: Arc<CertStore>,
-    roots: Arc<RootCertStore>,
+    bundle: Arc<TrustBundle>,
     expected: &str,
     connect_timeout: Duration,
 ) -> Result<Channel, TlsError> {
@@ -29,7 +29,7 @@ pub fn mtls_channel(
         .connect_timeout(connect_timeout)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5));
-    let config = client_config(certs.clone(), roots, expected)?;
+    let config = client_config(certs.clone(), bundle, expected)?;
     let connector = tower::service_fn(move |uri: Uri| {
         let (certs, config) = (certs.clone(), config.clone());
         async move {

@@ -2,26 +2,27 @@
 //! trust anchors and carry exactly the SPIFFE ID expected (the one discovery
 //! announced, or the controller's).
 
-use super::{spiffe::spiffe_id, CertStore, TlsError};
+use super::{spiffe::spiffe_id, CertStore, TlsError, TrustBundle};
 use crate::workload::certs::provider;
 use rustls::{
     client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     crypto::CryptoProvider,
     pki_types::{CertificateDer, ServerName, UnixTime},
     server::ParsedCertificate,
-    ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+    ClientConfig, DigitallySignedStruct, SignatureScheme,
 };
 use std::sync::Arc;
 
-/// Builds a client configuration that accepts only `expected_identity`.
+/// Builds a client configuration that accepts only `expected_identity`,
+/// chained to the bundle in force at each handshake.
 pub fn client_config(
     certs: Arc<CertStore>,
-    roots: Arc<RootCertStore>,
+    bundle: Arc<TrustBundle>,
     expected_identity: &str,
 ) -> Result<Arc<ClientConfig>, TlsError> {
     let provider = provider();
     let verifier = Arc::new(SpiffeVerifier {
-        roots,
+        bundle,
         expected: expected_identity.to_string(),
         provider: provider.clone(),
     });
@@ -42,9 +43,80 @@ pub fn server_name() -> Result<ServerName<'static>, rustls::pki_types::InvalidDn
     ServerName::try_from("proxy.mesh.local")
 }
 
+/// A client configuration for the identity service: no client certificate
+/// (the workload has none yet), the server's DNS name checked against a chain
+/// to the bundle in force at each handshake.
+pub fn server_auth_config(bundle: Arc<TrustBundle>) -> Result<Arc<ClientConfig>, TlsError> {
+    let provider = provider();
+    let verifier = Arc::new(DnsVerifier { bundle });
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Delegates to the webpki verifier of the bundle in force.
+#[derive(Debug)]
+struct DnsVerifier {
+    bundle: Arc<TrustBundle>,
+}
+
+impl ServerCertVerifier for DnsVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.bundle.current().server_verifier().verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.bundle
+            .current()
+            .server_verifier()
+            .verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.bundle
+            .current()
+            .server_verifier()
+            .verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.bundle
+            .current()
+            .server_verifier()
+            .supported_verify_schemes()
+    }
+}
+
 #[derive(Debug)]
 struct SpiffeVerifier {
-    roots: Arc<RootCertStore>,
+    bundle: Arc<TrustBundle>,
     expected: String,
     provider: Arc<CryptoProvider>,
 }
@@ -61,7 +133,7 @@ impl ServerCertVerifier for SpiffeVerifier {
         let cert = ParsedCertificate::try_from(end_entity)?;
         rustls::client::verify_server_cert_signed_by_trust_anchor(
             &cert,
-            &self.roots,
+            self.bundle.current().roots(),
             intermediates,
             now,
             self.provider.signature_verification_algorithms.all,

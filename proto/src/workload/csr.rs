@@ -11,6 +11,7 @@ use std::sync::Arc;
 /// The in-memory key and the CSR made with it.
 pub struct LocalKey {
     csr_der: Vec<u8>,
+    public_key: Vec<u8>,
     signing_key: Arc<dyn SigningKey>,
 }
 
@@ -40,6 +41,7 @@ impl LocalKey {
             .map_err(|e| format!("loading key: {e}"))?;
         Ok(LocalKey {
             csr_der: csr.der().to_vec(),
+            public_key: key.public_key_raw().to_vec(),
             signing_key,
         })
     }
@@ -47,6 +49,14 @@ impl LocalKey {
     /// The DER CSR.
     pub fn csr(&self) -> &[u8] {
         &self.csr_der
+    }
+
+    /// Whether the DER certificate `leaf` is for this key.
+    pub fn matches(&self, leaf: &[u8]) -> bool {
+        use x509_parser::prelude::FromDer;
+        x509_parser::certificate::X509Certificate::from_der(leaf).is_ok_and(|(_, cert)| {
+            cert.public_key().subject_public_key.data.as_ref() == self.public_key.as_slice()
+        })
     }
 
     /// Pairs the key with an issued chain (leaf first).

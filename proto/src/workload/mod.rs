@@ -4,6 +4,7 @@
 //! IDs rather than DNS names. The proxy and the controller (itself a
 //! workload of the mesh) share it.
 
+mod bundle;
 mod certify;
 mod certs;
 mod channel;
@@ -12,9 +13,16 @@ mod csr;
 mod server;
 pub mod spiffe;
 
-pub use certify::{backoff, renew_after, CertifyError, IdentityClient, Issued, TokenSource};
-pub use certs::{certified_key, provider, trust_roots, CertStore, TlsError};
+pub use bundle::{
+    fingerprint, renewal_directive, to_pem, watch_file, Anchor, Bundle, Reload, Renewal,
+    TrustBundle, MAX_ANCHORS,
+};
+pub use certify::{
+    backoff, renew_after, renewal_loop, Certifier, CertifyError, IdentityClient, Issued,
+    TokenSource,
+};
+pub use certs::{certified_key, provider, CertStore, TlsError};
 pub use channel::mtls_channel;
-pub use client::{client_config, server_name};
+pub use client::{client_config, server_auth_config, server_name};
 pub use csr::LocalKey;
 pub use server::server_config;

@@ -1,20 +1,23 @@
 //! The server side of mutual TLS: our certificate, and a client certificate
-//! that chains to the trust anchors is mandatory (the caller's SPIFFE ID is
+//! that chains to the bundle in force is mandatory (the caller's SPIFFE ID is
 //! then read from it).
 
-use super::{CertStore, TlsError};
-use rustls::{server::WebPkiClientVerifier, RootCertStore, ServerConfig};
+use super::{CertStore, TlsError, TrustBundle};
+use rustls::{
+    client::danger::HandshakeSignatureValid,
+    pki_types::{CertificateDer, UnixTime},
+    server::danger::{ClientCertVerified, ClientCertVerifier},
+    DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme,
+};
 use std::sync::Arc;
 
 /// Builds the inbound TLS configuration (TLS 1.3, client auth required).
 pub fn server_config(
     certs: Arc<CertStore>,
-    roots: Arc<RootCertStore>,
+    bundle: Arc<TrustBundle>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = super::provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
-        .build()
-        .map_err(|e| TlsError::Anchors(e.to_string()))?;
+    let verifier = Arc::new(LiveClientVerifier { bundle });
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
@@ -26,4 +29,66 @@ pub fn server_config(
     config.send_tls13_tickets = 0;
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(Arc::new(config))
+}
+
+/// Delegates to the webpki client verifier of the bundle in force, so a
+/// reloaded bundle applies to the next handshake.
+#[derive(Debug)]
+struct LiveClientVerifier {
+    bundle: Arc<TrustBundle>,
+}
+
+impl ClientCertVerifier for LiveClientVerifier {
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    // No CA names hinted: mesh clients hold one certificate, and the hints
+    // would have to outlive a bundle swap.
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.bundle
+            .current()
+            .client_verifier()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.bundle
+            .current()
+            .client_verifier()
+            .verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.bundle
+            .current()
+            .client_verifier()
+            .verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.bundle
+            .current()
+            .client_verifier()
+            .supported_verify_schemes()
+    }
 }

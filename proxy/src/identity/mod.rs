@@ -4,6 +4,8 @@
 //! client is `mesh_proto::workload::IdentityClient`); here, what the proxy
 //! reports of it.
 
+pub mod bundle;
+
 pub use mesh_proto::workload::{IdentityClient, Issued, LocalKey};
 
 use crate::{metrics::Metrics, tls::CertStore};
@@ -38,7 +40,15 @@ pub async fn run(
             }
             Err(error) => {
                 metrics.cert_renewal_failures.inc();
-                tracing::warn!(%error, retry_in = ?wait, "certificate request failed; keeping the current certificate");
+                // How long the current certificate still serves: the warning to act on.
+                let expires_in = store
+                    .not_after()
+                    .map(|t| t.duration_since(std::time::SystemTime::now()).unwrap_or_default());
+                match expires_in {
+                    Some(left) if left.is_zero() => tracing::error!(%error, retry_in = ?wait, "certificate request failed and the certificate has expired: not ready"),
+                    Some(left) => tracing::warn!(%error, retry_in = ?wait, expires_in = ?left, "certificate request failed; keeping the current certificate"),
+                    None => tracing::warn!(%error, retry_in = ?wait, "certificate request failed"),
+                }
             }
         })
         .await;

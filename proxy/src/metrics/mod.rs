@@ -182,6 +182,27 @@ pub struct ListenerDropLabels {
     pub reason: &'static str,
 }
 
+/// Labels of a trust anchor.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AnchorLabels {
+    /// SHA-256 of the anchor, hex.
+    pub fingerprint: String,
+}
+
+/// Labels of the trust bundle in force.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BundleLabels {
+    /// The bundle's id (a hash of its anchors' fingerprints).
+    pub bundle: String,
+}
+
+/// Labels of a bundle reload.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `ok` or `rejected`.
+    pub result: &'static str,
+}
+
 /// Labels of a control-plane connection.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ControlLabels {
@@ -219,6 +240,9 @@ pub struct Metrics {
     pub cert_expiry: Gauge,
     pub cert_renewals: Counter,
     pub cert_renewal_failures: Counter,
+    pub trust_anchor_expiry: Family<AnchorLabels, Gauge>,
+    pub trust_bundle: Family<BundleLabels, Gauge>,
+    pub trust_bundle_reloads: Family<ReloadLabels, Counter>,
     pub control_connected: Family<ControlLabels, Gauge>,
     pub retries: Family<TrafficLabels, Counter>,
     pub retries_skipped: Family<TrafficLabels, Counter>,
@@ -265,6 +289,9 @@ impl Metrics {
         let cert_expiry = Gauge::default();
         let cert_renewals = Counter::default();
         let cert_renewal_failures = Counter::default();
+        let trust_anchor_expiry = Family::<AnchorLabels, Gauge>::default();
+        let trust_bundle = Family::<BundleLabels, Gauge>::default();
+        let trust_bundle_reloads = Family::<ReloadLabels, Counter>::default();
         let control_connected = Family::<ControlLabels, Gauge>::default();
         let retries = Family::<TrafficLabels, Counter>::default();
         let retries_skipped = Family::<TrafficLabels, Counter>::default();
@@ -325,6 +352,21 @@ impl Metrics {
             cert_renewal_failures.clone(),
         );
         registry.register(
+            "identity_trust_anchor_expiry_timestamp_seconds",
+            "When each anchor of the trust bundle in force expires (Unix seconds)",
+            trust_anchor_expiry.clone(),
+        );
+        registry.register(
+            "trust_bundle_info",
+            "1 for the trust bundle in force, by id (a hash of its anchors' fingerprints)",
+            trust_bundle.clone(),
+        );
+        registry.register(
+            "trust_bundle_reloads",
+            "Changes of the trust bundle file, by result (ok, or rejected and the last good bundle kept)",
+            trust_bundle_reloads.clone(),
+        );
+        registry.register(
             "control_connected",
             "1 while the control-plane stream is up",
             control_connected.clone(),
@@ -337,6 +379,9 @@ impl Metrics {
             cert_expiry,
             cert_renewals,
             cert_renewal_failures,
+            trust_anchor_expiry,
+            trust_bundle,
+            trust_bundle_reloads,
             control_connected,
             retries,
             retries_skipped,

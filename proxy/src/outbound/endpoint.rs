@@ -14,7 +14,7 @@ use crate::{
 use http::{Request, Response};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use rustls::{ClientConfig, RootCertStore};
+use rustls::ClientConfig;
 use std::{
     net::SocketAddr,
     sync::{
@@ -30,7 +30,7 @@ use tokio_rustls::{client::TlsStream, TlsConnector};
 #[derive(Clone)]
 pub struct EndpointSettings {
     pub certs: Arc<CertStore>,
-    pub roots: Arc<RootCertStore>,
+    pub bundle: Arc<crate::tls::TrustBundle>,
     pub connect_timeout: Duration,
 }
 
@@ -131,7 +131,7 @@ impl EndpointClient {
             Some(t) => {
                 let config = crate::tls::client_config(
                     settings.certs.clone(),
-                    settings.roots.clone(),
+                    settings.bundle.clone(),
                     &t.identity,
                 );
                 match config {
@@ -472,7 +472,7 @@ mod tests {
             &meta,
             &EndpointSettings {
                 certs: Arc::new(CertStore::default()),
-                roots: Arc::new(RootCertStore::empty()),
+                bundle: crate::tls::TrustBundle::trusting_no_one(),
                 connect_timeout: Duration::from_millis(100),
             },
         )

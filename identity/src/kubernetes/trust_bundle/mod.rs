@@ -45,7 +45,8 @@ const CONCURRENCY: u16 = 4;
 /// What every reconcile reads.
 struct Context {
     client: Client,
-    bundle: String,
+    /// The bundle to publish, as it changes.
+    bundle: watch::Receiver<String>,
     leader: watch::Receiver<bool>,
     /// The managed ConfigMaps, as watched.
     config_maps: Store<ConfigMap>,
@@ -53,8 +54,9 @@ struct Context {
     pending: PendingWrites,
 }
 
-/// Runs the reconciler for as long as the task lives.
-pub async fn run(client: Client, bundle: String, leader: watch::Receiver<bool>) {
+/// Runs the reconciler for as long as the task lives; every namespace is reconciled
+/// again when `bundle` changes.
+pub async fn run(client: Client, bundle: watch::Receiver<String>, leader: watch::Receiver<bool>) {
     let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY}");
     let (namespaces, namespace_writer) = reflector::store::<Namespace>();
     let namespace_events = watch(
@@ -73,7 +75,7 @@ pub async fn run(client: Client, bundle: String, leader: watch::Receiver<bool>) 
     .touched_objects();
     let context = Arc::new(Context {
         client,
-        bundle,
+        bundle: bundle.clone(),
         leader: leader.clone(),
         config_maps,
         pending: PendingWrites::default(),
@@ -90,7 +92,10 @@ pub async fn run(client: Client, bundle: String, leader: watch::Receiver<bool>) 
     };
     Controller::for_stream(namespace_events, namespaces)
         .watches_stream(config_map_events, mapper)
-        .reconcile_all_on(became_leader(leader))
+        .reconcile_all_on(futures::stream::select(
+            became_leader(leader),
+            changed(bundle),
+        ))
         // The watches wait after their errors themselves (and not after a 410).
         .trigger_backoff(NoWait)
         .with_config(controller::Config::default().concurrency(CONCURRENCY))
@@ -129,12 +134,13 @@ async fn reconcile(
     let existing = context
         .config_maps
         .get(&ObjectRef::new(TRUST_ROOTS_CONFIG_MAP).within(&name));
-    for action in plan([namespace.as_ref()], existing.as_deref(), &context.bundle) {
+    let bundle = context.bundle.borrow().clone();
+    for action in plan([namespace.as_ref()], existing.as_deref(), &bundle) {
         if !lease::is_leader(&context.leader) {
             debug!("no longer the leader: trust bundle writes stopped");
             break;
         }
-        match apply(&context.client, &context.bundle, &action).await {
+        match apply(&context.client, &bundle, &action).await {
             Ok(written) => context
                 .pending
                 .wrote(&name, written.resource_version().unwrap_or_default()),
@@ -162,6 +168,14 @@ fn became_leader(leader: watch::Receiver<bool>) -> impl futures::Stream<Item = (
                 return Some(((), leader));
             }
         }
+    })
+}
+
+/// One item each time the bundle changes (ends if its sender is gone).
+fn changed(bundle: watch::Receiver<String>) -> impl futures::Stream<Item = ()> + Send {
+    futures::stream::unfold(bundle, |mut bundle| async move {
+        bundle.changed().await.ok()?;
+        Some(((), bundle))
     })
 }
 
