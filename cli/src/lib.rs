@@ -8,6 +8,7 @@ pub mod authz;
 pub mod check;
 pub mod file_sd;
 mod http;
+pub mod identity;
 pub mod inject;
 pub mod install;
 pub mod kube_pods;

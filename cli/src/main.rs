@@ -2,13 +2,13 @@
 //! with an `Args` struct and a `run` function; this file only dispatches.
 
 mod demo;
-mod identity;
+
 mod token;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mesh_cli::{authz, check, inject, install, stat};
+use mesh_cli::{authz, check, identity, inject, install, stat};
 
 /// The mesh command line.
 #[derive(Debug, Parser)]

@@ -337,13 +337,73 @@ async fn proxy(c: &HttpClient, t: &Target, anchors: Option<&str>) -> Vec<Check> 
                 "the proxy holds a certificate from another CA: restart it to get a new one",
             ),
         });
+        let bundle = get(c, &format!("http://{}/trust-bundle", t.addr))
+            .await
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        out.push(trust_check(&pod, &bundle, &chain, anchors));
     }
     out
+}
+
+/// Which anchors a proxy trusts and which certificate issued its leaf, checked against
+/// the directory's bundle (a proxy on another bundle missed a reload).
+fn trust_check(pod: &str, bundle_pem: &str, chain_pem: &str, anchors_pem: &str) -> Check {
+    use crate::identity::pem_fingerprints;
+    let short = |fp: &String| fp.chars().take(16).collect::<String>();
+    let trusted = pem_fingerprints(bundle_pem);
+    let issuer = pem_fingerprints(chain_pem)
+        .get(1)
+        .map_or_else(|| "?".to_string(), short);
+    let names: Vec<String> = trusted.iter().map(short).collect();
+    let desc = format!(
+        "proxy {pod} trusts anchor(s) {}; its certificate was issued by {issuer}",
+        if names.is_empty() {
+            "?".to_string()
+        } else {
+            names.join(", ")
+        }
+    );
+    let mut want = pem_fingerprints(anchors_pem);
+    let mut have = trusted;
+    want.sort();
+    have.sort();
+    if want == have {
+        Check::ok(PROXIES, desc)
+    } else {
+        Check::fail(
+            PROXIES,
+            desc,
+            "its trust bundle is not the directory's trust-anchors.pem",
+            "it has not reloaded the file: look for `trust bundle file refused` in its log",
+        )
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trust_is_reported_and_compared_with_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        mesh_identity::files::init_dir(dir.path(), "cluster.local", false).unwrap();
+        let anchors = std::fs::read_to_string(dir.path().join(TRUST_ANCHORS)).unwrap();
+        let issuer = std::fs::read_to_string(dir.path().join("issuer.crt")).unwrap();
+        let (other, _) = mesh_identity::ca::generate_trust_anchor("cluster.local").unwrap();
+        let chain = format!("{issuer}{issuer}"); // leaf position unused: issuer second
+        let ok = trust_check("demo/a", &anchors, &chain, &anchors);
+        assert_eq!(ok.result, super::super::Status::Success, "{ok:?}");
+        let fp = |pem: &str| crate::identity::pem_fingerprints(pem)[0][..16].to_string();
+        assert!(ok.description.contains(&fp(&anchors)), "{ok:?}");
+        assert!(
+            ok.description
+                .ends_with(&format!("issued by {}", fp(&issuer))),
+            "{ok:?}"
+        );
+        let stale = trust_check("demo/a", &format!("{anchors}{other}"), &chain, &anchors);
+        assert_eq!(stale.result, super::super::Status::Error, "{stale:?}");
+    }
 
     #[test]
     fn reads_the_first_sample() {

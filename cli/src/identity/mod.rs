@@ -1,5 +1,11 @@
 //! `mesh identity ...`: creates the certificate authority files used by
-//! `mesh-identity` in local mode (trust anchor, issuer, token key).
+//! `mesh-identity` in local mode (trust anchor, issuer, token key), and rotates the
+//! trust anchor of a running local mesh ([`rotate`]).
+
+mod fleet;
+mod rotate;
+
+pub use fleet::pem_fingerprints;
 
 use std::path::PathBuf;
 
@@ -27,6 +33,10 @@ enum IdentityCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Replace the trust anchor of a running local mesh, step by step, with no restart:
+    /// add the new anchor, switch to an issuer it signs (every workload renews), remove
+    /// the old anchor.
+    Rotate(rotate::Args),
 }
 
 /// Runs `mesh identity ...`.
@@ -37,6 +47,7 @@ pub fn run(args: Args) -> Result<()> {
             trust_domain,
             force,
         } => init(&dir, &trust_domain, force),
+        IdentityCommand::Rotate(args) => rotate::run(args),
     }
 }
 
