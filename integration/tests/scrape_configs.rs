@@ -164,6 +164,12 @@ async fn kubernetes_scrape_config_keeps_admin_ports_and_names_workloads() {
     let prom = Prometheus::start(|dir| {
         let file = dir.join("pods.json");
         std::fs::write(&file, pods.to_string()).expect("write pods");
+        // The alerting rules it loads, next to it as in the repository.
+        std::fs::copy(
+            repo().join("manifests/prometheus/alerts.yaml"),
+            dir.join("alerts.yaml"),
+        )
+        .expect("alerts.yaml");
         let files = format!("file_sd_configs:\n      - files: ['{}']\n", file.display());
         config.replace(sd, &files)
     })
@@ -216,6 +222,39 @@ async fn kubernetes_scrape_config_keeps_admin_ports_and_names_workloads() {
             prom.log_text()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The alerting rules in manifests/prometheus/alerts.yaml pass `promtool check rules`
+/// and their unit tests (alerts_test.yaml: anchor, issuer and leaf expiry, outdated
+/// bundles).
+#[test]
+fn certificate_alerts_pass_their_promtool_tests() {
+    let dir = repo().join("manifests/prometheus");
+    for args in [
+        &["check", "rules", "alerts.yaml"][..],
+        &["test", "rules", "alerts_test.yaml"][..],
+    ] {
+        match std::process::Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+        {
+            Ok(out) => assert!(
+                out.status.success(),
+                "promtool {args:?}:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(_) => {
+                println!("SKIPPED: promtool not installed");
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "promtool is needed under CI"
+                );
+                return;
+            }
+        }
     }
 }
 
