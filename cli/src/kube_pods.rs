@@ -49,7 +49,19 @@ pub async fn admin_get(
     path: &str,
     timeout: std::time::Duration,
 ) -> anyhow::Result<String> {
-    let url = format!("/api/v1/namespaces/{ns}/pods/{pod}:{ADMIN_PORT}/proxy{path}");
+    port_get(client, ns, pod, ADMIN_PORT, path, timeout).await
+}
+
+/// GETs `path` from a pod's `port` through the API server (as [`admin_get`]).
+pub async fn port_get(
+    client: &Client,
+    ns: &str,
+    pod: &str,
+    port: u16,
+    path: &str,
+    timeout: std::time::Duration,
+) -> anyhow::Result<String> {
+    let url = format!("/api/v1/namespaces/{ns}/pods/{pod}:{port}/proxy{path}");
     let req = http::Request::get(url).body(Vec::new())?;
     match tokio::time::timeout(timeout, client.request_text(req)).await {
         Ok(Ok(text)) => Ok(text),

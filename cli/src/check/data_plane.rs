@@ -62,18 +62,30 @@ pub async fn checks(
             p.metadata.name.clone().unwrap_or_default(),
         );
         let metrics = kube_pods::admin_get(client, &ns, &name, "/metrics", timeout).await;
-        let chain = match anchors {
-            Some(_) => Some(
-                kube_pods::admin_get(client, &ns, &name, "/certificate", timeout)
+        let (chain, bundle) = match anchors {
+            Some(_) => (
+                Some(
+                    kube_pods::admin_get(client, &ns, &name, "/certificate", timeout)
+                        .await
+                        .unwrap_or_default(),
+                ),
+                kube_pods::admin_get(client, &ns, &name, "/trust-bundle", timeout)
                     .await
-                    .unwrap_or_default(),
+                    .ok(),
             ),
-            None => None,
+            None => (None, None),
         };
-        (format!("{ns}/{name}"), metrics, chain)
+        (format!("{ns}/{name}"), metrics, chain, bundle)
     }))
     .await;
-    for (pod, metrics, chain) in read {
+    if let Some(anchors) = anchors {
+        let trust: Vec<_> = read
+            .iter()
+            .map(|(pod, _, chain, bundle)| (pod.as_str(), bundle.as_deref(), chain.as_deref()))
+            .collect();
+        out.push(trust_check(&trust, anchors));
+    }
+    for (pod, metrics, chain, _) in read {
         match &metrics {
             Ok(t) => match metric(t, "mesh_identity_cert_expiry_timestamp_seconds") {
                 Some(t) if t > now => {}
@@ -115,6 +127,55 @@ pub async fn checks(
         },
     );
     out
+}
+
+/// Pure: which anchors the proxies trust and which issuers signed their leaves, and
+/// whether every proxy trusts exactly `anchors` (one that does not missed a reload of
+/// its `mesh-trust-roots` volume). `reads` are (pod, `/trust-bundle`, `/certificate`).
+pub fn trust_check(reads: &[(&str, Option<&str>, Option<&str>)], anchors: &str) -> Check {
+    use crate::identity::pem_fingerprints;
+    use std::collections::BTreeMap;
+    let short = |fp: &String| fp.chars().take(16).collect::<String>();
+    let mut want = pem_fingerprints(anchors);
+    want.sort();
+    let mut issuers: BTreeMap<String, usize> = BTreeMap::new();
+    let mut other = Vec::new();
+    for (pod, bundle, chain) in reads {
+        let issuer = chain
+            .and_then(|c| pem_fingerprints(c).get(1).map(short))
+            .unwrap_or_else(|| "?".into());
+        *issuers.entry(issuer).or_default() += 1;
+        let mut have = bundle.map(pem_fingerprints).unwrap_or_default();
+        have.sort();
+        if have != want {
+            let names: Vec<String> = have.iter().map(short).collect();
+            other.push(format!(
+                "{pod} ({})",
+                if names.is_empty() {
+                    "unreadable".into()
+                } else {
+                    names.join(", ")
+                }
+            ));
+        }
+    }
+    let anchors: Vec<String> = want.iter().map(short).collect();
+    let issued: Vec<String> = issuers.iter().map(|(i, n)| format!("{i} ({n})")).collect();
+    let desc = format!(
+        "proxies trust anchor(s) {}; their certificates were issued by {}",
+        anchors.join(", "),
+        issued.join(", ")
+    );
+    if other.is_empty() {
+        Check::ok(GROUP, desc)
+    } else {
+        Check::fail(
+            GROUP,
+            desc,
+            format!("on another trust bundle: {}", other.join(", ")),
+            "their mesh-trust-roots volume is not current: look for `trust bundle file refused` in kubectl logs POD -c mesh-proxy",
+        )
+    }
 }
 
 /// Pure: whether every injected pod's proxy container reports ready.
@@ -192,5 +253,45 @@ pub fn version_check(pods: &[&Pod]) -> Check {
             format!("other versions: {}", other.join(", ")),
             "kubectl rollout restart the workloads after upgrading the control plane",
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trust_is_summarised_and_stale_bundles_named() {
+        let (a, a_key) = mesh_identity::ca::generate_trust_anchor("cluster.local").unwrap();
+        let (b, _) = mesh_identity::ca::generate_trust_anchor("cluster.local").unwrap();
+        let (issuer, _) = mesh_identity::ca::generate_issuer(&a, &a_key, "cluster.local").unwrap();
+        let chain = format!("{issuer}{issuer}");
+        let both = format!("{a}{b}");
+        let reads = [
+            ("demo/x", Some(a.as_str()), Some(chain.as_str())),
+            ("demo/y", Some(both.as_str()), Some(chain.as_str())),
+            ("demo/z", None, None),
+        ];
+        let check = trust_check(&reads, &a);
+        assert_eq!(check.result, super::super::Status::Error, "{check:?}");
+        let fp = |pem: &str| crate::identity::pem_fingerprints(pem)[0][..16].to_string();
+        assert!(
+            check.description.contains(&format!("anchor(s) {}", fp(&a))),
+            "{check:?}"
+        );
+        assert!(
+            check.description.contains(&format!("{} (2)", fp(&issuer))),
+            "{check:?}"
+        );
+        let error = check.error.clone().unwrap();
+        assert!(
+            error.contains("demo/y (") && error.contains("demo/z (unreadable)"),
+            "{error}"
+        );
+        assert!(!error.contains("demo/x"), "{error}");
+        assert_eq!(
+            trust_check(&reads[..1], &a).result,
+            super::super::Status::Success
+        );
     }
 }

@@ -7,7 +7,7 @@
 mod control_plane;
 mod crds;
 pub mod identity;
-mod meta;
+pub(crate) mod meta;
 mod rbac;
 pub mod webhook;
 

@@ -111,6 +111,9 @@ struct State {
     /// Watches from a resourceVersion older than this get `410 Gone` (etcd
     /// compacted the history they would need).
     compacted: u64,
+    /// Where the pod proxy (`pods/<name>:<port>/proxy/...`) forwards, by
+    /// `namespace/name:port`.
+    pod_proxies: BTreeMap<String, SocketAddr>,
 }
 
 /// The fake API server.
@@ -225,6 +228,77 @@ fn merge(target: &mut Value, patch: &Value) {
     }
 }
 
+impl KubeApi {
+    /// Answers a pod-proxy request (`to`: where the pod's port is, if anywhere).
+    async fn pod_proxy(
+        &self,
+        to: Option<SocketAddr>,
+        key: String,
+        rest: String,
+    ) -> Response<BoxBody<Bytes, Infallible>> {
+        match to {
+            Some(to) => forward(to, &rest).await,
+            None => respond(
+                503,
+                &status(
+                    503,
+                    "ServiceUnavailable",
+                    format!("error trying to reach service: no route to {key}"),
+                ),
+            ),
+        }
+    }
+}
+
+/// `/api/v1/namespaces/<ns>/pods/<name>:<port>/proxy<rest>` → (`ns/name:port`, rest).
+fn pod_proxy_path(path: &str) -> Option<(String, String)> {
+    let rest = path.strip_prefix("/api/v1/namespaces/")?;
+    let (ns, rest) = rest.split_once("/pods/")?;
+    let (pod, rest) = rest.split_once("/proxy")?;
+    pod.contains(':').then(|| {
+        let rest = if rest.is_empty() { "/" } else { rest };
+        (format!("{ns}/{pod}"), rest.to_string())
+    })
+}
+
+/// A `GET rest` to `to` over HTTP/1.1, its answer relayed (a `503` when unreachable).
+async fn forward(to: SocketAddr, rest: &str) -> Response<BoxBody<Bytes, Infallible>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut tcp = tokio::net::TcpStream::connect(to).await?;
+        let req = format!("GET {rest} HTTP/1.1\r\nHost: {to}\r\nConnection: close\r\n\r\n");
+        tcp.write_all(req.as_bytes()).await?;
+        let mut out = Vec::new();
+        tcp.read_to_end(&mut out).await?;
+        Ok::<_, std::io::Error>(out)
+    };
+    let out = match tokio::time::timeout(std::time::Duration::from_secs(5), exchange).await {
+        Ok(Ok(out)) => out,
+        _ => {
+            return respond(
+                503,
+                &status(
+                    503,
+                    "ServiceUnavailable",
+                    format!("error trying to reach {to}"),
+                ),
+            )
+        }
+    };
+    let text = String::from_utf8_lossy(&out);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(502);
+    Response::builder()
+        .status(code)
+        .header("content-type", "text/plain")
+        .body(Full::new(Bytes::from(body.to_string())).boxed())
+        .unwrap()
+}
+
 fn status(code: u16, reason: &str, message: String) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
         "reason": reason, "code": code, "message": message})
@@ -292,6 +366,16 @@ impl KubeApi {
         let mut state = self.state.lock().unwrap();
         let c = state.collections.get_mut(path).expect("declared path");
         c.reactor = Some(Arc::new(reactor));
+    }
+
+    /// Makes the pod proxy forward `GET`s for `namespace/pod:port` to `to` (plain
+    /// HTTP/1.1), as the API server reaches a pod's port. Pods without one answer `503`.
+    pub fn proxy_pod(&self, namespace: &str, pod: &str, port: u16, to: SocketAddr) {
+        self.state
+            .lock()
+            .unwrap()
+            .pod_proxies
+            .insert(format!("{namespace}/{pod}:{port}"), to);
     }
 
     /// The requests seen so far.
@@ -424,6 +508,27 @@ impl KubeApi {
         let body: Option<Value> =
             (!bytes.is_empty()).then(|| serde_json::from_slice(&bytes).unwrap());
 
+        // The pod proxy: looked up under the lock, forwarded without it.
+        if let Some((key, rest)) = pod_proxy_path(&path) {
+            let to = {
+                let mut state = self.state.lock().unwrap();
+                state.calls.push(Call {
+                    method: method.clone(),
+                    path: path.clone(),
+                    watch,
+                    query: query.clone(),
+                    body: body.clone(),
+                });
+                if state.down {
+                    return respond(
+                        503,
+                        &status(503, "ServiceUnavailable", "the API server is away".into()),
+                    );
+                }
+                state.pod_proxies.get(&key).copied()
+            };
+            return self.pod_proxy(to, key, rest).await;
+        }
         let mut state = self.state.lock().unwrap();
         state.calls.push(Call {
             method: method.clone(),

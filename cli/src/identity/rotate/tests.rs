@@ -1,4 +1,3 @@
-use super::super::fleet::Holding;
 use super::*;
 
 #[test]
