@@ -3,6 +3,7 @@
 //! HTTP/2 and a long-lived opaque session run through it, with no failed request; its
 //! steps refuse to run early; a garbage bundle file is refused by the proxy.
 
+use mesh_cli::identity::pem_fingerprints as fingerprints;
 use mesh_integration::{
     apps::Behaviour,
     client,
@@ -12,8 +13,6 @@ use mesh_integration::{
     tls::{client_cert, client_config, tls_exchange, transport_header},
     Mesh, Proxy,
 };
-use mesh_proto::workload::fingerprint;
-use rustls::pki_types::{pem::PemObject, CertificateDer};
 use std::{
     path::Path,
     process::Command,
@@ -24,14 +23,6 @@ use std::{
     time::{Duration, Instant},
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Fingerprints of the certificates in `pem`.
-fn fingerprints(pem: &str) -> Vec<String> {
-    CertificateDer::pem_slice_iter(pem.as_bytes())
-        .filter_map(Result::ok)
-        .map(|d| fingerprint(&d))
-        .collect()
-}
 
 /// The first certificate's fingerprint in a file of `dir`.
 fn file_fp(dir: &Path, name: &str) -> String {

@@ -7,6 +7,7 @@
 //! file changes nothing.
 
 use base64::Engine;
+use mesh_cli::identity::pem_fingerprints as fingerprints;
 use mesh_identity::ca::{generate_issuer, generate_trust_anchor};
 use mesh_identity::kubernetes::{self, KubeSettings, LeaseSettings};
 use mesh_identity::metrics::Metrics;
@@ -16,8 +17,7 @@ use mesh_integration::{
     process::{bin, free_addr, Proc},
 };
 use mesh_kube_fake::KubeApi;
-use mesh_proto::workload::{fingerprint, renewal_directive};
-use rustls::pki_types::{pem::PemObject, CertificateDer};
+use mesh_proto::workload::renewal_directive;
 use serde_json::{json, Value};
 use std::{
     net::SocketAddr,
@@ -41,13 +41,6 @@ const PATHS: &[&str] = &[
     "/apis/coordination.k8s.io/v1/leases",
     PODS,
 ];
-
-fn fingerprints(pem: &str) -> Vec<String> {
-    CertificateDer::pem_slice_iter(pem.as_bytes())
-        .filter_map(Result::ok)
-        .map(|d| fingerprint(&d))
-        .collect()
-}
 
 fn issuer_secret(cert: &str, key: &str) -> Value {
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);

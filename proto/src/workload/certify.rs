@@ -5,9 +5,9 @@
 //! issued chain against the bundle before installing it, and never drop the
 //! current certificate while a renewal is failing.
 
+use super::channel::{dial_tls, host_port};
 use super::{server_auth_config, spiffe::spiffe_id, CertStore, LocalKey, TlsError, TrustBundle};
 use crate::identity::{identity_client, CertifyRequest};
-use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, ServerName};
 use std::{
     future::Future,
@@ -15,8 +15,6 @@ use std::{
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 /// Where the workload's token comes from.
@@ -76,41 +74,14 @@ impl IdentityClient {
         let sni = ServerName::try_from(server_name.to_string())
             .map_err(|e| setup(&format!("identity server name {server_name:?}: {e}")))?;
         let config = server_auth_config(bundle.clone()).map_err(|e| setup(&e))?;
-        let hostport = url
-            .split_once("://")
-            .map_or(url, |(_, rest)| rest)
-            .trim_end_matches('/');
         let connect_timeout = Duration::from_secs(2);
-        let endpoint = Endpoint::from_shared(format!("http://{hostport}"))
+        let endpoint = Endpoint::from_shared(format!("http://{}", host_port(url)))
             .map_err(|e| setup(&e))?
             .connect_timeout(connect_timeout)
             .timeout(Duration::from_secs(5));
         let connector = tower::service_fn(move |uri: Uri| {
             let (config, sni) = (config.clone(), sni.clone());
-            async move {
-                let host = uri
-                    .host()
-                    .unwrap_or_default()
-                    .trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .to_string();
-                let port = uri.port_u16().unwrap_or(443);
-                let timed_out = |what| std::io::Error::new(std::io::ErrorKind::TimedOut, what);
-                let tcp = tokio::time::timeout(
-                    connect_timeout,
-                    TcpStream::connect((host.as_str(), port)),
-                )
-                .await
-                .map_err(|_| timed_out("connect timeout"))??;
-                let _ = tcp.set_nodelay(true);
-                let tls = tokio::time::timeout(
-                    connect_timeout,
-                    TlsConnector::from(config).connect(sni, tcp),
-                )
-                .await
-                .map_err(|_| timed_out("TLS handshake timeout"))??;
-                Ok::<_, std::io::Error>(TokioIo::new(tls))
-            }
+            async move { dial_tls(&uri, config, Some(sni), connect_timeout).await }
         });
         let channel = endpoint.connect_with_connector_lazy(connector);
         let key = LocalKey::generate(&identity).map_err(|e| setup(&e))?;

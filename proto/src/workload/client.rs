@@ -5,11 +5,11 @@
 use super::{spiffe::spiffe_id, CertStore, TlsError, TrustBundle};
 use crate::workload::certs::provider;
 use rustls::{
-    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
-    crypto::CryptoProvider,
+    client::danger::{ServerCertVerified, ServerCertVerifier},
+    crypto::WebPkiSupportedAlgorithms,
     pki_types::{CertificateDer, ServerName, UnixTime},
     server::ParsedCertificate,
-    ClientConfig, DigitallySignedStruct, SignatureScheme,
+    ClientConfig,
 };
 use std::sync::Arc;
 
@@ -24,7 +24,7 @@ pub fn client_config(
     let verifier = Arc::new(SpiffeVerifier {
         bundle,
         expected: expected_identity.to_string(),
-        provider: provider.clone(),
+        algs: provider.signature_verification_algorithms,
     });
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -48,7 +48,10 @@ pub fn server_name() -> Result<ServerName<'static>, rustls::pki_types::InvalidDn
 /// to the bundle in force at each handshake.
 pub fn server_auth_config(bundle: Arc<TrustBundle>) -> Result<Arc<ClientConfig>, TlsError> {
     let provider = provider();
-    let verifier = Arc::new(DnsVerifier { bundle });
+    let verifier = Arc::new(DnsVerifier {
+        bundle,
+        algs: provider.signature_verification_algorithms,
+    });
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .dangerous()
@@ -62,6 +65,7 @@ pub fn server_auth_config(bundle: Arc<TrustBundle>) -> Result<Arc<ClientConfig>,
 #[derive(Debug)]
 struct DnsVerifier {
     bundle: Arc<TrustBundle>,
+    algs: WebPkiSupportedAlgorithms,
 }
 
 impl ServerCertVerifier for DnsVerifier {
@@ -82,43 +86,14 @@ impl ServerCertVerifier for DnsVerifier {
         )
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.bundle
-            .current()
-            .server_verifier()
-            .verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.bundle
-            .current()
-            .server_verifier()
-            .verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.bundle
-            .current()
-            .server_verifier()
-            .supported_verify_schemes()
-    }
+    super::signature_checks!();
 }
 
 #[derive(Debug)]
 struct SpiffeVerifier {
     bundle: Arc<TrustBundle>,
     expected: String,
-    provider: Arc<CryptoProvider>,
+    algs: WebPkiSupportedAlgorithms,
 }
 
 impl ServerCertVerifier for SpiffeVerifier {
@@ -136,7 +111,7 @@ impl ServerCertVerifier for SpiffeVerifier {
             self.bundle.current().roots(),
             intermediates,
             now,
-            self.provider.signature_verification_algorithms.all,
+            self.algs.all,
         )?;
         let id = spiffe_id(end_entity).map_err(rustls::Error::General)?;
         if id != self.expected {
@@ -148,37 +123,5 @@ impl ServerCertVerifier for SpiffeVerifier {
         Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+    super::signature_checks!();
 }

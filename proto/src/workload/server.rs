@@ -4,10 +4,10 @@
 
 use super::{CertStore, TlsError, TrustBundle};
 use rustls::{
-    client::danger::HandshakeSignatureValid,
+    crypto::WebPkiSupportedAlgorithms,
     pki_types::{CertificateDer, UnixTime},
     server::danger::{ClientCertVerified, ClientCertVerifier},
-    DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme,
+    DistinguishedName, ServerConfig,
 };
 use std::sync::Arc;
 
@@ -17,7 +17,10 @@ pub fn server_config(
     bundle: Arc<TrustBundle>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = super::provider();
-    let verifier = Arc::new(LiveClientVerifier { bundle });
+    let verifier = Arc::new(LiveClientVerifier {
+        bundle,
+        algs: provider.signature_verification_algorithms,
+    });
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
@@ -36,6 +39,7 @@ pub fn server_config(
 #[derive(Debug)]
 struct LiveClientVerifier {
     bundle: Arc<TrustBundle>,
+    algs: WebPkiSupportedAlgorithms,
 }
 
 impl ClientCertVerifier for LiveClientVerifier {
@@ -61,34 +65,5 @@ impl ClientCertVerifier for LiveClientVerifier {
             .verify_client_cert(end_entity, intermediates, now)
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.bundle
-            .current()
-            .client_verifier()
-            .verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.bundle
-            .current()
-            .client_verifier()
-            .verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.bundle
-            .current()
-            .client_verifier()
-            .supported_verify_schemes()
-    }
+    super::signature_checks!();
 }

@@ -116,6 +116,19 @@ struct State {
     pod_proxies: BTreeMap<String, SocketAddr>,
 }
 
+impl State {
+    /// Records `call`; during an outage, the `503` to answer instead.
+    fn admit(&mut self, call: Call) -> Option<Response<BoxBody<Bytes, Infallible>>> {
+        self.calls.push(call);
+        self.down.then(|| {
+            respond(
+                503,
+                &status(503, "ServiceUnavailable", "the API server is away".into()),
+            )
+        })
+    }
+}
+
 /// The fake API server.
 #[derive(Clone)]
 pub struct KubeApi {
@@ -508,40 +521,27 @@ impl KubeApi {
         let body: Option<Value> =
             (!bytes.is_empty()).then(|| serde_json::from_slice(&bytes).unwrap());
 
+        let call = Call {
+            method: method.clone(),
+            path: path.clone(),
+            watch,
+            query: query.clone(),
+            body: body.clone(),
+        };
         // The pod proxy: looked up under the lock, forwarded without it.
         if let Some((key, rest)) = pod_proxy_path(&path) {
             let to = {
                 let mut state = self.state.lock().unwrap();
-                state.calls.push(Call {
-                    method: method.clone(),
-                    path: path.clone(),
-                    watch,
-                    query: query.clone(),
-                    body: body.clone(),
-                });
-                if state.down {
-                    return respond(
-                        503,
-                        &status(503, "ServiceUnavailable", "the API server is away".into()),
-                    );
+                if let Some(away) = state.admit(call) {
+                    return away;
                 }
                 state.pod_proxies.get(&key).copied()
             };
             return self.pod_proxy(to, key, rest).await;
         }
         let mut state = self.state.lock().unwrap();
-        state.calls.push(Call {
-            method: method.clone(),
-            path: path.clone(),
-            watch,
-            query: query.clone(),
-            body: body.clone(),
-        });
-        if state.down {
-            return respond(
-                503,
-                &status(503, "ServiceUnavailable", "the API server is away".into()),
-            );
+        if let Some(away) = state.admit(call) {
+            return away;
         }
         let target = parse_path(&path);
         let not_found = status(
