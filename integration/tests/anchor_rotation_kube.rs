@@ -261,7 +261,7 @@ async fn a_bundle_configmap_change_reaches_a_proxys_mounted_file_and_its_handsha
     let (identity_addr, _, kube) = identity(&api, &old, &anchors_file).await;
 
     // The pod: its ConfigMap volume kept by the stand-in kubelet, and a real proxy.
-    until("first publication", 10, async || {
+    until("first publication", 20, async || {
         published(&api) == fingerprints(&old)
     })
     .await;
@@ -367,7 +367,7 @@ async fn mesh_identity_rotate_kubernetes_runs_all_three_steps_through_the_api() 
     api.proxy_pod(NS, "mesh-identity-0", 9991, identity_admin);
 
     // Two pods in demo, each with its own volume of the published bundle.
-    until("first publication", 10, async || {
+    until("first publication", 20, async || {
         published(&api) == fingerprints(&old)
     })
     .await;

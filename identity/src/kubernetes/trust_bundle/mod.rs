@@ -39,6 +39,10 @@ use super::{MANAGED_BY, MANAGED_BY_LABEL, TRUST_ROOTS_CONFIG_MAP, TRUST_ROOTS_KE
 pub const RETRY_DELAY: Duration = Duration::from_secs(5);
 /// The field manager named in writes.
 const FIELD_MANAGER: &str = "mesh-identity";
+/// How long a reconcile waits for the ConfigMap watch's first list before trying again.
+const READY_WAIT: Duration = Duration::from_millis(500);
+/// How often every namespace is reconciled anyway.
+pub const RESYNC: Duration = Duration::from_secs(300);
 /// Namespaces reconciled at once (bounds the API calls in flight after a takeover).
 const CONCURRENCY: u16 = 4;
 
@@ -90,12 +94,36 @@ pub async fn run(client: Client, bundle: watch::Receiver<String>, leader: watch:
             Some(ObjectRef::<Namespace>::new(&namespace))
         }
     };
+    // Everything is reconciled on taking the lead, on a new bundle, once both watches
+    // have listed (a trigger that arrives before the namespace store is filled can be
+    // lost, which a loaded machine showed), and every RESYNC as a safety net.
+    let listed = {
+        let (namespaces, config_maps) = (namespaces.clone(), context.config_maps.clone());
+        futures::stream::once(async move {
+            for _ in 0..600 {
+                let ready = async {
+                    namespaces.wait_until_ready().await.is_ok()
+                        && config_maps.wait_until_ready().await.is_ok()
+                };
+                if let Ok(true) = tokio::time::timeout(READY_WAIT, ready).await {
+                    return;
+                }
+            }
+        })
+    };
+    let resync = futures::stream::unfold((), |()| async {
+        tokio::time::sleep(RESYNC).await;
+        Some(((), ()))
+    });
+    let triggers = futures::stream::select_all([
+        became_leader(leader).boxed(),
+        changed(bundle).boxed(),
+        listed.boxed(),
+        resync.boxed(),
+    ]);
     Controller::for_stream(namespace_events, namespaces)
         .watches_stream(config_map_events, mapper)
-        .reconcile_all_on(futures::stream::select(
-            became_leader(leader),
-            changed(bundle),
-        ))
+        .reconcile_all_on(triggers)
         // The watches wait after their errors themselves (and not after a 410).
         .trigger_backoff(NoWait)
         .with_config(controller::Config::default().concurrency(CONCURRENCY))
@@ -128,8 +156,12 @@ async fn reconcile(
         // Our own write is on its way through the watch: planning now would repeat it.
         return Ok(controller::Action::requeue(left));
     }
-    if context.config_maps.wait_until_ready().await.is_err() {
-        return Ok(controller::Action::await_change());
+    // Bounded: with several reconciles waiting at once, a wake-up was seen lost
+    // (a reconcile parked for good); a later attempt finds the store ready at once.
+    match tokio::time::timeout(READY_WAIT, context.config_maps.wait_until_ready()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => return Ok(controller::Action::await_change()),
+        Err(_) => return Ok(controller::Action::requeue(READY_WAIT)),
     }
     let existing = context
         .config_maps
