@@ -34,6 +34,14 @@ fn named_ports(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     })
 }
 
+/// An optional DNS label (a workload name).
+fn optional_dns_label(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string", "minLength": 1, "maxLength": 63,
+        "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "nullable": true
+    })
+}
+
 /// A count: 0 to 2³²−1.
 fn count(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({"type": "integer", "format": "int64", "minimum": 0, "maximum": 4294967295u64})
@@ -272,6 +280,11 @@ pub struct WorkloadEntrySpec {
     /// The proxy's inbound listener, `ip:port` (default `<address>:4143`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_inbound_address: Option<String>,
+    /// The workload the entry is a replica of (default: the entry's name): its metrics'
+    /// `workload` label and its row in `mesh stat deploy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "optional_dns_label")]
+    pub workload: Option<String>,
 }
 
 // Like the other kinds, objects are validated by the manifest parser (`resources::authz`),

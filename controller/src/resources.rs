@@ -218,6 +218,10 @@ pub struct WorkloadEntrySpec {
     /// The proxy's inbound listener; `<address>:4143` when absent.
     #[serde(default)]
     pub proxy_inbound_address: Option<SocketAddr>,
+    /// The workload the entry is a replica of (metrics' `workload` label, one row of
+    /// `mesh stat deploy`); the entry's own name when absent.
+    #[serde(default, deserialize_with = "de_workload")]
+    pub workload: Option<String>,
     /// Set when the entry stands for a Kubernetes pod (Kubernetes source): such entries
     /// are reached through EndpointSlices or by pod IP, never by Service selectors.
     #[serde(skip)]
@@ -268,6 +272,25 @@ fn default_true() -> bool {
     true
 }
 
+/// `spec.workload`: a DNS label (it becomes a metric label value and a `stat` row).
+fn de_workload<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let value = Option::<String>::deserialize(d)?;
+    if let Some(v) = &value {
+        let ok = !v.is_empty()
+            && v.len() <= 63
+            && v.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !v.starts_with('-')
+            && !v.ends_with('-');
+        if !ok {
+            return Err(serde::de::Error::custom(format!(
+                "{v:?} is not a DNS label (lower-case letters, digits and '-', at most 63)"
+            )));
+        }
+    }
+    Ok(value)
+}
+
 impl WorkloadEntry {
     /// The labels used for selection: `metadata.labels` overlaid with `spec.labels`.
     pub fn selection_labels(&self) -> BTreeMap<String, String> {
@@ -276,6 +299,11 @@ impl WorkloadEntry {
             labels.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
         labels
+    }
+
+    /// The workload the entry is a replica of: `spec.workload`, else its own name.
+    pub fn workload_name(&self) -> &str {
+        self.spec.workload.as_deref().unwrap_or(&self.metadata.name)
     }
 
     /// The service account, `default` when unset.

@@ -58,7 +58,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 /// One meshed workload: its proxy's addresses and identity.
 struct Workload {
+    /// The replica's name (its WorkloadEntry, its "pod").
     name: &'static str,
+    /// Its service account, which is also the workload its replicas share.
     sa: &'static str,
     outbound: SocketAddr,
     inbound: SocketAddr,
@@ -190,7 +192,8 @@ async fn demo(args: &Args, procs: &mut Procs) -> anyhow::Result<()> {
             ("MESH_PROXY_IDENTITY_TOKEN", token),
             ("MESH_PROXY_NAMESPACE", NS.to_string()),
             ("MESH_PROXY_SERVICE_ACCOUNT", w.sa.to_string()),
-            ("MESH_PROXY_WORKLOAD", w.name.to_string()),
+            ("MESH_PROXY_WORKLOAD", w.sa.to_string()),
+            ("MESH_PROXY_POD_NAME", w.name.to_string()),
             ("MESH_PROXY_INBOUND_PORTS", app_port),
         ]
         .map(|(k, v)| (k.to_string(), v));
@@ -207,7 +210,7 @@ async fn demo(args: &Args, procs: &mut Procs) -> anyhow::Result<()> {
     ];
     targets.extend(
         [&client, &web, &api1, &api2]
-            .map(|w| mesh_cli::file_sd::Target::proxy(w.admin, NS, w.name, w.name)),
+            .map(|w| mesh_cli::file_sd::Target::proxy(w.admin, NS, w.sa, w.name)),
     );
     let targets_file = mesh_cli::file_sd::write(&dir, &targets)?;
     warm_up(client.outbound, procs).await?;
@@ -249,7 +252,7 @@ fn write_manifests(
     };
     let entry = |w: &Workload, app: &str, addr: SocketAddr| {
         format!(
-            "apiVersion: policy.mesh.dev/v1alpha1\nkind: WorkloadEntry\nmetadata:\n  name: {}\n  namespace: {NS}\n  labels:\n    app: {app}\nspec:\n  address: 127.0.0.1\n  serviceAccount: {}\n  proxyInboundAddress: \"{}\"\n  ports:\n    http: {}\n",
+            "apiVersion: policy.mesh.dev/v1alpha1\nkind: WorkloadEntry\nmetadata:\n  name: {}\n  namespace: {NS}\n  labels:\n    app: {app}\nspec:\n  address: 127.0.0.1\n  workload: {app}\n  serviceAccount: {}\n  proxyInboundAddress: \"{}\"\n  ports:\n    http: {}\n",
             w.name,
             w.sa,
             w.inbound,

@@ -201,7 +201,7 @@ impl Index {
                 p.name.clone(),
                 p.owner_name.clone().unwrap_or(p.name.clone()),
             ),
-            None => (w.metadata.name.clone(), w.metadata.name.clone()),
+            None => (w.metadata.name.clone(), w.workload_name().to_string()),
         };
         let mut metric_labels = HashMap::from([
             ("namespace".to_string(), ns.clone()),

@@ -57,6 +57,11 @@ apiVersion: policy.mesh.dev/v1alpha1
 kind: WorkloadEntry
 metadata: {name: web-elsewhere, namespace: staging, labels: {app: web}}
 spec: {address: 10.0.0.4, ports: {http: 8080}}
+---
+apiVersion: policy.mesh.dev/v1alpha1
+kind: WorkloadEntry
+metadata: {name: api-1, namespace: staging, labels: {app: api}}
+spec: {address: 10.0.0.5, ports: {http: 8080}, workload: api}
 "#;
 
 fn index() -> Index {
@@ -101,7 +106,10 @@ fn service_selects_workloads_with_named_target_port() {
     assert_eq!(ep.weight, 10_000);
     assert_eq!(ep.protocol_hint(), ProtocolHint::Http);
     assert_eq!(ep.metric_labels["pod"], "web-1");
-    assert_eq!(ep.metric_labels["workload"], "web-1");
+    assert_eq!(
+        ep.metric_labels["workload"], "web-1",
+        "no spec.workload: its name"
+    );
     assert_eq!(ep.metric_labels["namespace"], "prod");
     assert_eq!(ep.metric_labels["serviceaccount"], "web");
 }
@@ -208,6 +216,13 @@ fn ip_targets() {
     );
     // Not one of its declared ports.
     assert_eq!(resolve(&idx, "10.0.0.4:9999"), Resolution::Unknown);
+    // A replica of a named workload: metrics name the workload, and the replica as pod.
+    let Resolution::Endpoints(set) = resolve(&idx, "10.0.0.5:8080") else {
+        panic!("api-1 unresolved")
+    };
+    let ep = &set.endpoints["10.0.0.5:8080"];
+    assert_eq!(ep.metric_labels["workload"], "api");
+    assert_eq!(ep.metric_labels["pod"], "api-1");
 }
 
 #[test]

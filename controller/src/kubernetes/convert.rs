@@ -120,6 +120,7 @@ pub fn pod_entries(pod: &Pod) -> Vec<WorkloadEntry> {
                     service_account: sa.clone(),
                     meshed,
                     proxy_inbound_address: None,
+                    workload: None,
                     pod: Some(PodInfo {
                         name: base.name.clone(),
                         owner_kind: owner_kind.clone(),

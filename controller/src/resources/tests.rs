@@ -95,6 +95,32 @@ fn parses_good_file() {
 }
 
 #[test]
+fn a_workload_entry_names_the_workload_its_replicas_share() {
+    let entry = |extra: &str| {
+        format!(
+            "apiVersion: policy.mesh.dev/v1alpha1\nkind: WorkloadEntry\nmetadata: {{name: api-2, labels: {{app: api}}}}\nspec: {{address: 10.0.0.2{extra}}}\n"
+        )
+    };
+    let parsed = parse_documents(&entry(", workload: api")).unwrap();
+    let Resource::WorkloadEntry(w) = &parsed.resources[0] else {
+        panic!("not a workload");
+    };
+    assert_eq!(w.workload_name(), "api");
+    // Absent: the entry's own name.
+    let parsed = parse_documents(&entry("")).unwrap();
+    let Resource::WorkloadEntry(w) = &parsed.resources[0] else {
+        panic!("not a workload");
+    };
+    assert_eq!(w.workload_name(), "api-2");
+    // Not a DNS label: refused, naming the field.
+    for bad in ["API", "\"\"", "a_b", "-api", &"x".repeat(64)] {
+        let (path, message) = field_error(&entry(&format!(", workload: {bad}")));
+        assert_eq!(path, "spec.workload", "{bad}: {message}");
+        assert!(message.contains("is not a DNS label"), "{bad}: {message}");
+    }
+}
+
+#[test]
 fn wrong_type_names_field_path() {
     let text =
         "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  ports:\n    - port: x\n";
