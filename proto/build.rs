@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/mesh/destination.proto",
         "proto/mesh/policy.proto",
         "proto/mesh/identity.proto",
+        "proto/mesh/tap.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

@@ -6,6 +6,8 @@
 
 pub mod authz;
 pub mod check;
+pub mod dashboard;
+pub mod edges;
 pub mod file_sd;
 mod http;
 pub mod identity;
@@ -13,3 +15,5 @@ pub mod inject;
 pub mod install;
 pub mod kube_pods;
 pub mod stat;
+pub mod tap;
+pub mod top;

@@ -8,7 +8,7 @@ mod token;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mesh_cli::{authz, check, identity, inject, install, stat};
+use mesh_cli::{authz, check, dashboard, edges, identity, inject, install, stat, tap, top};
 
 /// The mesh command line.
 #[derive(Debug, Parser)]
@@ -39,6 +39,14 @@ enum Command {
     Stat(stat::Args),
     /// The authorization policies that apply to a workload, port by port.
     Authz(authz::Args),
+    /// Watch the requests through a resource's proxies, live.
+    Tap(tap::Args),
+    /// The busiest paths through a resource's proxies, live (from tap).
+    Top(top::Args),
+    /// Who calls whom: client and server identities, mTLS, success rate, RPS.
+    Edges(edges::Args),
+    /// Serve a live dashboard: topology, golden signals, tap.
+    Dashboard(dashboard::Args),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +65,10 @@ fn main() -> ExitCode {
         Command::Uninject(args) => inject::run_uninject(args),
         Command::Stat(args) => stat::run(args),
         Command::Authz(args) => authz::run(args),
+        Command::Tap(args) => tap::run(args),
+        Command::Top(args) => top::run(args),
+        Command::Edges(args) => edges::run(args),
+        Command::Dashboard(args) => dashboard::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

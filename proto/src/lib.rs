@@ -15,6 +15,10 @@ pub mod identity {
     tonic::include_proto!("mesh.identity.v1");
 }
 
+pub mod tap {
+    tonic::include_proto!("mesh.tap.v1");
+}
+
 #[cfg(feature = "net")]
 pub mod net;
 

@@ -3,6 +3,8 @@
 //! more once shutting down), `/metrics`, `/certificate` (the current
 //! certificate chain as PEM, public data, so `mesh check` can verify it chains
 //! to the trust anchors) and `/trust-bundle` (the anchors in force, PEM).
+//! A client that opens with a TLS handshake gets the Tap API instead
+//! ([`crate::tap::server`]).
 
 use crate::{
     body::ProxyBody,
@@ -15,13 +17,25 @@ use std::{convert::Infallible, sync::Arc, time::Duration};
 use tokio::sync::watch;
 
 /// The workload's certificate and trust bundle, which `/ready`, `/certificate` and
-/// `/trust-bundle` report.
+/// `/trust-bundle` report, and the Tap API served over TLS on the same port.
 #[derive(Clone)]
 pub struct Tls {
     /// The current certificate.
     pub certs: Arc<CertStore>,
     /// The trust bundle in force.
     pub bundle: Arc<TrustBundle>,
+    /// `None`: tap is off (nobody may tap).
+    pub tap: Option<TapListener>,
+}
+
+/// The Tap API on the admin port: connections that open with a TLS
+/// handshake go to it.
+#[derive(Clone)]
+pub struct TapListener {
+    pub tap: &'static crate::tap::Tap,
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// How long a tap connection may stay without an open tap.
+    pub idle: Duration,
 }
 
 /// Brings scrape-time gauges up to date before `/metrics` is rendered.
@@ -38,7 +52,7 @@ pub async fn serve(
     header: Duration,
     drain: crate::serve::Drain,
 ) {
-    let Tls { certs, bundle } = tls;
+    let Tls { certs, bundle, tap } = tls;
     let timeouts = crate::serve::ConnTimeouts {
         header,
         idle: header,
@@ -51,11 +65,20 @@ pub async fn serve(
         let certs = certs.clone();
         let bundle = bundle.clone();
         let drain = drain.clone();
+        let tap = tap.clone();
         tokio::spawn(async move {
             if !crate::serve::first_bytes(&tcp, &mut slot, header).await {
                 return;
             }
             slot.activate();
+            if let Some(t) = tap {
+                if crate::tap::server::is_tls(&tcp).await {
+                    crate::tap::server::serve_connection(tcp, t.acceptor, t.tap, header, t.idle)
+                        .await;
+                    drop(slot);
+                    return;
+                }
+            }
             let activity = crate::serve::Activity::default();
             let counted = activity.clone();
             let svc = hyper::service::service_fn(move |req| {

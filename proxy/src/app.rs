@@ -43,6 +43,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         None => identity::bundle::export(&bundle.current(), &metrics),
     }
     let certs = Arc::new(CertStore::default());
+    let tap = crate::tap::Tap::leak(config.tap.limits.clone(), config.tap.identities.clone());
 
     // Bind everything first so a port conflict fails at once.
     let admin_l = bind(config.admin_addr, "MESH_PROXY_ADMIN_ADDR").await?;
@@ -115,6 +116,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             max_in_flight: config.max_in_flight,
             access_log: access_log.clone(),
             trace,
+            tap,
         },
     ));
     let refresh: admin::Refresh = {
@@ -136,6 +138,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         admin::Tls {
             certs: certs.clone(),
             bundle: bundle.clone(),
+            tap: (!config.tap.identities.is_empty())
+                .then(|| {
+                    mesh_proto::workload::server_config_optional_client(
+                        certs.clone(),
+                        bundle.clone(),
+                    )
+                    .map(|c| admin::TapListener {
+                        tap,
+                        acceptor: tokio_rustls::TlsAcceptor::from(c),
+                        idle: std::time::Duration::from_secs(60),
+                    })
+                })
+                .transpose()
+                .context("tap TLS")?,
         },
         config.header_timeout,
         drain.clone(),
@@ -171,6 +187,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             local,
             access_log,
             trace,
+            tap,
             drain,
             max_in_flight: config.max_in_flight,
         },

@@ -23,6 +23,8 @@ pub enum ProxyBody {
     Replay(Box<crate::outbound::retry::replay::ReplayBody>),
     /// A gRPC response body whose trailers complete its metrics.
     Grpc(Box<crate::grpc_status::GrpcBody>),
+    /// A tapped response: counted and reported to the taps when it ends.
+    Tapped(Box<crate::tap::TapBody>),
 }
 
 impl ProxyBody {
@@ -52,6 +54,7 @@ impl Body for ProxyBody {
             ProxyBody::Incoming(b) => Pin::new(b).poll_frame(cx),
             ProxyBody::Replay(b) => Pin::new(b.as_mut()).poll_frame(cx),
             ProxyBody::Grpc(b) => Pin::new(b.as_mut()).poll_frame(cx),
+            ProxyBody::Tapped(b) => Pin::new(b.as_mut()).poll_frame(cx),
         }
     }
 
@@ -62,6 +65,7 @@ impl Body for ProxyBody {
             ProxyBody::Incoming(b) => b.is_end_stream(),
             ProxyBody::Replay(b) => b.is_end_stream(),
             ProxyBody::Grpc(b) => b.is_end_stream(),
+            ProxyBody::Tapped(b) => b.is_end_stream(),
         }
     }
 
@@ -72,6 +76,7 @@ impl Body for ProxyBody {
             ProxyBody::Incoming(b) => b.size_hint(),
             ProxyBody::Replay(b) => b.size_hint(),
             ProxyBody::Grpc(b) => b.size_hint(),
+            ProxyBody::Tapped(b) => b.size_hint(),
         }
     }
 }

@@ -119,6 +119,16 @@ pub struct Config {
     pub access_log: bool,
     /// Distributed tracing; `None` (no collector) turns it off.
     pub trace: Option<TraceConfig>,
+    /// Who may tap this proxy, and how much.
+    pub tap: TapConfig,
+}
+
+/// Tap (`MESH_PROXY_TAP_*`).
+#[derive(Clone, Debug)]
+pub struct TapConfig {
+    /// The SPIFFE IDs that may tap (empty: tap is off).
+    pub identities: Vec<String>,
+    pub limits: crate::tap::Limits,
 }
 
 /// Where and how much to trace (`MESH_PROXY_TRACE_*`).
@@ -400,6 +410,35 @@ impl Config {
             opaque_ports,
             access_log,
             trace,
+            tap: TapConfig {
+                identities: match get("MESH_PROXY_TAP_IDENTITIES") {
+                    // The control plane's tap identity (the CLI's and the dashboard's).
+                    None => vec![format!("spiffe://{td}/ns/mesh-system/sa/mesh-tap")],
+                    Some(v) if v.trim() == "none" => Vec::new(),
+                    Some(v) => {
+                        let ids: Vec<String> = v
+                            .split(',')
+                            .map(str::trim)
+                            .filter(|s| !s.is_empty())
+                            .map(String::from)
+                            .collect();
+                        if ids.is_empty() || ids.iter().any(|i| !i.starts_with("spiffe://")) {
+                            return Err(ConfigError::Invalid {
+                                name: "MESH_PROXY_TAP_IDENTITIES",
+                                value: v,
+                                reason: "expected comma-separated spiffe:// IDs or none".into(),
+                            });
+                        }
+                        ids
+                    }
+                },
+                limits: crate::tap::Limits {
+                    max_taps: count("MESH_PROXY_TAP_MAX", 8)?,
+                    default_rps: 100,
+                    max_rps: u32::try_from(count("MESH_PROXY_TAP_MAX_RPS", 1_000)?)
+                        .unwrap_or(u32::MAX),
+                },
+            },
         })
     }
 }

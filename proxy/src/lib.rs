@@ -25,6 +25,7 @@ pub mod outbound;
 pub mod process;
 pub mod request_check;
 pub mod serve;
+pub mod tap;
 pub mod tls;
 pub mod trace;
 pub mod transport_header;

@@ -79,6 +79,27 @@ impl Workload {
     }
 }
 
+/// The tap identity's certificate (24 h) and key in `out`: `mesh tap`, `mesh top`
+/// and `mesh dashboard` find them next to the targets file.
+fn write_tap_credential(id_dir: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
+    let issuer = mesh_identity::files::load_issuer(id_dir)?;
+    let (chain, key) = issuer
+        .issue_serving_cert(
+            &[],
+            &[],
+            "spiffe://cluster.local/ns/mesh-system/sa/mesh-tap",
+            Duration::from_secs(24 * 3600),
+        )
+        .context("issuing the tap certificate")?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    std::fs::write(out.join("tap.crt"), chain)?;
+    let key_path = out.join("tap.key");
+    std::fs::write(&key_path, key)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(())
+}
+
 async fn demo(args: &Args, procs: &mut Procs) -> anyhow::Result<()> {
     let dir = match &args.dir {
         Some(d) => d.clone(),
@@ -93,6 +114,7 @@ async fn demo(args: &Args, procs: &mut Procs) -> anyhow::Result<()> {
     mesh_identity::files::init_dir(&id_dir, "cluster.local", true)
         .context("creating the trust anchor and issuer")?;
     let key = mesh_identity::files::load_token_key(&id_dir)?;
+    write_tap_credential(&id_dir, &dir.join("tap"))?;
     println!("mesh demo: working in {}", dir.display());
 
     // Control plane.
@@ -213,6 +235,12 @@ async fn demo(args: &Args, procs: &mut Procs) -> anyhow::Result<()> {
             .map(|w| mesh_cli::file_sd::Target::proxy(w.admin, NS, w.sa, w.name)),
     );
     let targets_file = mesh_cli::file_sd::write(&dir, &targets)?;
+    let t = targets_file.display();
+    println!("  see the traffic while it runs (another terminal):");
+    println!("    mesh tap deploy/api -n {NS} --targets {t}");
+    println!("    mesh top deploy/web -n {NS} --targets {t}");
+    println!("    mesh edges deploy -n {NS} --targets {t}");
+    println!("    mesh dashboard --targets {t}    (then open http://127.0.0.1:8084)");
     warm_up(client.outbound, procs).await?;
 
     let results = report::drive(client.outbound, WEB_HOST, args.requests, args.concurrency).await;

@@ -10,7 +10,7 @@ pub mod plan;
 pub mod prometheus;
 pub mod render;
 pub mod scrape;
-mod targets;
+pub mod targets;
 
 use anyhow::Context;
 use std::time::Duration;
@@ -113,42 +113,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (answers, unreachable) = rt.block_on(async {
-        let c = crate::http::client();
-        let mut answers = Vec::new();
-        let mut unreachable = Vec::new();
-        if let Some(base) = &args.prometheus {
-            let w = prom_window(window);
-            for q in &queries {
-                answers.push((q.clone(), prometheus::eval(&c, base, q, &w).await?));
-            }
-        } else {
-            let (fetch, list) = match &args.targets {
-                Some(file) => (
-                    targets::Fetch::Direct(Box::new(c.clone())),
-                    targets::read(file)?,
-                ),
-                None => {
-                    let _ = rustls::crypto::ring::default_provider().install_default();
-                    let client = crate::kube_pods::client().await.map_err(|e| {
-                        anyhow::anyhow!(
-                            "no data source: give --prometheus URL or --targets FILE (or \
-                             MESH_TARGETS), or a kubeconfig to read the proxies through the \
-                             API server ({e})"
-                        )
-                    })?;
-                    let list = targets::from_kubernetes(&client, sel.namespace.as_deref()).await?;
-                    (targets::Fetch::Kubernetes(client), list)
-                }
-            };
-            let (scrapes, missing) = targets::scrape_twice(&fetch, &list, window, timeout).await?;
-            unreachable = missing;
-            for q in &queries {
-                answers.push((q.clone(), compute::eval(&scrapes, q)?));
-            }
-        }
-        Ok::<_, anyhow::Error>((answers, unreachable))
-    })?;
+    let data = Data {
+        prometheus: args.prometheus.clone(),
+        targets: args.targets.clone(),
+    };
+    let (answers, unreachable) = rt.block_on(answer(
+        &queries,
+        &data,
+        sel.namespace.as_deref(),
+        window,
+        timeout,
+    ))?;
     let mut rows = compute::rows(&answers, |k| plan::name_of(kind, k));
     if let (Some(ns), Kind::Svc | Kind::Route) = (&sel.namespace, kind) {
         rows.retain(|r| &r.namespace == ns);
@@ -163,6 +138,62 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         eprintln!("unreachable: {}: {}", u.target, u.reason);
     }
     Ok(())
+}
+
+/// Where metrics are read from.
+#[derive(Clone, Debug, Default)]
+pub struct Data {
+    /// A Prometheus base URL.
+    pub prometheus: Option<String>,
+    /// A file-SD targets file of proxies to scrape.
+    pub targets: Option<std::path::PathBuf>,
+}
+
+/// Answers `queries` from `data` (without either: the proxies of the current
+/// kubeconfig's cluster in `namespace`, or all) over `window`; the proxies
+/// that could not be read are returned apart.
+pub async fn answer(
+    queries: &[compute::Query],
+    data: &Data,
+    namespace: Option<&str>,
+    window: Duration,
+    timeout: Duration,
+) -> anyhow::Result<(
+    Vec<(compute::Query, compute::Answer)>,
+    Vec<targets::Unreachable>,
+)> {
+    let c = crate::http::client();
+    let mut answers = Vec::new();
+    if let Some(base) = &data.prometheus {
+        let w = prom_window(window);
+        for q in queries {
+            answers.push((q.clone(), prometheus::eval(&c, base, q, &w).await?));
+        }
+        return Ok((answers, Vec::new()));
+    }
+    let (fetch, list) = match &data.targets {
+        Some(file) => (
+            targets::Fetch::Direct(Box::new(c.clone())),
+            targets::read(file)?,
+        ),
+        None => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let client = crate::kube_pods::client().await.map_err(|e| {
+                anyhow::anyhow!(
+                    "no data source: give --prometheus URL or --targets FILE (or \
+                     MESH_TARGETS), or a kubeconfig to read the proxies through the \
+                     API server ({e})"
+                )
+            })?;
+            let list = targets::from_kubernetes(&client, namespace).await?;
+            (targets::Fetch::Kubernetes(client), list)
+        }
+    };
+    let (scrapes, unreachable) = targets::scrape_twice(&fetch, &list, window, timeout).await?;
+    for q in queries {
+        answers.push((q.clone(), compute::eval(&scrapes, q)?));
+    }
+    Ok((answers, unreachable))
 }
 
 /// A window as PromQL writes it.

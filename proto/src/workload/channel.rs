@@ -39,6 +39,28 @@ pub fn mtls_channel(
     Ok(endpoint.connect_with_connector_lazy(connector))
 }
 
+/// A channel to one workload's admin port (tap): our certificate, any peer
+/// of the mesh (its certificate chains to the bundle and names a SPIFFE ID).
+pub fn mtls_channel_any_workload(
+    addr: &str,
+    certs: Arc<CertStore>,
+    bundle: Arc<TrustBundle>,
+    connect_timeout: Duration,
+) -> Result<Channel, TlsError> {
+    let hostport = host_port(addr);
+    let endpoint = Endpoint::from_shared(format!("http://{hostport}"))
+        .map_err(|e| TlsError::Anchors(format!("address {addr:?}: {e}")))?
+        .connect_timeout(connect_timeout)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5));
+    let config = super::client::client_config_any_workload(certs, bundle)?;
+    let connector = tower::service_fn(move |uri: Uri| {
+        let config = config.clone();
+        async move { dial_tls(&uri, config, None, connect_timeout).await }
+    });
+    Ok(endpoint.connect_with_connector_lazy(connector))
+}
+
 /// `host:port` of a URL or an address (the scheme and a trailing slash dropped).
 pub(super) fn host_port(addr: &str) -> &str {
     addr.split_once("://")

@@ -20,10 +20,27 @@ pub fn client_config(
     bundle: Arc<TrustBundle>,
     expected_identity: &str,
 ) -> Result<Arc<ClientConfig>, TlsError> {
+    build(certs, bundle, Some(expected_identity.to_string()))
+}
+
+/// As [`client_config`], for a client that talks to any workload of the
+/// mesh (tap): the peer must chain to the bundle and carry a SPIFFE ID.
+pub fn client_config_any_workload(
+    certs: Arc<CertStore>,
+    bundle: Arc<TrustBundle>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    build(certs, bundle, None)
+}
+
+fn build(
+    certs: Arc<CertStore>,
+    bundle: Arc<TrustBundle>,
+    expected: Option<String>,
+) -> Result<Arc<ClientConfig>, TlsError> {
     let provider = provider();
     let verifier = Arc::new(SpiffeVerifier {
         bundle,
-        expected: expected_identity.to_string(),
+        expected,
         algs: provider.signature_verification_algorithms,
     });
     let mut config = ClientConfig::builder_with_provider(provider)
@@ -92,7 +109,8 @@ impl ServerCertVerifier for DnsVerifier {
 #[derive(Debug)]
 struct SpiffeVerifier {
     bundle: Arc<TrustBundle>,
-    expected: String,
+    /// `None`: any SPIFFE ID.
+    expected: Option<String>,
     algs: WebPkiSupportedAlgorithms,
 }
 
@@ -114,10 +132,9 @@ impl ServerCertVerifier for SpiffeVerifier {
             self.algs.all,
         )?;
         let id = spiffe_id(end_entity).map_err(rustls::Error::General)?;
-        if id != self.expected {
+        if let Some(expected) = self.expected.as_ref().filter(|e| **e != id) {
             return Err(rustls::Error::General(format!(
-                "peer identity {id} is not the expected {}",
-                self.expected
+                "peer identity {id} is not the expected {expected}"
             )));
         }
         Ok(ServerCertVerified::assertion())

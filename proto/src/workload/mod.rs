@@ -51,7 +51,7 @@ pub use certify::{
     TokenSource,
 };
 pub use certs::{certified_key, provider, CertStore, TlsError};
-pub use channel::mtls_channel;
-pub use client::{client_config, server_auth_config, server_name};
+pub use channel::{mtls_channel, mtls_channel_any_workload};
+pub use client::{client_config, client_config_any_workload, server_auth_config, server_name};
 pub use csr::LocalKey;
-pub use server::server_config;
+pub use server::{server_config, server_config_optional_client};

@@ -16,9 +16,28 @@ pub fn server_config(
     certs: Arc<CertStore>,
     bundle: Arc<TrustBundle>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
+    build(certs, bundle, true)
+}
+
+/// As [`server_config`], but a client may come without a certificate (one it
+/// presents must still chain to the bundle): the service then refuses it
+/// with a message of its own rather than a failed handshake.
+pub fn server_config_optional_client(
+    certs: Arc<CertStore>,
+    bundle: Arc<TrustBundle>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    build(certs, bundle, false)
+}
+
+fn build(
+    certs: Arc<CertStore>,
+    bundle: Arc<TrustBundle>,
+    mandatory: bool,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = super::provider();
     let verifier = Arc::new(LiveClientVerifier {
         bundle,
+        mandatory,
         algs: provider.signature_verification_algorithms,
     });
     let mut config = ServerConfig::builder_with_provider(provider)
@@ -39,12 +58,13 @@ pub fn server_config(
 #[derive(Debug)]
 struct LiveClientVerifier {
     bundle: Arc<TrustBundle>,
+    mandatory: bool,
     algs: WebPkiSupportedAlgorithms,
 }
 
 impl ClientCertVerifier for LiveClientVerifier {
     fn client_auth_mandatory(&self) -> bool {
-        true
+        self.mandatory
     }
 
     // No CA names hinted: mesh clients hold one certificate, and the hints

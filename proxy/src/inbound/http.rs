@@ -9,6 +9,7 @@ use crate::{
     body::ProxyBody,
     errors::{is_grpc, ProxyError},
     metrics::{Direction, Metrics, Recorder},
+    tap,
     trace::{self, Tracing},
     upgrade::{is_upgrade, splice, strip_hop_headers},
 };
@@ -31,7 +32,7 @@ pub struct Connection {
     /// Plaintext callers: the port's probe paths (always allowed).
     pub probes: Option<Arc<[String]>>,
     /// The caller's address, for network rules.
-    pub peer: std::net::IpAddr,
+    pub peer: std::net::SocketAddr,
     /// The application port.
     pub port: u16,
     /// The port's authorization policy (read per request, so changes apply
@@ -39,6 +40,8 @@ pub struct Connection {
     pub policy: PortPolicy,
     pub recorder: Arc<Recorder>,
     pub access_log: Option<Arc<AccessLog>>,
+    /// The proxy's taps.
+    pub tap: &'static crate::tap::Tap,
     /// Request spans, when tracing is on.
     pub trace: Option<Tracing>,
     /// Requests in flight to the app, bounded.
@@ -93,6 +96,18 @@ impl Connection {
             self.metrics.error(Direction::inbound, error.reason());
             return Ok(error.to_response(grpc));
         }
+        // Nobody tapping: one atomic load.
+        let tapped = if self.tap.is_active() {
+            let authority = authority_of(&req).unwrap_or_default();
+            self.tap.start(&tap::Head {
+                direction: "inbound",
+                method: req.method(),
+                authority: &authority,
+                path: req.uri().path(),
+            })
+        } else {
+            None
+        };
         let _in_flight = match self.in_flight.try_acquire() {
             Ok(g) => g,
             Err(n) => {
@@ -111,7 +126,7 @@ impl Connection {
             authz.decide(
                 &Caller {
                     identity: self.identity.as_ref().map(|s| &*s.0),
-                    addr: self.peer,
+                    addr: self.peer.ip(),
                 },
                 &Call {
                     port: self.port,
@@ -128,7 +143,7 @@ impl Connection {
             tracing::info!(
                 policy = %policy.0,
                 client = self.identity.as_ref().map_or("-", |s| &*s.0),
-                addr = %self.peer,
+                addr = %self.peer.ip(),
                 port = self.port,
                 "request denied"
             );
@@ -168,16 +183,37 @@ impl Connection {
                 policy: &policy.0,
             });
         }
-        if grpc {
+        let rsp = if grpc {
             self.recorder.record_request(elapsed);
-            return Ok(crate::grpc_status::track(
-                rsp,
-                self.recorder.clone(),
-                self.metrics.clone(),
-            ));
-        }
-        self.recorder.record(&self.metrics, status, elapsed);
-        Ok(rsp)
+            crate::grpc_status::track(rsp, self.recorder.clone(), self.metrics.clone())
+        } else {
+            self.recorder.record(&self.metrics, status, elapsed);
+            rsp
+        };
+        Ok(match tapped {
+            None => rsp,
+            Some(t) => {
+                let labels = self.recorder.labels();
+                t.respond(
+                    &tap::Outcome {
+                        status,
+                        src_identity: &labels.src_identity.0,
+                        dst_identity: &labels.dst_identity.0,
+                        src_addr: Some(self.peer),
+                        dst_addr: Some(self.app.addr),
+                        src_namespace: &labels.src_namespace.0,
+                        src_workload: &labels.src_workload.0,
+                        dst_namespace: &labels.dst_namespace.0,
+                        dst_workload: &labels.dst_workload.0,
+                        tls: labels.tls,
+                        route: &labels.route.0,
+                        proxy_error: failure.as_ref().map(ProxyError::reason),
+                        grpc,
+                    },
+                    rsp,
+                )
+            }
+        })
     }
 
     /// A plaintext `GET`/`HEAD` of one of the application's probe endpoints.

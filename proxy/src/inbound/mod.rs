@@ -51,6 +51,7 @@ pub struct Inbound {
     local: crate::metrics::Local,
     access_log: Option<Arc<crate::access_log::AccessLog>>,
     trace: Option<crate::trace::Tracing>,
+    tap: &'static crate::tap::Tap,
     drain: crate::serve::Drain,
     in_flight: Arc<crate::serve::InFlight>,
 }
@@ -79,6 +80,8 @@ pub struct InboundSettings {
     pub access_log: Option<Arc<crate::access_log::AccessLog>>,
     /// Request spans, when tracing is on.
     pub trace: Option<crate::trace::Tracing>,
+    /// The proxy's taps.
+    pub tap: &'static crate::tap::Tap,
     /// Shutting down: stop accepting, close connections gracefully.
     pub drain: crate::serve::Drain,
     /// Requests in flight to the app, at most.
@@ -135,6 +138,7 @@ impl Inbound {
             local: settings.local,
             access_log: settings.access_log,
             trace: settings.trace,
+            tap: settings.tap,
             drain: settings.drain,
             in_flight: Arc::new(crate::serve::InFlight::new(settings.max_in_flight)),
         }
@@ -436,13 +440,14 @@ impl Inbound {
             client_id,
             identity: peer.identity,
             probes: peer.probes,
-            peer: peer.addr.ip(),
+            peer: peer.addr,
             port,
             policy,
             recorder: Arc::new(self.metrics.recorder(labels)),
             in_flight: self.in_flight.clone(),
             access_log: self.access_log.clone(),
             trace: self.trace,
+            tap: self.tap,
         };
         let activity = crate::serve::Activity::default();
         let counted = activity.clone();

@@ -16,7 +16,7 @@ use crate::{
     discovery::PolicyWatch,
     errors::{is_grpc, ProxyError},
     metrics::{Direction, Recorder, RequestLabels, Str},
-    trace,
+    tap, trace,
     upgrade::{is_upgrade, strip_hop_headers},
 };
 use http::{header::HOST, uri::Authority, HeaderValue, Request, Response, Uri, Version};
@@ -181,6 +181,17 @@ impl Connection {
             route: route.name.clone(),
         };
         let start = Instant::now();
+        // Nobody tapping: one atomic load.
+        let tapped = if ob.tap.is_active() {
+            ob.tap.start(&tap::Head {
+                direction: "outbound",
+                method: req.method(),
+                authority: authority.as_str(),
+                path: req.uri().path(),
+            })
+        } else {
+            None
+        };
         // Only built when the access log is on.
         let logged = ob
             .access_log
@@ -261,6 +272,27 @@ impl Connection {
                 policy: "",
             });
         }
+        let rsp = match tapped {
+            None => rsp,
+            Some(t) => t.respond(
+                &tap::Outcome {
+                    status,
+                    src_identity: &labels.src_identity.0,
+                    dst_identity: &labels.dst_identity.0,
+                    src_addr: None,
+                    dst_addr: upstream,
+                    src_namespace: &labels.src_namespace.0,
+                    src_workload: &labels.src_workload.0,
+                    dst_namespace: &labels.dst_namespace.0,
+                    dst_workload: &labels.dst_workload.0,
+                    tls: labels.tls,
+                    route: &labels.route.0,
+                    proxy_error: failure.as_ref().map(ProxyError::reason),
+                    grpc,
+                },
+                rsp,
+            ),
+        };
         let recorder = self.recorder(labels);
         if grpc {
             recorder.record_request(elapsed);

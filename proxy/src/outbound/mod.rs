@@ -34,6 +34,8 @@ pub struct OutboundSettings {
     pub local: crate::metrics::Local,
     /// Where access log lines go, when enabled.
     pub access_log: Option<Arc<crate::access_log::AccessLog>>,
+    /// The proxy's taps.
+    pub tap: &'static crate::tap::Tap,
     /// Request spans, when tracing is on.
     pub trace: Option<crate::trace::Tracing>,
     /// How long app connections may stay silent.
@@ -108,6 +110,7 @@ pub struct Outbound {
     pub(crate) opaque_ports: Vec<crate::init::rules::PortRange>,
     pub(crate) local: crate::metrics::Local,
     pub(crate) access_log: Option<Arc<crate::access_log::AccessLog>>,
+    pub(crate) tap: &'static crate::tap::Tap,
     pub(crate) trace: Option<crate::trace::Tracing>,
     pub(crate) timeouts: crate::serve::ConnTimeouts,
     pub(crate) drain: crate::serve::Drain,
@@ -151,6 +154,7 @@ impl Outbound {
             opaque_ports: settings.opaque_ports,
             local: settings.local,
             access_log: settings.access_log,
+            tap: settings.tap,
             trace: settings.trace,
             timeouts: settings.timeouts,
             drain: settings.drain,

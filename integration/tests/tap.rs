@@ -1,0 +1,184 @@
+//! Tap on the proxy's admin port: only the tap identity may observe (no
+//! certificate, or a workload's, gets PERMISSION_DENIED), filters choose the
+//! events, header values, queries and bodies never travel, taps are capped
+//! and rate limited, and the plaintext admin endpoints keep working on the
+//! same port.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use mesh_integration::{
+    apps::Behaviour,
+    client::{self, blast},
+    fixture::{admin_get, service, spiffe},
+    tls::client_cert,
+    Mesh,
+};
+use mesh_proto::{
+    tap::{tap_client::TapClient, Match, ObserveRequest, TapEvent},
+    workload::{certified_key, mtls_channel_any_workload, CertStore, TrustBundle},
+};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+use tonic::{Code, Streaming};
+
+const API: &str = "http://api.demo.svc.cluster.local";
+const TAP_ID: &str = "spiffe://cluster.local/ns/mesh-system/sa/mesh-tap";
+
+/// A tap client of the proxy at `admin`, presenting `cert` (or none).
+fn tap_client(
+    mesh: &Mesh,
+    admin: SocketAddr,
+    cert: Option<(String, String)>,
+) -> TapClient<tonic::transport::Channel> {
+    let certs = Arc::new(CertStore::default());
+    if let Some((chain, key)) = cert {
+        certs.set(certified_key(&chain, &key).expect("cert"));
+    }
+    let anchors = std::fs::read_to_string(mesh.anchors_path()).expect("anchors");
+    let bundle = TrustBundle::from_pem(&anchors).expect("bundle");
+    let channel =
+        mtls_channel_any_workload(&admin.to_string(), certs, bundle, Duration::from_secs(3))
+            .expect("channel");
+    TapClient::new(channel)
+}
+
+async fn observe(
+    c: &mut TapClient<tonic::transport::Channel>,
+    m: Match,
+    limit: u32,
+    max_rps: u32,
+) -> Result<Streaming<TapEvent>, tonic::Status> {
+    let req = ObserveRequest {
+        limit,
+        max_rps,
+        r#match: Some(m),
+    };
+    tokio::time::timeout(Duration::from_secs(10), c.observe(req))
+        .await
+        .expect("tap answered in time")
+        .map(|r| r.into_inner())
+}
+
+/// Events until none comes for `quiet`.
+async fn drain(s: &mut Streaming<TapEvent>, quiet: Duration) -> Vec<TapEvent> {
+    let mut out = Vec::new();
+    while let Ok(Ok(Some(e))) = tokio::time::timeout(quiet, s.message()).await {
+        out.push(e);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_tap_identity_taps_and_sees_no_secrets() {
+    // Inherited by every proxy this test starts (one test per process).
+    std::env::set_var("MESH_PROXY_TAP_MAX", "2");
+    let mesh = Mesh::start("1h").await;
+    mesh.write(
+        "svc.yaml",
+        &service("api", "demo", &[("http", 80, "http", "")]),
+    );
+    let api = mesh.replica("api", "api-1", Behaviour::default()).await;
+    mesh.wait_for_endpoints("api.demo.svc.cluster.local:80", 1)
+        .await;
+    let web = mesh.proxy("demo", "web", "web-1").await;
+    blast(web.outbound, &format!("{API}/warm"), 5, 1, &[]).await;
+
+    // No certificate, and a workload's certificate: refused.
+    let mut anonymous = tap_client(&mesh, api.proxy.admin, None);
+    let e = observe(&mut anonymous, Match::default(), 0, 0)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let web_cert = client_cert(&mesh.identity_dir, &spiffe("demo", "web"));
+    let mut workload = tap_client(&mesh, api.proxy.admin, Some(web_cert));
+    let e = observe(&mut workload, Match::default(), 0, 0)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains(&spiffe("demo", "web")), "{e:?}");
+
+    // The tap identity, with a path filter, on the server side.
+    let tap_cert = client_cert(&mesh.identity_dir, TAP_ID);
+    let mut tap = tap_client(&mesh, api.proxy.admin, Some(tap_cert.clone()));
+    let only = Match {
+        path_prefix: "/tapped".into(),
+        ..Match::default()
+    };
+    let mut stream = observe(&mut tap, only, 0, 0).await.expect("tap");
+    let outbound = client::http1(web.outbound);
+    for i in 0..10 {
+        let path = if i % 2 == 0 { "/tapped/item" } else { "/other" };
+        let req = http::Request::post(format!("{API}{path}?token=q-secret-{i}"))
+            .header("authorization", "Bearer h-secret")
+            .header("cookie", "session=c-secret")
+            .body(Full::new(Bytes::from_static(b"password=b-secret")))
+            .unwrap();
+        let r = client::send(&outbound, req).await.expect("response");
+        assert_eq!(r.status, 200);
+    }
+    let events = drain(&mut stream, Duration::from_millis(1500)).await;
+    assert_eq!(events.len(), 5, "{events:?}");
+    for e in &events {
+        assert_eq!(
+            (e.direction.as_str(), e.method.as_str()),
+            ("inbound", "POST")
+        );
+        assert_eq!(e.path, "/tapped/item");
+        assert_eq!(e.status, 200);
+        assert!(e.response_bytes > 0 && e.latency_us > 0, "{e:?}");
+        assert_eq!(e.src_identity, spiffe("demo", "web"));
+        assert_eq!(e.dst_identity, spiffe("demo", "api"));
+        assert!(e.tls);
+        let text = format!("{e:?}");
+        assert!(!text.contains("secret"), "a secret leaked: {text}");
+    }
+
+    // A second tap is the cap (2); a third is refused until one closes.
+    let mut second = observe(&mut tap, Match::default(), 3, 0)
+        .await
+        .expect("second tap");
+    let e = observe(&mut tap, Match::default(), 0, 0).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    drop(stream);
+    // `limit` ends the stream by itself.
+    blast(web.outbound, &format!("{API}/more"), 10, 1, &[]).await;
+    let got = drain(&mut second, Duration::from_secs(2)).await;
+    assert_eq!(got.len(), 3, "{got:?}");
+    drop(second);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // The client side, rate limited: a burst of 5, the rest counted as dropped.
+    let mut out_tap = tap_client(&mesh, web.admin, Some(tap_cert));
+    let to_api = Match {
+        direction: "outbound".into(),
+        // The fixture's entries are their own workloads.
+        dst_workload: "demo/api-1".into(),
+        ..Match::default()
+    };
+    let mut stream = observe(&mut out_tap, to_api, 0, 5)
+        .await
+        .expect("outbound tap");
+    blast(web.outbound, &format!("{API}/burst"), 100, 4, &[]).await;
+    let burst = drain(&mut stream, Duration::from_millis(500)).await;
+    assert!((5..=8).contains(&burst.len()), "{}", burst.len());
+    assert!(burst
+        .iter()
+        .all(|e| e.direction == "outbound" && e.dst_workload == "api-1"));
+    assert!(burst
+        .iter()
+        .all(|e| e.route == "default" && e.dst_identity == spiffe("demo", "api")));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    blast(web.outbound, &format!("{API}/after"), 1, 1, &[]).await;
+    let after = drain(&mut stream, Duration::from_millis(500)).await;
+    let dropped: u64 = after.iter().map(|e| e.dropped).sum();
+    assert!(
+        dropped >= 80,
+        "the rate limit's drops are reported: {dropped}"
+    );
+
+    // The same port still serves the plaintext admin endpoints.
+    let (status, text) = admin_get(api.proxy.admin, "/metrics")
+        .await
+        .expect("metrics");
+    assert_eq!(status, 200);
+    assert!(text.contains("mesh_requests_total"));
+}
