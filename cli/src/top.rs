@@ -124,12 +124,13 @@ impl Table {
             (_, "") => "-".to_string(),
             (ns, w) => format!("{ns}/{w}"),
         };
+        let p = crate::tap::render::printable;
         let key = Key {
-            direction: e.direction.clone(),
-            source: name(&e.src_namespace, &e.src_workload, &e.src_identity),
-            destination: name(&e.dst_namespace, &e.dst_workload, ""),
-            method: e.method.clone(),
-            path: e.path.clone(),
+            direction: p(&e.direction),
+            source: p(&name(&e.src_namespace, &e.src_workload, &e.src_identity)),
+            destination: p(&name(&e.dst_namespace, &e.dst_workload, "")),
+            method: p(&e.method),
+            path: p(&e.path),
         };
         if !self.rows.contains_key(&key) && self.rows.len() >= MAX_ROWS {
             // Make room: the quietest row goes.
@@ -233,6 +234,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         tick.tick().await;
         let mut drawn = 0u32;
         let mut open = n;
+        let mut failed = 0;
         if tty {
             // The alternate screen, cursor hidden: put back on the way out.
             print!("\x1b[?1049h\x1b[?25l");
@@ -246,9 +248,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     open -= 1;
                     if let Err(e) = r {
                         eprintln!("tap: {proxy}: {e}");
-                        if open == 0 {
+                        failed += 1;
+                        if failed == n {
                             anyhow::bail!("no proxy could be tapped: {e}");
                         }
+                    }
+                    if open == 0 {
+                        // Every stream ended: show the last table and stop.
+                        print!("{}", table.render(args.rows, &title));
+                        return Ok(());
                     }
                 }
                 _ = tick.tick() => {

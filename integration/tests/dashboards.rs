@@ -7,7 +7,7 @@
 use mesh_integration::{
     apps::{self, Behaviour},
     client::blast,
-    fixture::{retry_route, service, workload},
+    fixture::{retry_route, service, spiffe, workload},
     grafana::{family, names, panels, parse_label_values, queries, substitute, variable_queries},
     prometheus::{self, Prometheus, Target},
     Mesh,
@@ -300,7 +300,50 @@ async fn scenario() {
         problems.len(),
         problems.join("\n")
     );
+    edges_from_prometheus(&prom);
     let _ = (&api1, &fwd);
+}
+
+/// `mesh edges` over the same Prometheus: web calls both api replicas over
+/// mutual TLS, with both identities.
+fn edges_from_prometheus(prom: &Prometheus) {
+    let out = std::process::Command::new(mesh_integration::process::bin("mesh"))
+        .args([
+            "edges",
+            "deploy",
+            "-n",
+            NS,
+            "-t",
+            "30s",
+            "-o",
+            "json",
+            "--prometheus",
+        ])
+        .arg(format!("http://{}", prom.addr))
+        .output()
+        .expect("mesh edges");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let edges: Vec<Value> = serde_json::from_str(&text).expect("edges json");
+    for api in ["demo/api-1", "demo/api-2"] {
+        let e = edges
+            .iter()
+            .find(|e| e["dst"] == api && e["src_identity"] == spiffe(NS, "web"))
+            .unwrap_or_else(|| panic!("no edge web -> {api}: {text}"));
+        assert_eq!(e["dst_identity"], spiffe(NS, "api"), "{e}");
+        assert_eq!(e["mtls"], true, "{e}");
+        assert!(e["rps"].as_f64().unwrap() > 0.0, "{e}");
+    }
+    assert!(
+        edges
+            .iter()
+            .any(|e| e["src_identity"] == spiffe(NS, "loadgen")),
+        "{text}"
+    );
 }
 
 /// The targets carry the file-SD labels (`job` from the file, not the job name).

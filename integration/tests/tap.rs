@@ -175,6 +175,43 @@ async fn only_the_tap_identity_taps_and_sees_no_secrets() {
         "the rate limit's drops are reported: {dropped}"
     );
 
+    drop(stream);
+
+    // Requests the proxy refuses are seen too, with its reason; a tap by
+    // Service matches the destination the proxy resolved.
+    let by_service = Match {
+        dst_service: "api.demo.svc".into(),
+        ..Match::default()
+    };
+    let mut stream = observe(&mut out_tap, by_service, 0, 0)
+        .await
+        .expect("service tap");
+    let mut refused = Match {
+        method: "DELETE".into(),
+        ..Match::default()
+    };
+    refused.direction = "outbound".into();
+    let mut refusals = observe(&mut out_tap, refused, 0, 0)
+        .await
+        .expect("refusal tap");
+    let two_hosts = http::Request::delete(format!("{API}/twice"))
+        .header("host", "api.demo.svc.cluster.local")
+        .header("host", "other.demo.svc.cluster.local")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let r = client::send(&outbound, two_hosts).await.expect("response");
+    assert_eq!(r.status, 400);
+    blast(web.outbound, &format!("{API}/short"), 1, 1, &[]).await;
+    let seen = drain(&mut refusals, Duration::from_millis(500)).await;
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(
+        (seen[0].status, seen[0].proxy_error.as_str()),
+        (400, "bad request")
+    );
+    let by_svc = drain(&mut stream, Duration::from_millis(500)).await;
+    assert!(by_svc.iter().any(|e| e.path == "/short"), "{by_svc:?}");
+    assert!(by_svc.iter().all(|e| e.path != "/twice"), "{by_svc:?}");
+
     // The same port still serves the plaintext admin endpoints.
     let (status, text) = admin_get(api.proxy.admin, "/metrics")
         .await

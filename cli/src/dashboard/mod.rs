@@ -229,6 +229,19 @@ fn route<B>(app: &App, req: &Request<B>) -> Response<Full<Bytes>> {
         return respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n");
     }
     let path = req.uri().path();
+    // A page of another site may not even start a tap (its fetch is marked
+    // cross-site by the browser); tools that send no such header are fine.
+    let site = req
+        .headers()
+        .get("sec-fetch-site")
+        .map(HeaderValue::as_bytes);
+    if path.starts_with("/api/") && site.is_some_and(|s| s != b"same-origin" && s != b"none") {
+        return respond(
+            StatusCode::FORBIDDEN,
+            "text/plain",
+            "same-origin requests only\n",
+        );
+    }
     match path {
         "/" | "/index.html" => respond(StatusCode::OK, "text/html; charset=utf-8", INDEX),
         "/api/summary" => {
@@ -249,12 +262,23 @@ fn route<B>(app: &App, req: &Request<B>) -> Response<Full<Bytes>> {
                     .map(percent_decode)
                     .filter(|w| !w.is_empty() && w.len() <= 253)
             });
-            let ns = app.namespace.clone().unwrap_or_else(|| {
-                workload
-                    .as_deref()
-                    .and_then(|w| w.split_once('/'))
-                    .map_or("default".into(), |(ns, _)| ns.to_string())
-            });
+            let wanted = workload
+                .as_deref()
+                .and_then(|w| w.split_once('/'))
+                .map(|(ns, _)| ns);
+            let ns = match (&app.namespace, wanted) {
+                (Some(own), Some(w)) if own != w => {
+                    return respond(
+                        StatusCode::BAD_REQUEST,
+                        "application/json",
+                        serde_json::json!({ "error": format!("this dashboard shows namespace {own} only") })
+                            .to_string(),
+                    )
+                }
+                (Some(own), _) => own.clone(),
+                (None, Some(w)) => w.to_string(),
+                (None, None) => "default".into(),
+            };
             let v = app.tap.read(&app.source, &ns, workload);
             respond(StatusCode::OK, "application/json", v.to_string())
         }

@@ -11,6 +11,8 @@ use std::{
 
 /// Events kept for the page.
 const KEEP: usize = 100;
+/// A failed tap is opened again after this.
+const RETRY: Duration = Duration::from_secs(10);
 /// A tap nobody reads is closed after this.
 const UNUSED: Duration = Duration::from_secs(30);
 
@@ -28,6 +30,7 @@ struct State {
     events: VecDeque<Value>,
     error: Option<String>,
     last_read: Option<Instant>,
+    started: Option<Instant>,
 }
 
 impl TapView {
@@ -48,7 +51,9 @@ impl TapView {
         let mut s = self.lock();
         s.last_read = Some(Instant::now());
         let finished = s.running.as_ref().is_none_or(|h| h.is_finished());
-        if s.workload != workload || finished {
+        // A tap that failed is tried again only after a while.
+        let backing_off = s.error.is_some() && s.started.is_some_and(|t| t.elapsed() < RETRY);
+        if s.workload != workload || (finished && !backing_off) {
             if let Some(h) = s.running.take() {
                 h.abort();
             }
@@ -57,6 +62,7 @@ impl TapView {
             }
             s.workload = workload.clone();
             s.error = None;
+            s.started = Some(Instant::now());
             s.running = Some(tokio::spawn(run(
                 self.clone(),
                 source.clone(),

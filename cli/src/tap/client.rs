@@ -123,6 +123,11 @@ impl Source {
     }
 }
 
+/// The largest event accepted from a proxy.
+const MAX_EVENT: usize = 64 * 1024;
+/// How long a proxy may take to accept a tap.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// An event and the proxy (pod) that saw it.
 pub type Seen = (Arc<str>, TapEvent);
 
@@ -173,14 +178,24 @@ async fn observe(
     name: &Arc<str>,
     tx: &mpsc::Sender<Seen>,
 ) -> Result<(), String> {
-    let mut client = TapClient::new(channel);
-    let mut stream = client
-        .observe(req)
-        .await
-        .map_err(|s| status_line(&s))?
-        .into_inner();
+    // Events are small: a proxy that sends more is not a proxy to trust.
+    let mut client = TapClient::new(channel).max_decoding_message_size(MAX_EVENT);
+    let opened = tokio::time::timeout(OPEN_TIMEOUT, client.observe(req));
+    let mut stream = tokio::select! {
+        r = opened => match r {
+            Ok(r) => r.map_err(|s| status_line(&s))?.into_inner(),
+            Err(_) => return Err(format!("no answer within {OPEN_TIMEOUT:?}")),
+        },
+        // Nobody listens any more.
+        () = tx.closed() => return Ok(()),
+    };
     loop {
-        match stream.message().await {
+        let next = tokio::select! {
+            m = stream.message() => m,
+            // The reader is gone: dropping the stream closes the tap.
+            () = tx.closed() => return Ok(()),
+        };
+        match next {
             Ok(Some(e)) => {
                 if tx.send((name.clone(), e)).await.is_err() {
                     return Ok(());

@@ -39,8 +39,20 @@ pub fn to_json(proxy: &str, e: &TapEvent) -> Value {
     })
 }
 
-/// One line of text.
+/// `s` without control characters (a proxy's strings are not trusted to
+/// drive the terminal).
+pub fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+/// One line of text, with no control characters.
 pub fn to_text(proxy: &str, e: &TapEvent) -> String {
+    printable(&line(proxy, e))
+}
+
+fn line(proxy: &str, e: &TapEvent) -> String {
     let dir = if e.direction == "inbound" {
         "in "
     } else {
@@ -128,5 +140,11 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("dst_workload=demo/api"), "{t}");
+        let hostile = TapEvent {
+            path: "/\u{1b}[2J\u{7}x".into(),
+            ..e
+        };
+        let t = to_text("api-1", &hostile);
+        assert!(t.contains(":path=/?[2J?x") && !t.contains('\u{1b}'), "{t}");
     }
 }

@@ -57,8 +57,9 @@ pub fn plan(spec: &Spec) -> anyhow::Result<Plan> {
         ..Match::default()
     };
     if kind == Kind::Svc {
+        // The destination the client proxy resolved, however the app named it.
         filter.direction = "outbound".into();
-        filter.authority = format!("{name}.{ns}.svc");
+        filter.dst_service = format!("{name}.{ns}.svc");
     }
     if let Some(to) = &spec.to {
         filter.direction = "outbound".into();
@@ -67,7 +68,7 @@ pub fn plan(spec: &Spec) -> anyhow::Result<Plan> {
             Kind::Deploy | Kind::Sts => filter.dst_workload = qualified(n, &ns),
             Kind::Svc => {
                 let (n, tns) = n.split_once('.').unwrap_or((n, &ns));
-                filter.authority = format!("{n}.{tns}.svc");
+                filter.dst_service = format!("{n}.{tns}.svc");
             }
             _ => anyhow::bail!("--to takes deploy/NAME, sts/NAME or svc/NAME, not {to:?}"),
         }
@@ -145,7 +146,7 @@ mod tests {
         let p = plan(&spec("svc/api")).unwrap();
         assert!(p.selects(&other));
         assert_eq!(p.filter.direction, "outbound");
-        assert_eq!(p.filter.authority, "api.demo.svc");
+        assert_eq!(p.filter.dst_service, "api.demo.svc");
     }
 
     #[test]
@@ -168,7 +169,7 @@ mod tests {
             ..spec("deploy/web")
         })
         .unwrap();
-        assert_eq!(p.filter.authority, "api.prod.svc");
+        assert_eq!(p.filter.dst_service, "api.prod.svc");
     }
 
     #[test]

@@ -90,12 +90,6 @@ impl Connection {
             *req.headers_mut() = headers;
             span
         });
-        let authz = self.policy.current();
-        // Path rules see (and the app gets) the normalized path.
-        if let Err(error) = crate::request_check::check(&req) {
-            self.metrics.error(Direction::inbound, error.reason());
-            return Ok(error.to_response(grpc));
-        }
         // Nobody tapping: one atomic load.
         let tapped = if self.tap.is_active() {
             let authority = authority_of(&req).unwrap_or_default();
@@ -108,11 +102,18 @@ impl Connection {
         } else {
             None
         };
+        let authz = self.policy.current();
+        // Path rules see (and the app gets) the normalized path.
+        if let Err(error) = crate::request_check::check(&req) {
+            self.metrics.error(Direction::inbound, error.reason());
+            return Ok(self.tap_refusal(tapped, &error, grpc));
+        }
+
         let _in_flight = match self.in_flight.try_acquire() {
             Ok(g) => g,
             Err(n) => {
                 self.metrics.error(Direction::inbound, "overloaded");
-                return Ok(ProxyError::Overloaded(n).to_response(grpc));
+                return Ok(self.tap_refusal(tapped, &ProxyError::Overloaded(n), grpc));
             }
         };
         let bad_path = if authz.uses_paths() {
@@ -192,28 +193,51 @@ impl Connection {
         };
         Ok(match tapped {
             None => rsp,
-            Some(t) => {
-                let labels = self.recorder.labels();
-                t.respond(
-                    &tap::Outcome {
-                        status,
-                        src_identity: &labels.src_identity.0,
-                        dst_identity: &labels.dst_identity.0,
-                        src_addr: Some(self.peer),
-                        dst_addr: Some(self.app.addr),
-                        src_namespace: &labels.src_namespace.0,
-                        src_workload: &labels.src_workload.0,
-                        dst_namespace: &labels.dst_namespace.0,
-                        dst_workload: &labels.dst_workload.0,
-                        tls: labels.tls,
-                        route: &labels.route.0,
-                        proxy_error: failure.as_ref().map(ProxyError::reason),
-                        grpc,
-                    },
-                    rsp,
-                )
-            }
+            Some(t) => t.respond(&self.tap_outcome(status, failure.as_ref(), grpc), rsp),
         })
+    }
+
+    /// What a tap hears of a request answered with `status`.
+    fn tap_outcome(
+        &self,
+        status: u16,
+        failure: Option<&ProxyError>,
+        grpc: bool,
+    ) -> tap::Outcome<'_> {
+        let labels = self.recorder.labels();
+        tap::Outcome {
+            status,
+            src_identity: &labels.src_identity.0,
+            dst_identity: &labels.dst_identity.0,
+            src_addr: Some(self.peer),
+            dst_addr: Some(self.app.addr),
+            src_namespace: &labels.src_namespace.0,
+            src_workload: &labels.src_workload.0,
+            dst_namespace: &labels.dst_namespace.0,
+            dst_workload: &labels.dst_workload.0,
+            dst_service: &labels.dst_service.0,
+            tls: labels.tls,
+            route: &labels.route.0,
+            proxy_error: failure.map(ProxyError::reason),
+            grpc,
+        }
+    }
+
+    /// A request the proxy refused before forwarding it; its taps hear of it.
+    fn tap_refusal(
+        &self,
+        tapped: Option<Box<tap::Tapped>>,
+        error: &ProxyError,
+        grpc: bool,
+    ) -> Response<ProxyBody> {
+        let rsp = error.to_response(grpc);
+        match tapped {
+            None => rsp,
+            Some(t) => t.respond(
+                &self.tap_outcome(rsp.status().as_u16(), Some(error), grpc),
+                rsp,
+            ),
+        }
     }
 
     /// A plaintext `GET`/`HEAD` of one of the application's probe endpoints.

@@ -140,16 +140,28 @@ impl Connection {
     ) -> Result<Response<ProxyBody>, Infallible> {
         let grpc = is_grpc(&req);
         let ob = &self.outbound;
+        // Nobody tapping: one atomic load.
+        let tapped = if ob.tap.is_active() {
+            let authority = raw_authority(&req);
+            ob.tap.start(&tap::Head {
+                direction: "outbound",
+                method: req.method(),
+                authority: &authority,
+                path: req.uri().path(),
+            })
+        } else {
+            None
+        };
         if let Err(error) = crate::request_check::check(&req) {
             tracing::info!(%error, "outbound request refused");
             ob.metrics.error(Direction::outbound, error.reason());
-            return Ok(error.to_response(grpc));
+            return Ok(self.tap_refusal(tapped, &error, grpc));
         }
         let _in_flight = match ob.in_flight.try_acquire() {
             Ok(g) => g,
             Err(n) => {
                 ob.metrics.error(Direction::outbound, "overloaded");
-                return Ok(ProxyError::Overloaded(n).to_response(grpc));
+                return Ok(self.tap_refusal(tapped, &ProxyError::Overloaded(n), grpc));
             }
         };
         let fixed = self.fixed.as_deref();
@@ -157,7 +169,7 @@ impl Connection {
             authority_of(&req).or_else(|| fixed.and_then(|f| f.authority.clone()))
         else {
             ob.metrics.error(Direction::outbound, "no authority");
-            return Ok(ProxyError::NoAuthority.to_response(grpc));
+            return Ok(self.tap_refusal(tapped, &ProxyError::NoAuthority, grpc));
         };
         let (name, watch) = match fixed {
             Some(f) => (f.name.clone(), f.watch.clone()),
@@ -181,17 +193,6 @@ impl Connection {
             route: route.name.clone(),
         };
         let start = Instant::now();
-        // Nobody tapping: one atomic load.
-        let tapped = if ob.tap.is_active() {
-            ob.tap.start(&tap::Head {
-                direction: "outbound",
-                method: req.method(),
-                authority: authority.as_str(),
-                path: req.uri().path(),
-            })
-        } else {
-            None
-        };
         // Only built when the access log is on.
         let logged = ob
             .access_log
@@ -285,6 +286,7 @@ impl Connection {
                     src_workload: &labels.src_workload.0,
                     dst_namespace: &labels.dst_namespace.0,
                     dst_workload: &labels.dst_workload.0,
+                    dst_service: &labels.dst_service.0,
                     tls: labels.tls,
                     route: &labels.route.0,
                     proxy_error: failure.as_ref().map(ProxyError::reason),
@@ -300,6 +302,45 @@ impl Connection {
         }
         recorder.record(&ob.metrics, status, elapsed);
         Ok(rsp)
+    }
+}
+
+impl Connection {
+    /// A request the proxy refused before routing it; its taps hear of it.
+    fn tap_refusal(
+        &self,
+        tapped: Option<Box<tap::Tapped>>,
+        error: &ProxyError,
+        grpc: bool,
+    ) -> Response<ProxyBody> {
+        let rsp = error.to_response(grpc);
+        let Some(t) = tapped else {
+            return rsp;
+        };
+        let ob = &self.outbound;
+        let outcome = tap::Outcome {
+            status: rsp.status().as_u16(),
+            src_identity: &ob.identity.0,
+            src_namespace: &ob.local.namespace.0,
+            src_workload: &ob.local.workload.0,
+            proxy_error: Some(error.reason()),
+            grpc,
+            ..tap::Outcome::default()
+        };
+        t.respond(&outcome, rsp)
+    }
+}
+
+/// The authority a request names, as sent (for tap, before it is checked).
+fn raw_authority<B>(req: &Request<B>) -> std::borrow::Cow<'_, str> {
+    match req.uri().authority() {
+        Some(a) => a.as_str().into(),
+        None => req
+            .headers()
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default()
+            .into(),
     }
 }
 

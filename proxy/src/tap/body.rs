@@ -54,17 +54,20 @@ impl TapBody {
             return;
         };
         p.event.latency_us = micros(p.start.elapsed().as_micros());
-        p.event.timestamp_us = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| micros(d.as_micros()));
+        p.event.timestamp_us = now_us();
         if let Some(e) = error {
             if p.event.proxy_error.is_empty() {
                 p.event.proxy_error = e.to_string();
             }
         }
         if p.grpc && p.event.grpc_status < 0 && p.event.status == 200 {
-            // A gRPC body that ended without a status is UNKNOWN.
-            p.event.grpc_status = 2;
+            // A gRPC body that ended without a status is UNKNOWN, CANCELLED
+            // when the client went away.
+            p.event.grpc_status = if error == Some(super::CLIENT_GONE) {
+                1
+            } else {
+                2
+            };
         }
         let last = p.subs.len().saturating_sub(1);
         for (i, s) in p.subs.iter().enumerate() {
@@ -77,8 +80,15 @@ impl TapBody {
     }
 }
 
-fn micros(n: u128) -> u64 {
+pub(super) fn micros(n: u128) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX)
+}
+
+/// Unix time in microseconds.
+pub(super) fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| micros(d.as_micros()))
 }
 
 impl Body for TapBody {
@@ -124,7 +134,12 @@ impl Body for TapBody {
 
 impl Drop for TapBody {
     fn drop(&mut self) {
-        // Ended early (the client went away) or never polled (an empty body).
-        self.finish(None);
+        // Dropped before its end: the client went away (an empty body ends
+        // at once and never gets here with its event pending).
+        if self.inner.is_end_stream() {
+            self.finish(None);
+        } else {
+            self.finish(Some(super::CLIENT_GONE));
+        }
     }
 }

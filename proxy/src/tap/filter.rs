@@ -15,6 +15,7 @@ pub struct Filter {
     dst_identity: Option<String>,
     src_workload: Option<Workload>,
     dst_workload: Option<Workload>,
+    dst_service: Option<String>,
 }
 
 /// `name` or `namespace/name`.
@@ -47,6 +48,7 @@ impl Filter {
             ("dst_identity", &m.dst_identity),
             ("src_workload", &m.src_workload),
             ("dst_workload", &m.dst_workload),
+            ("dst_service", &m.dst_service),
         ];
         if let Some((name, _)) = fields.iter().find(|(_, v)| v.len() > MAX_VALUE) {
             return Err(FilterError::TooLong(name));
@@ -79,6 +81,7 @@ impl Filter {
             dst_identity: given(&m.dst_identity),
             src_workload: workload(&m.src_workload),
             dst_workload: workload(&m.dst_workload),
+            dst_service: given(&m.dst_service.to_ascii_lowercase()),
         })
     }
 
@@ -116,6 +119,10 @@ impl Filter {
                 .dst_workload
                 .as_ref()
                 .is_none_or(|w| w.matches(o.dst_namespace, o.dst_workload))
+            && self
+                .dst_service
+                .as_deref()
+                .is_none_or(|s| authority_matches(s, o.dst_service))
     }
 }
 

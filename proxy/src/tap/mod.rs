@@ -30,6 +30,8 @@ use tokio::sync::mpsc;
 const MAX_PATH: usize = 512;
 /// Longest authority sent.
 const MAX_AUTHORITY: usize = 256;
+/// Longest method sent.
+const MAX_METHOD: usize = 32;
 /// Events buffered per tap before a slow reader loses them.
 const QUEUE: usize = 256;
 
@@ -107,8 +109,9 @@ impl Tap {
     ) -> Result<(Subscription, mpsc::Receiver<TapEvent>), TapError> {
         let rps = match max_rps {
             0 => self.limits.default_rps,
-            n => n.min(self.limits.max_rps),
-        };
+            n => n,
+        }
+        .min(self.limits.max_rps);
         let (tx, rx) = mpsc::channel(QUEUE);
         let sub = Arc::new(Subscriber {
             filter,
@@ -127,7 +130,7 @@ impl Tap {
 
     /// A request begins (call only when [`Tap::is_active`]): the taps whose
     /// request filters it matches, or `None`.
-    pub fn start(&self, head: &Head<'_>) -> Option<Tapped> {
+    pub fn start(&self, head: &Head<'_>) -> Option<Box<Tapped>> {
         let taps = read(&self.taps);
         let subs: Vec<Arc<Subscriber>> = taps
             .iter()
@@ -138,15 +141,17 @@ impl Tap {
         if subs.is_empty() {
             return None;
         }
-        Some(Tapped {
+        // Never credentials (`user:password@host`) nor the query.
+        let authority = head.authority.rsplit('@').next().unwrap_or_default();
+        let path = head.path.split('?').next().unwrap_or_default();
+        Some(Box::new(Tapped {
             subs,
             direction: head.direction,
-            method: head.method.to_string(),
-            authority: cut(head.authority, MAX_AUTHORITY),
-            // Never the query, which may hold secrets.
-            path: cut(head.path.split('?').next().unwrap_or_default(), MAX_PATH),
+            method: cut(head.method.as_str(), MAX_METHOD),
+            authority: cut(authority, MAX_AUTHORITY),
+            path: cut(path, MAX_PATH),
             start: Instant::now(),
-        })
+        }))
     }
 }
 
@@ -172,6 +177,8 @@ pub struct Outcome<'a> {
     pub src_workload: &'a str,
     pub dst_namespace: &'a str,
     pub dst_workload: &'a str,
+    /// Outbound: the logical destination (`name.ns.svc.cluster.local:port`).
+    pub dst_service: &'a str,
     pub tls: bool,
     pub route: &'a str,
     pub proxy_error: Option<&'static str>,
@@ -194,12 +201,11 @@ impl Tapped {
     /// The response head is in: the taps that still match get an event when
     /// the body ends (its bytes counted, its gRPC status read).
     pub fn respond(
-        self,
+        mut self,
         o: &Outcome<'_>,
         rsp: http::Response<ProxyBody>,
     ) -> http::Response<ProxyBody> {
-        let subs: Vec<Arc<Subscriber>> = self
-            .subs
+        let subs: Vec<Arc<Subscriber>> = std::mem::take(&mut self.subs)
             .into_iter()
             .filter(|s| s.filter.matches_outcome(o))
             .collect();
@@ -215,9 +221,9 @@ impl Tapped {
         let event = TapEvent {
             timestamp_us: 0,
             direction: self.direction.to_string(),
-            method: self.method,
-            authority: self.authority,
-            path: self.path,
+            method: std::mem::take(&mut self.method),
+            authority: std::mem::take(&mut self.authority),
+            path: std::mem::take(&mut self.path),
             status: u32::from(o.status),
             grpc_status,
             latency_us: 0,
@@ -240,6 +246,33 @@ impl Tapped {
         http::Response::from_parts(parts, ProxyBody::Tapped(Box::new(body)))
     }
 }
+
+impl Drop for Tapped {
+    /// A request dropped before its response (the client went away): its
+    /// taps still hear of it.
+    fn drop(&mut self) {
+        if self.subs.is_empty() {
+            return;
+        }
+        let event = TapEvent {
+            timestamp_us: body::now_us(),
+            direction: self.direction.to_string(),
+            method: std::mem::take(&mut self.method),
+            authority: std::mem::take(&mut self.authority),
+            path: std::mem::take(&mut self.path),
+            grpc_status: -1,
+            latency_us: body::micros(self.start.elapsed().as_micros()),
+            proxy_error: CLIENT_GONE.to_string(),
+            ..TapEvent::default()
+        };
+        for s in &self.subs {
+            s.offer(event.clone());
+        }
+    }
+}
+
+/// The proxy error of a request whose client went away first.
+pub const CLIENT_GONE: &str = "client went away";
 
 /// One open tap.
 #[derive(Debug)]

@@ -56,6 +56,12 @@ pub async fn serve_connection(
         .and_then(|c| c.first())
         .and_then(|c| mesh_proto::workload::spiffe::spiffe_id(c).ok())
         .map(Arc::from);
+    // A caller who may not tap gets its answer, then little time.
+    let idle = if tap.allows(caller.as_deref()) {
+        idle
+    } else {
+        handshake
+    };
     let activity = crate::serve::Activity::default();
     let api = TapServer::new(TapService {
         tap,

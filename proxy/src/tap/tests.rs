@@ -169,3 +169,73 @@ async fn grpc_status_and_early_ends() {
     drop(rsp);
     assert_eq!(rx.try_recv().unwrap().path, "/gone");
 }
+
+#[tokio::test]
+async fn no_credentials_no_default_beyond_the_cap_and_gone_clients() {
+    let t = Tap::leak(
+        Limits {
+            max_taps: 2,
+            default_rps: 100,
+            max_rps: 3,
+        },
+        Vec::new(),
+    );
+    assert!(!t.allows(None) && !t.allows(Some("spiffe://td/ns/mesh-system/sa/mesh-tap")));
+    let (_sub, mut rx) = t.subscribe(Filter::default(), 0).unwrap();
+    let get = http::Method::GET;
+    for _ in 0..10 {
+        let tapped = t
+            .start(&Head {
+                direction: "outbound",
+                method: &get,
+                authority: "user:hunter2@api.demo.svc:80",
+                path: "/x",
+            })
+            .unwrap();
+        // Dropped before a response: the client went away.
+        drop(tapped);
+    }
+    let mut got = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        got.push(e);
+    }
+    assert_eq!(got.len(), 3, "the default rate is capped by max_rps");
+    assert_eq!(got[0].authority, "api.demo.svc:80");
+    assert_eq!(got[0].proxy_error, CLIENT_GONE);
+    assert!(!format!("{got:?}").contains("hunter2"));
+}
+
+#[tokio::test]
+async fn a_body_cut_short_is_reported() {
+    let t = tap(1, 100);
+    let (_sub, mut rx) = t.subscribe(Filter::default(), 0).unwrap();
+    let post = http::Method::POST;
+    let tapped = t.start(&head(&post, "/pkg.Svc/Long")).unwrap();
+    let rsp = tapped.respond(
+        &Outcome {
+            status: 200,
+            grpc: true,
+            ..Outcome::default()
+        },
+        http::Response::new(ProxyBody::full("not read")),
+    );
+    drop(rsp);
+    let e = rx.try_recv().unwrap();
+    assert_eq!((e.grpc_status, e.proxy_error.as_str()), (1, CLIENT_GONE));
+}
+
+#[test]
+fn service_filters_match_the_resolved_destination() {
+    let f = Filter::parse(&Match {
+        dst_service: "api.demo.svc".into(),
+        ..Match::default()
+    })
+    .unwrap();
+    let o = |svc| Outcome {
+        dst_service: svc,
+        ..Outcome::default()
+    };
+    assert!(f.matches_outcome(&o("api.demo.svc.cluster.local:80")));
+    assert!(!f.matches_outcome(&o("web.demo.svc.cluster.local:80")));
+    assert!(!f.matches_outcome(&o("")));
+}
