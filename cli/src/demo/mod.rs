@@ -79,27 +79,6 @@ impl Workload {
     }
 }
 
-/// The tap identity's certificate (24 h) and key in `out`: `mesh tap`, `mesh top`
-/// and `mesh dashboard` find them next to the targets file.
-fn write_tap_credential(id_dir: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
-    let issuer = mesh_identity::files::load_issuer(id_dir)?;
-    let (chain, key) = issuer
-        .issue_serving_cert(
-            &[],
-            &[],
-            "spiffe://cluster.local/ns/mesh-system/sa/mesh-tap",
-            Duration::from_secs(24 * 3600),
-        )
-        .context("issuing the tap certificate")?;
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    std::fs::write(out.join("tap.crt"), chain)?;
-    let key_path = out.join("tap.key");
-    std::fs::write(&key_path, key)?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(())
-}
-
 async fn demo(args: &Args, procs: &mut Procs) -> anyhow::Result<()> {
     let dir = match &args.dir {
         Some(d) => d.clone(),
@@ -114,7 +93,13 @@ async fn demo(args: &Args, procs: &mut Procs) -> anyhow::Result<()> {
     mesh_identity::files::init_dir(&id_dir, "cluster.local", true)
         .context("creating the trust anchor and issuer")?;
     let key = mesh_identity::files::load_token_key(&id_dir)?;
-    write_tap_credential(&id_dir, &dir.join("tap"))?;
+    // The tap credential, next to the targets file, for mesh tap/top/dashboard.
+    mesh_cli::identity::tap_credential::write(
+        &id_dir,
+        &dir.join("tap"),
+        "cluster.local",
+        Duration::from_secs(24 * 3600),
+    )?;
     println!("mesh demo: working in {}", dir.display());
 
     // Control plane.

@@ -4,6 +4,7 @@
 
 mod fleet;
 mod rotate;
+pub mod tap_credential;
 
 pub use fleet::pem_fingerprints;
 
@@ -37,6 +38,23 @@ enum IdentityCommand {
     /// add the new anchor, switch to an issuer it signs (every workload renews), remove
     /// the old anchor.
     Rotate(rotate::Args),
+    /// Issue a short-lived certificate for the tap identity
+    /// (spiffe://<td>/ns/mesh-system/sa/mesh-tap) into OUT/tap.crt and OUT/tap.key,
+    /// for `mesh tap`, `mesh top` and `mesh dashboard`.
+    TapCredential {
+        /// The identity directory (its issuer signs the certificate).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Where to write tap.crt and tap.key.
+        #[arg(long)]
+        out: PathBuf,
+        /// Trust domain of the mesh's SPIFFE IDs.
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+        /// Lifetime in hours.
+        #[arg(long, default_value_t = 8)]
+        hours: u64,
+    },
 }
 
 /// Runs `mesh identity ...`.
@@ -48,6 +66,30 @@ pub fn run(args: Args) -> Result<()> {
             force,
         } => init(&dir, &trust_domain, force),
         IdentityCommand::Rotate(args) => rotate::run(args),
+        IdentityCommand::TapCredential {
+            dir,
+            out,
+            trust_domain,
+            hours,
+        } => {
+            spiffe::check_segment("trust domain", &trust_domain).context("--trust-domain")?;
+            if !(1..=24 * 30).contains(&hours) {
+                anyhow::bail!("--hours must be from 1 to 720");
+            }
+            tap_credential::write(
+                &dir,
+                &out,
+                &trust_domain,
+                std::time::Duration::from_secs(hours * 3600),
+            )?;
+            println!(
+                "wrote {} and {} ({}, {hours} h)",
+                out.join("tap.crt").display(),
+                out.join("tap.key").display(),
+                tap_credential::tap_identity(&trust_domain)
+            );
+            Ok(())
+        }
     }
 }
 
