@@ -3,7 +3,7 @@
 //! SPIFFE identities, whether the hop was mutual TLS, success rate, RPS and p99.
 
 use crate::stat::compute::{Agg, Answer, Field, Matcher, Query};
-use std::{collections::BTreeMap, time::Duration};
+use std::collections::BTreeMap;
 
 /// `mesh edges` flags.
 #[derive(Debug, clap::Args)]
@@ -22,15 +22,9 @@ pub struct Args {
     /// Output format.
     #[arg(short = 'o', long, default_value = "table", value_parser = ["table", "json"])]
     pub output: String,
-    /// Query this Prometheus instead of scraping proxies.
-    #[arg(long)]
-    pub prometheus: Option<String>,
-    /// The file-SD targets file listing the proxies to scrape.
-    #[arg(long, env = "MESH_TARGETS")]
-    pub targets: Option<std::path::PathBuf>,
-    /// How long each proxy (or query) may take to answer.
-    #[arg(long, default_value = "2s")]
-    pub timeout: String,
+    /// Where the metrics are read from.
+    #[command(flatten)]
+    pub data: crate::stat::DataArgs,
 }
 
 /// One caller → callee edge.
@@ -177,7 +171,7 @@ pub fn edges(answers: &[(Query, Answer)]) -> Vec<Edge> {
 
 /// The edges as a table.
 pub fn render_table(edges: &[Edge]) -> String {
-    let mut rows = vec![[
+    let mut rows = vec![vec![
         "SRC".to_string(),
         "DST".to_string(),
         "CLIENT_ID".to_string(),
@@ -188,7 +182,7 @@ pub fn render_table(edges: &[Edge]) -> String {
         "P99".to_string(),
     ]];
     for e in edges {
-        rows.push([
+        rows.push(vec![
             e.src.clone(),
             e.dst.clone(),
             or_dash(&e.src_identity),
@@ -200,20 +194,7 @@ pub fn render_table(edges: &[Edge]) -> String {
             e.p99_ms.map_or("-".into(), |v| format!("{v:.0}ms")),
         ]);
     }
-    let widths: Vec<usize> = (0..8)
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for r in &rows {
-        let cells: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(cells.join("   ").trim_end());
-        out.push('\n');
-    }
-    out
+    crate::stat::render::align(&rows)
 }
 
 fn or_dash(s: &str) -> String {
@@ -229,11 +210,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let ns = (!args.all_namespaces).then_some(args.namespace.as_str());
     let queries = queries(&args.kind, ns)?;
     let window = crate::stat::parse_window(&args.window)?;
-    let timeout: Duration = crate::stat::parse_window(&args.timeout)?;
-    let data = crate::stat::Data {
-        prometheus: args.prometheus.clone(),
-        targets: args.targets.clone(),
-    };
+    let (data, timeout) = args.data.source()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

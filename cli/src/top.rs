@@ -2,7 +2,7 @@
 //! tap: a full-screen table redrawn every second (like `top`), sorted by
 //! request count, with success rate and latency percentiles.
 
-use crate::tap::{self, client::Source, select};
+use crate::tap::{self, client::Source};
 use mesh_proto::tap::TapEvent;
 use std::{collections::HashMap, io::Write};
 
@@ -14,20 +14,9 @@ const MAX_SAMPLES: usize = 1_000;
 /// `mesh top` flags.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// KIND/NAME: deploy, sts, pod, svc or ns.
-    pub resource: String,
-    /// The namespace.
-    #[arg(short = 'n', long, default_value = "default")]
-    pub namespace: String,
-    /// Only the resource's outbound requests to deploy/NAME or svc/NAME.
-    #[arg(long)]
-    pub to: Option<String>,
-    /// Only requests whose path starts with this.
-    #[arg(long)]
-    pub path: Option<String>,
-    /// Only requests with this method.
-    #[arg(long)]
-    pub method: Option<String>,
+    /// The resource and filters.
+    #[command(flatten)]
+    pub target: tap::Target,
     /// Rows shown.
     #[arg(long, default_value_t = 20)]
     pub rows: usize,
@@ -41,8 +30,8 @@ pub struct Args {
     /// Events per second per proxy at most.
     #[arg(long, default_value_t = 200)]
     pub max_rps: u32,
-    #[command(flatten)]
     /// Where the proxies are, and the tap credential.
+    #[command(flatten)]
     pub source: Source,
 }
 
@@ -212,21 +201,17 @@ fn clip(s: &str, n: usize) -> String {
 
 /// Runs `mesh top`.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let plan = select::plan(&select::Spec {
-        resource: args.resource.clone(),
-        namespace: args.namespace.clone(),
-        to: args.to.clone(),
-        path: args.path.clone(),
-        method: args.method.clone(),
-        authority: None,
-    })?;
+    let plan = args.target.plan(None)?;
     let interval = crate::stat::parse_window(&args.interval)
         .map_err(|e| anyhow::anyhow!("--interval: {e}"))?;
     let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let title = format!("mesh top {} -n {}", args.resource, args.namespace);
+    let title = format!(
+        "mesh top {} -n {}",
+        args.target.resource, args.target.namespace
+    );
     let result = rt.block_on(async {
         let (mut events, mut ends, n) = tap::start(&plan, &args.source, args.max_rps, 0).await?;
         let mut table = Table::default();

@@ -67,6 +67,14 @@ pub struct Args {
     /// Output format.
     #[arg(short = 'o', long, default_value = "table", value_parser = ["table", "wide", "json"])]
     pub output: String,
+    /// Where the metrics are read from.
+    #[command(flatten)]
+    pub data: DataArgs,
+}
+
+/// Where `mesh stat` and `mesh edges` read metrics from.
+#[derive(Debug, clap::Args)]
+pub struct DataArgs {
     /// Query this Prometheus (e.g. http://127.0.0.1:9090) instead of scraping proxies.
     #[arg(long)]
     pub prometheus: Option<String>,
@@ -77,6 +85,18 @@ pub struct Args {
     /// in parallel and one that does not answer is listed, not waited for.
     #[arg(long, default_value = "2s")]
     pub timeout: String,
+}
+
+impl DataArgs {
+    /// The source, and the timeout of one read.
+    pub fn source(&self) -> anyhow::Result<(Data, Duration)> {
+        let timeout = parse_window(&self.timeout).context("--timeout")?;
+        let data = Data {
+            prometheus: self.prometheus.clone(),
+            targets: self.targets.clone(),
+        };
+        Ok((data, timeout))
+    }
 }
 
 /// Parses a window: whole `ms`, `s`, `m` or `h`, more than zero.
@@ -101,7 +121,7 @@ pub fn parse_window(s: &str) -> anyhow::Result<Duration> {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let kind: Kind = args.kind.parse()?;
     let window = parse_window(&args.window)?;
-    let timeout = parse_window(&args.timeout).context("--timeout")?;
+    let (data, timeout) = args.data.source()?;
     let sel = Selection {
         name: args.name.clone(),
         namespace: (!args.all_namespaces).then(|| args.namespace.clone()),
@@ -113,10 +133,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let data = Data {
-        prometheus: args.prometheus.clone(),
-        targets: args.targets.clone(),
-    };
     let (answers, unreachable) = rt.block_on(answer(
         &queries,
         &data,

@@ -76,11 +76,17 @@ pub fn render_table(rows: &[Row], wide: bool, all_namespaces: bool) -> String {
         }
         lines.push(l);
     }
-    let widths: Vec<usize> = (0..lines[0].len())
+    align(&lines)
+}
+
+/// Rows of cells as text: columns left-aligned, three spaces apart.
+pub fn align(lines: &[Vec<String>]) -> String {
+    let n = lines.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..n)
         .map(|i| {
             lines
                 .iter()
-                .map(|l| l[i].chars().count())
+                .map(|l| l.get(i).map_or(0, |c| c.chars().count()))
                 .max()
                 .unwrap_or(0)
         })

@@ -23,6 +23,29 @@ and the tap certificate in DIR/tap/), or among the injected pods of the current
 kubeconfig's cluster (dialled at their pod IPs on 4191; give --tap-cert, --tap-key
 and --trust-anchors).")]
 pub struct Args {
+    /// The resource and filters.
+    #[command(flatten)]
+    pub target: Target,
+    /// Only requests to this authority (host:port, host, or a host prefix).
+    #[arg(long)]
+    pub authority: Option<String>,
+    /// Stop after this many events (0: until interrupted).
+    #[arg(long, default_value_t = 0)]
+    pub max: u32,
+    /// Events per second per proxy at most.
+    #[arg(long, default_value_t = 100)]
+    pub max_rps: u32,
+    /// Output format.
+    #[arg(short = 'o', long, default_value = "text", value_parser = ["text", "json"])]
+    pub output: String,
+    /// Where the proxies are, and the tap credential.
+    #[command(flatten)]
+    pub source: Source,
+}
+
+/// What to tap: a resource and filters (`mesh tap` and `mesh top`).
+#[derive(Debug, clap::Args)]
+pub struct Target {
     /// KIND/NAME: deploy, sts, pod, svc or ns.
     pub resource: String,
     /// The namespace.
@@ -37,33 +60,19 @@ pub struct Args {
     /// Only requests with this method.
     #[arg(long)]
     pub method: Option<String>,
-    /// Only requests to this authority (host:port, host, or a host prefix).
-    #[arg(long)]
-    pub authority: Option<String>,
-    /// Stop after this many events (0: until interrupted).
-    #[arg(long, default_value_t = 0)]
-    pub max: u32,
-    /// Events per second per proxy at most.
-    #[arg(long, default_value_t = 100)]
-    pub max_rps: u32,
-    /// Output format.
-    #[arg(short = 'o', long, default_value = "text", value_parser = ["text", "json"])]
-    pub output: String,
-    #[command(flatten)]
-    /// Where the proxies are, and the tap credential.
-    pub source: Source,
 }
 
-impl Args {
-    fn spec(&self) -> select::Spec {
-        select::Spec {
+impl Target {
+    /// The plan of a tap of this target (and `authority`, if given).
+    pub fn plan(&self, authority: Option<String>) -> anyhow::Result<select::Plan> {
+        select::plan(&select::Spec {
             resource: self.resource.clone(),
             namespace: self.namespace.clone(),
             to: self.to.clone(),
             path: self.path.clone(),
             method: self.method.clone(),
-            authority: self.authority.clone(),
-        }
+            authority,
+        })
     }
 }
 
@@ -94,7 +103,7 @@ pub async fn start(
 
 /// Runs `mesh tap`.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let plan = select::plan(&args.spec())?;
+    let plan = args.target.plan(args.authority.clone())?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -230,14 +230,9 @@ impl Connection {
         error: &ProxyError,
         grpc: bool,
     ) -> Response<ProxyBody> {
-        let rsp = error.to_response(grpc);
-        match tapped {
-            None => rsp,
-            Some(t) => t.respond(
-                &self.tap_outcome(rsp.status().as_u16(), Some(error), grpc),
-                rsp,
-            ),
-        }
+        tap::refusal(tapped, error.to_response(grpc), |status| {
+            self.tap_outcome(status, Some(error), grpc)
+        })
     }
 
     /// A plaintext `GET`/`HEAD` of one of the application's probe endpoints.

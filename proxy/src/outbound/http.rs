@@ -313,21 +313,16 @@ impl Connection {
         error: &ProxyError,
         grpc: bool,
     ) -> Response<ProxyBody> {
-        let rsp = error.to_response(grpc);
-        let Some(t) = tapped else {
-            return rsp;
-        };
         let ob = &self.outbound;
-        let outcome = tap::Outcome {
-            status: rsp.status().as_u16(),
+        tap::refusal(tapped, error.to_response(grpc), |status| tap::Outcome {
+            status,
             src_identity: &ob.identity.0,
             src_namespace: &ob.local.namespace.0,
             src_workload: &ob.local.workload.0,
             proxy_error: Some(error.reason()),
             grpc,
             ..tap::Outcome::default()
-        };
-        t.respond(&outcome, rsp)
+        })
     }
 }
 

@@ -155,6 +155,22 @@ impl Tap {
     }
 }
 
+/// A response the proxy made itself (a refusal): the request's taps, if
+/// any, hear of it with the outcome `outcome` gives for its status.
+pub fn refusal<'a>(
+    tapped: Option<Box<Tapped>>,
+    rsp: http::Response<ProxyBody>,
+    outcome: impl FnOnce(u16) -> Outcome<'a>,
+) -> http::Response<ProxyBody> {
+    match tapped {
+        None => rsp,
+        Some(t) => {
+            let o = outcome(rsp.status().as_u16());
+            t.respond(&o, rsp)
+        }
+    }
+}
+
 /// What a request is known by when it begins.
 #[derive(Debug)]
 pub struct Head<'a> {
