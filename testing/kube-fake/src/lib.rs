@@ -23,6 +23,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
+mod pod_proxy;
+use pod_proxy::pod_proxy_path;
+
 /// One recorded request.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Call {
@@ -239,77 +242,6 @@ fn merge(target: &mut Value, patch: &Value) {
         }
         other => *target = other.clone(),
     }
-}
-
-impl KubeApi {
-    /// Answers a pod-proxy request (`to`: where the pod's port is, if anywhere).
-    async fn pod_proxy(
-        &self,
-        to: Option<SocketAddr>,
-        key: String,
-        rest: String,
-    ) -> Response<BoxBody<Bytes, Infallible>> {
-        match to {
-            Some(to) => forward(to, &rest).await,
-            None => respond(
-                503,
-                &status(
-                    503,
-                    "ServiceUnavailable",
-                    format!("error trying to reach service: no route to {key}"),
-                ),
-            ),
-        }
-    }
-}
-
-/// `/api/v1/namespaces/<ns>/pods/<name>:<port>/proxy<rest>` → (`ns/name:port`, rest).
-fn pod_proxy_path(path: &str) -> Option<(String, String)> {
-    let rest = path.strip_prefix("/api/v1/namespaces/")?;
-    let (ns, rest) = rest.split_once("/pods/")?;
-    let (pod, rest) = rest.split_once("/proxy")?;
-    pod.contains(':').then(|| {
-        let rest = if rest.is_empty() { "/" } else { rest };
-        (format!("{ns}/{pod}"), rest.to_string())
-    })
-}
-
-/// A `GET rest` to `to` over HTTP/1.1, its answer relayed (a `503` when unreachable).
-async fn forward(to: SocketAddr, rest: &str) -> Response<BoxBody<Bytes, Infallible>> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let exchange = async {
-        let mut tcp = tokio::net::TcpStream::connect(to).await?;
-        let req = format!("GET {rest} HTTP/1.1\r\nHost: {to}\r\nConnection: close\r\n\r\n");
-        tcp.write_all(req.as_bytes()).await?;
-        let mut out = Vec::new();
-        tcp.read_to_end(&mut out).await?;
-        Ok::<_, std::io::Error>(out)
-    };
-    let out = match tokio::time::timeout(std::time::Duration::from_secs(5), exchange).await {
-        Ok(Ok(out)) => out,
-        _ => {
-            return respond(
-                503,
-                &status(
-                    503,
-                    "ServiceUnavailable",
-                    format!("error trying to reach {to}"),
-                ),
-            )
-        }
-    };
-    let text = String::from_utf8_lossy(&out);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(502);
-    Response::builder()
-        .status(code)
-        .header("content-type", "text/plain")
-        .body(Full::new(Bytes::from(body.to_string())).boxed())
-        .unwrap()
 }
 
 fn status(code: u16, reason: &str, message: String) -> Value {
