@@ -158,6 +158,43 @@ fn tap_edges_and_the_dashboard_against_the_demo() {
     }
     eprintln!("mesh tap: 5 events in {:?}", started.elapsed());
 
+    // `mesh top` without a terminal prints its table each interval.
+    let (ok, out, err) = mesh(
+        &[
+            "top",
+            "deploy/web",
+            "-n",
+            "demo",
+            "--targets",
+            t,
+            "--iterations",
+            "2",
+            "--interval",
+            "1s",
+        ],
+        Duration::from_secs(20),
+    );
+    assert!(ok, "mesh top: {err}");
+    let last = out.rsplit("mesh top deploy/web").next().unwrap_or_default();
+    let row = last
+        .lines()
+        .find(|l| l.starts_with("out") && l.contains("demo/api"))
+        .unwrap_or_else(|| panic!("no outbound row to demo/api: {out}"));
+    let count: u64 = row
+        .split_whitespace()
+        .nth(5)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        count > 0 && row.contains('%') && row.contains("ms"),
+        "{row}"
+    );
+    assert!(
+        last.lines()
+            .any(|l| l.starts_with("in ") && l.contains("demo/web")),
+        "{out}"
+    );
+
     // 2. Edges with both identities, over mTLS.
     let (ok, out, err) = mesh(
         &[

@@ -219,3 +219,96 @@ async fn only_the_tap_identity_taps_and_sees_no_secrets() {
     assert_eq!(status, 200);
     assert!(text.contains("mesh_requests_total"));
 }
+
+/// In Kubernetes, `mesh tap` finds the pods through the API server (here a
+/// fake one) and dials each pod's IP on the admin port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_tap_finds_pods_through_the_api_server() {
+    let mesh = Mesh::start("1h").await;
+    mesh.write(
+        "svc.yaml",
+        &service("api", "demo", &[("http", 80, "http", "")]),
+    );
+    let api = mesh.replica("api", "api-1", Behaviour::default()).await;
+    mesh.wait_for_endpoints("api.demo.svc.cluster.local:80", 1)
+        .await;
+    let web = mesh.proxy("demo", "web", "web-1").await;
+    let kube = mesh_kube_fake::KubeApi::start(&["/api/v1/pods"]).await;
+    let pod = |name: &str, ip: &str| {
+        serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "demo"},
+            "spec": {"containers": [{"name": "app"}, {"name": "mesh-proxy"}]},
+            "status": {"phase": "Running", "podIP": ip}})
+    };
+    // api-1 at the proxy's address; web-1 elsewhere (not tapped).
+    kube.apply(
+        "/api/v1/pods",
+        pod("api-1", &api.proxy.admin.ip().to_string()),
+    );
+    kube.apply("/api/v1/pods", pod("web-1", "127.0.0.9"));
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
+             clusters: [{{name: fake, cluster: {{server: 'http://{}'}}}}]\n\
+             users: [{{name: fake, user: {{}}}}]\n\
+             contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n",
+            kube.addr
+        ),
+    )
+    .unwrap();
+    let (chain, key) = client_cert(&mesh.identity_dir, TAP_ID);
+    std::fs::write(dir.path().join("tap.crt"), chain).unwrap();
+    std::fs::write(dir.path().join("tap.key"), key).unwrap();
+    let traffic = tokio::spawn({
+        let outbound = web.outbound;
+        async move {
+            for _ in 0..200 {
+                blast(outbound, &format!("{API}/k8s"), 5, 1, &[]).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+    let out = tokio::task::spawn_blocking({
+        let (dir, kubeconfig) = (dir.path().to_path_buf(), kubeconfig.clone());
+        let port = api.proxy.admin.port().to_string();
+        let anchors = mesh.anchors_path();
+        move || {
+            std::process::Command::new(mesh_integration::process::bin("mesh"))
+                .args(["tap", "pod/api-1", "-n", "demo", "--max", "3", "-o", "json"])
+                .args(["--admin-port", &port])
+                .arg("--tap-cert")
+                .arg(dir.join("tap.crt"))
+                .arg("--tap-key")
+                .arg(dir.join("tap.key"))
+                .arg("--trust-anchors")
+                .arg(anchors)
+                .env("KUBECONFIG", &kubeconfig)
+                .env_remove("KUBERNETES_SERVICE_HOST")
+                .env_remove("MESH_TARGETS")
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    traffic.abort();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(events.len(), 3, "{stdout}");
+    for e in &events {
+        assert_eq!(e["proxy"], "api-1", "{e}");
+        assert_eq!(e["path"], "/k8s", "{e}");
+        assert_eq!(e["direction"], "inbound", "{e}");
+    }
+}

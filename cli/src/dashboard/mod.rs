@@ -327,6 +327,7 @@ mod tests {
                 tap_cert: None,
                 tap_key: None,
                 trust_anchors: None,
+                admin_port: 4191,
             },
             namespace: Some("demo".into()),
             summary: Mutex::new(Ok(serde_json::json!({"workloads": []}))),

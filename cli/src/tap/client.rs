@@ -36,6 +36,9 @@ pub struct Source {
     /// identity/trust-anchors.pem next to the targets file.
     #[arg(long, env = "MESH_TRUST_ANCHORS")]
     pub trust_anchors: Option<PathBuf>,
+    /// The proxies' admin port, dialled at each pod's IP (Kubernetes).
+    #[arg(long, default_value_t = crate::kube_pods::ADMIN_PORT)]
+    pub admin_port: u16,
 }
 
 /// The tap identity's certificate and the anchors.
@@ -112,10 +115,11 @@ impl Source {
                     ("pod".to_string(), p.metadata.name.clone()?),
                     ("workload".to_string(), crate::kube_pods::workload(p)),
                 ]);
+                let port = self.admin_port;
                 let addr = if ip.contains(':') {
-                    format!("[{ip}]:{}", crate::kube_pods::ADMIN_PORT)
+                    format!("[{ip}]:{port}")
                 } else {
-                    format!("{ip}:{}", crate::kube_pods::ADMIN_PORT)
+                    format!("{ip}:{port}")
                 };
                 Some((addr, labels))
             })
