@@ -387,17 +387,7 @@ async fn mesh_identity_rotate_kubernetes_runs_all_three_steps_through_the_api() 
 
     // The command, against the fake API through a kubeconfig.
     let kubeconfig = tmp.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
-             clusters: [{{name: fake, cluster: {{server: 'http://{}'}}}}]\n\
-             users: [{{name: fake, user: {{}}}}]\n\
-             contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n",
-            api.addr
-        ),
-    )
-    .unwrap();
+    api.write_kubeconfig(&kubeconfig).unwrap();
     let state = tmp.path().join("rotation");
     let started = Instant::now();
     let out = tokio::task::spawn_blocking({

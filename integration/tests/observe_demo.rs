@@ -235,10 +235,9 @@ fn tap_edges_and_the_dashboard_against_the_demo() {
     // the dashboard starts one, so that both see the same traffic.
     let addr = free_addr();
     let mut dash = Command::new(bin("mesh"));
+    // Every namespace (the demo has one), as `mesh demo` says to run it.
     dash.args([
         "dashboard",
-        "-n",
-        "demo",
         "--refresh",
         &format!("{WINDOW_S}s"),
         "--targets",

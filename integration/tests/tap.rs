@@ -9,9 +9,9 @@ use http_body_util::Full;
 use mesh_integration::{
     apps::Behaviour,
     client::{self, blast},
-    fixture::{admin_get, service, spiffe},
+    fixture::{admin_get, service, spiffe, Replica},
     tls::client_cert,
-    Mesh,
+    Mesh, Proxy,
 };
 use mesh_proto::{
     tap::{tap_client::TapClient, Match, ObserveRequest, TapEvent},
@@ -67,10 +67,8 @@ async fn drain(s: &mut Streaming<TapEvent>, quiet: Duration) -> Vec<TapEvent> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_the_tap_identity_taps_and_sees_no_secrets() {
-    // Inherited by every proxy this test starts (one test per process).
-    std::env::set_var("MESH_PROXY_TAP_MAX", "2");
+/// A mesh with a Service api (one replica, api-1) and a client web-1.
+async fn api_and_web() -> (Mesh, Replica, Proxy) {
     let mesh = Mesh::start("1h").await;
     mesh.write(
         "svc.yaml",
@@ -80,6 +78,14 @@ async fn only_the_tap_identity_taps_and_sees_no_secrets() {
     mesh.wait_for_endpoints("api.demo.svc.cluster.local:80", 1)
         .await;
     let web = mesh.proxy("demo", "web", "web-1").await;
+    (mesh, api, web)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_tap_identity_taps_and_sees_no_secrets() {
+    // Inherited by every proxy this test starts (one test per process).
+    std::env::set_var("MESH_PROXY_TAP_MAX", "2");
+    let (mesh, api, web) = api_and_web().await;
     blast(web.outbound, &format!("{API}/warm"), 5, 1, &[]).await;
 
     // No certificate, and a workload's certificate: refused.
@@ -224,15 +230,7 @@ async fn only_the_tap_identity_taps_and_sees_no_secrets() {
 /// fake one) and dials each pod's IP on the admin port.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mesh_tap_finds_pods_through_the_api_server() {
-    let mesh = Mesh::start("1h").await;
-    mesh.write(
-        "svc.yaml",
-        &service("api", "demo", &[("http", 80, "http", "")]),
-    );
-    let api = mesh.replica("api", "api-1", Behaviour::default()).await;
-    mesh.wait_for_endpoints("api.demo.svc.cluster.local:80", 1)
-        .await;
-    let web = mesh.proxy("demo", "web", "web-1").await;
+    let (mesh, api, web) = api_and_web().await;
     let kube = mesh_kube_fake::KubeApi::start(&["/api/v1/pods"]).await;
     let pod = |name: &str, ip: &str| {
         serde_json::json!({"apiVersion": "v1", "kind": "Pod",
@@ -248,17 +246,7 @@ async fn mesh_tap_finds_pods_through_the_api_server() {
     kube.apply("/api/v1/pods", pod("web-1", "127.0.0.9"));
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
-             clusters: [{{name: fake, cluster: {{server: 'http://{}'}}}}]\n\
-             users: [{{name: fake, user: {{}}}}]\n\
-             contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n",
-            kube.addr
-        ),
-    )
-    .unwrap();
+    kube.write_kubeconfig(&kubeconfig).unwrap();
     let (chain, key) = client_cert(&mesh.identity_dir, TAP_ID);
     std::fs::write(dir.path().join("tap.crt"), chain).unwrap();
     std::fs::write(dir.path().join("tap.key"), key).unwrap();

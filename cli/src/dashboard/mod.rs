@@ -266,20 +266,16 @@ fn route<B>(app: &App, req: &Request<B>) -> Response<Full<Bytes>> {
                 .as_deref()
                 .and_then(|w| w.split_once('/'))
                 .map(|(ns, _)| ns);
-            let ns = match (&app.namespace, wanted) {
-                (Some(own), Some(w)) if own != w => {
-                    return respond(
-                        StatusCode::BAD_REQUEST,
-                        "application/json",
-                        serde_json::json!({ "error": format!("this dashboard shows namespace {own} only") })
-                            .to_string(),
-                    )
+            if let (Some(own), Some(w)) = (&app.namespace, wanted) {
+                if own != w {
+                    let e = format!("this dashboard shows namespace {own} only");
+                    let body = serde_json::json!({ "error": e }).to_string();
+                    return respond(StatusCode::BAD_REQUEST, "application/json", body);
                 }
-                (Some(own), _) => own.clone(),
-                (None, Some(w)) => w.to_string(),
-                (None, None) => "default".into(),
-            };
-            let v = app.tap.read(&app.source, &ns, workload);
+            }
+            let v = app
+                .tap
+                .read(&app.source, app.namespace.as_deref(), workload);
             respond(StatusCode::OK, "application/json", v.to_string())
         }
         _ => match path

@@ -45,7 +45,7 @@ impl TapView {
     pub fn read(
         self: &Arc<Self>,
         source: &Source,
-        namespace: &str,
+        namespace: Option<&str>,
         workload: Option<String>,
     ) -> Value {
         let mut s = self.lock();
@@ -66,7 +66,7 @@ impl TapView {
             s.running = Some(tokio::spawn(run(
                 self.clone(),
                 source.clone(),
-                namespace.to_string(),
+                namespace.map(String::from),
                 workload,
             )));
         }
@@ -79,13 +79,21 @@ impl TapView {
 }
 
 /// Taps until nobody reads for [`UNUSED`].
-async fn run(view: Arc<TapView>, source: Source, namespace: String, workload: Option<String>) {
-    let resource = match &workload {
-        Some(w) => {
-            let (ns, name) = w.split_once('/').unwrap_or((namespace.as_str(), w));
+async fn run(
+    view: Arc<TapView>,
+    source: Source,
+    namespace: Option<String>,
+    workload: Option<String>,
+) {
+    let ns = namespace.as_deref().unwrap_or("default");
+    let resource = match (&workload, &namespace) {
+        (Some(w), _) => {
+            let (ns, name) = w.split_once('/').unwrap_or((ns, w));
             (format!("deploy/{name}"), ns.to_string())
         }
-        None => (format!("ns/{namespace}"), namespace.clone()),
+        (None, Some(ns)) => (format!("ns/{ns}"), ns.clone()),
+        // Every proxy of every namespace.
+        (None, None) => ("ns/*".to_string(), ns.to_string()),
     };
     let plan = select::plan(&select::Spec {
         resource: resource.0,

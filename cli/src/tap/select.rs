@@ -1,6 +1,6 @@
 //! Which proxies a tap opens on, and with which filter: `deploy/NAME`,
 //! `sts/NAME`, `pod/NAME`, `ns/NAME` tap the proxies of that resource (both
-//! directions); `svc/NAME` taps every proxy's outbound requests to that
+//! directions; `ns/*` every proxy); `svc/NAME` taps every proxy's outbound requests to that
 //! Service. `--to deploy/Y|svc/Y` keeps the resource's outbound requests to Y.
 
 use crate::stat::plan::Kind;
@@ -99,7 +99,8 @@ impl Plan {
                 l("namespace") == self.namespace && l("workload") == self.name
             }
             Kind::Pod => l("namespace") == self.namespace && l("pod") == self.name,
-            Kind::Ns => l("namespace") == self.name,
+            // `ns/*`: every namespace.
+            Kind::Ns => self.name == "*" || l("namespace") == self.name,
             // Callers of a Service may be anywhere.
             Kind::Svc => true,
             Kind::Route => false,
@@ -143,6 +144,8 @@ mod tests {
         assert!(p.selects(&api1) && !p.selects(&other));
         let p = plan(&spec("ns/demo")).unwrap();
         assert!(p.selects(&api1) && p.selects(&web) && !p.selects(&other));
+        let p = plan(&spec("ns/*")).unwrap();
+        assert!(p.selects(&api1) && p.selects(&other));
         let p = plan(&spec("svc/api")).unwrap();
         assert!(p.selects(&other));
         assert_eq!(p.filter.direction, "outbound");

@@ -302,6 +302,21 @@ impl KubeApi {
         kube::Config::new(format!("http://{}", self.addr).parse().unwrap())
     }
 
+    /// Writes a kubeconfig for this server at `path` (for commands that take
+    /// `KUBECONFIG`).
+    pub fn write_kubeconfig(&self, path: &std::path::Path) -> std::io::Result<()> {
+        std::fs::write(
+            path,
+            format!(
+                "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
+                 clusters: [{{name: fake, cluster: {{server: 'http://{}'}}}}]\n\
+                 users: [{{name: fake, user: {{}}}}]\n\
+                 contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n",
+                self.addr
+            ),
+        )
+    }
+
     /// Answers POSTs to `path` with `reactor` instead of creating objects.
     pub fn on_post(
         &self,
