@@ -53,6 +53,14 @@ impl Mesh {
     /// Starts identity (certificates valid for `cert_lifetime`, e.g. "1h")
     /// and the controller on an empty manifest directory.
     pub async fn start(cert_lifetime: &str) -> Mesh {
+        let mut mesh = Self::start_identity(cert_lifetime).await;
+        mesh.start_controller();
+        mesh
+    }
+
+    /// Starts the identity service only; the caller starts a controller (e.g. one on a
+    /// Kubernetes source, [`Mesh::spawn_controller_from`]).
+    pub async fn start_identity(cert_lifetime: &str) -> Mesh {
         let root = tempfile::tempdir().expect("tempdir");
         let identity_dir = root.path().join("identity");
         let manifests = root.path().join("manifests");
@@ -76,7 +84,7 @@ impl Mesh {
             identity.assert_running();
             panic!("identity did not listen:\n{}", identity.log_text());
         }
-        let mut mesh = Mesh {
+        Mesh {
             identity_dir,
             manifests,
             identity_addr,
@@ -87,9 +95,7 @@ impl Mesh {
             controller: None,
             token_key,
             root,
-        };
-        mesh.start_controller();
-        mesh
+        }
     }
 
     /// Starts (or restarts) the controller on its fixed address.
@@ -101,9 +107,23 @@ impl Mesh {
     /// Starts another controller replica on the same manifests, serving gRPC on
     /// `grpc` and its admin server on `admin`; waits until it is ready.
     pub fn spawn_controller(&self, grpc: SocketAddr, admin: SocketAddr) -> Proc {
+        let source = format!("dir:{}", self.manifests.display());
+        self.spawn_controller_from(grpc, admin, &source, &[])
+    }
+
+    /// Starts a controller replica reading `source` (`dir:…` or `kubernetes`) with
+    /// extra environment `env` (e.g. `KUBECONFIG`); waits until it is ready.
+    pub fn spawn_controller_from(
+        &self,
+        grpc: SocketAddr,
+        admin: SocketAddr,
+        source: &str,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Proc {
         let mut cmd = Command::new(bin("mesh-controller"));
+        cmd.envs(env.iter().copied());
         cmd.arg("--source")
-            .arg(format!("dir:{}", self.manifests.display()))
+            .arg(source)
             .arg("--grpc-addr")
             .arg(grpc.to_string())
             .arg("--admin-addr")

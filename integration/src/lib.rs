@@ -5,6 +5,7 @@
 
 pub mod apps;
 pub mod client;
+pub mod control_plane;
 pub mod fixture;
 pub mod grafana;
 pub mod netns;

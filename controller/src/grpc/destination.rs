@@ -1,6 +1,7 @@
 //! The `Destination` gRPC service: endpoint streams (`Get`), sent as a full state followed
 //! by diffs, and client-side policy streams (`GetPolicy`), sent as snapshots. Each stream
-//! is a lazy `unfold` over an index reader, so it ends as soon as the client goes away.
+//! is a lazy `unfold` over an index reader, so it ends as soon as the client goes away,
+//! and waits on its target's topic, so it only wakes for changes that concern it.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -11,9 +12,10 @@ use mesh_proto::destination::{
     self as api, destination_server::Destination, update, AddrSet, GetDestination, NoEndpoints,
     ServicePolicy, Update, WeightedAddrSet,
 };
+use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
-use crate::index::{EndpointSet, IndexReader, Resolution, Target};
+use crate::index::{EndpointSet, IndexReader, Interest, Resolution, Target};
 use crate::metrics::{Api, ApiMetrics, Metrics, StreamMetrics};
 
 /// A boxed stream of gRPC messages.
@@ -37,28 +39,35 @@ impl DestinationService {
         }
     }
 
-    /// A fresh reader (marked as having seen the current snapshot) and the parsed target.
-    fn watch(
-        &self,
-        req: &GetDestination,
-        api: &ApiMetrics,
-    ) -> Result<(IndexReader, Target), Status> {
-        let mut index = self.index.clone();
-        let target = index
-            .borrow_and_update()
-            .parse_target(&req.target)
-            .map_err(|e| {
-                api.invalid_target();
-                Status::invalid_argument(e.to_string())
-            })?;
-        Ok((index, target))
+    /// A reader, the parsed target and the topic of what it depends on (taken before
+    /// the caller reads the index, so no change falls in between).
+    fn watch(&self, req: &GetDestination, api: &ApiMetrics) -> Result<Watch, Status> {
+        let index = self.index.clone();
+        let target = index.borrow().parse_target(&req.target).map_err(|e| {
+            api.invalid_target();
+            Status::invalid_argument(e.to_string())
+        })?;
+        let topic = index.topic(Interest::of_target(&target));
+        Ok(Watch {
+            index,
+            target,
+            topic,
+        })
     }
+}
+
+/// What a stream watches: the index, its target, and the target's topic.
+struct Watch {
+    index: IndexReader,
+    target: Target,
+    topic: watch::Receiver<()>,
 }
 
 /// The state of a `Get` stream between messages.
 struct GetState {
     index: IndexReader,
     target: Target,
+    topic: watch::Receiver<()>,
     /// What the client has been sent (or is queued to be).
     sent: Resolution,
     /// Messages not yet handed over, with the index change that caused each.
@@ -70,6 +79,7 @@ struct GetState {
 struct PolicyState {
     index: IndexReader,
     target: Target,
+    topic: watch::Receiver<()>,
     /// The target as the client spelled it (policies name it).
     raw: String,
     last: Option<ServicePolicy>,
@@ -83,13 +93,18 @@ impl Destination for DestinationService {
 
     async fn get(&self, req: Request<GetDestination>) -> Result<Response<Self::GetStream>, Status> {
         let req = req.into_inner();
-        let (index, target) = self.watch(&req, &self.get)?;
+        let Watch {
+            index,
+            target,
+            topic,
+        } = self.watch(&req, &self.get)?;
         tracing::debug!(target = %req.target, context = %req.context, "Get");
         let sent = index.borrow().resolve(&target);
         let state = GetState {
             queue: VecDeque::from([(initial(&sent), None)]),
             index,
             target,
+            topic,
             sent,
             metrics: self.get.stream_opened(),
         };
@@ -99,9 +114,9 @@ impl Destination for DestinationService {
                     st.metrics.sent(changed_at);
                     return Some((Ok(update), st));
                 }
-                st.index.changed().await.ok()?; // the source stopped: end the stream
+                st.topic.changed().await.ok()?; // the source stopped: end the stream
                 let (next, changed_at) = {
-                    let index = st.index.borrow_and_update();
+                    let index = st.index.borrow();
                     (index.resolve(&st.target), st.metrics.index_changed_at())
                 };
                 let updates = diff(&st.sent, &next);
@@ -118,11 +133,16 @@ impl Destination for DestinationService {
         req: Request<GetDestination>,
     ) -> Result<Response<Self::GetPolicyStream>, Status> {
         let req = req.into_inner();
-        let (index, target) = self.watch(&req, &self.policy)?;
+        let Watch {
+            index,
+            target,
+            topic,
+        } = self.watch(&req, &self.policy)?;
         tracing::debug!(target = %req.target, context = %req.context, "GetPolicy");
         let state = PolicyState {
             index,
             target,
+            topic,
             raw: req.target,
             last: None,
             metrics: self.policy.stream_opened(),
@@ -131,10 +151,10 @@ impl Destination for DestinationService {
             let mut changed_at = None;
             loop {
                 if st.last.is_some() {
-                    st.index.changed().await.ok()?;
+                    st.topic.changed().await.ok()?;
                 }
                 let policy = {
-                    let index = st.index.borrow_and_update();
+                    let index = st.index.borrow();
                     if st.last.is_some() {
                         changed_at = st.metrics.index_changed_at();
                     }

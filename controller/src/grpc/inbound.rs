@@ -10,7 +10,7 @@ use futures::Stream;
 use mesh_proto::policy::{inbound_policy_server::InboundPolicy, InboundTarget, ServerPolicy};
 use tonic::{Request, Response, Status};
 
-use crate::index::{Index, IndexReader};
+use crate::index::{Index, IndexReader, Interest};
 use crate::metrics::{Api, ApiMetrics, Metrics, StreamMetrics};
 
 pub use crate::index::default_server_policy;
@@ -35,6 +35,8 @@ impl InboundPolicyService {
 /// The state of a `Watch` stream between messages.
 struct WatchState {
     index: IndexReader,
+    /// Woken by the changes that concern the workload.
+    topic: tokio::sync::watch::Receiver<()>,
     /// `namespace/name` of the workload.
     workload: String,
     port: u16,
@@ -80,6 +82,7 @@ impl InboundPolicy for InboundPolicyService {
             );
         }
         let state = WatchState {
+            topic: self.index.topic(Interest::of_workload(&workload)),
             index: self.index.clone(),
             workload,
             port,
@@ -90,10 +93,10 @@ impl InboundPolicy for InboundPolicyService {
             let mut changed_at = None;
             loop {
                 if st.last.is_some() {
-                    st.index.changed().await.ok()?; // the source stopped: end the stream
+                    st.topic.changed().await.ok()?; // the source stopped: end the stream
                 }
                 let policy = {
-                    let index = st.index.borrow_and_update();
+                    let index = st.index.borrow();
                     if st.last.is_some() {
                         changed_at = st.metrics.index_changed_at();
                     }

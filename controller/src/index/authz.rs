@@ -97,8 +97,8 @@ impl Index {
         let namespace = namespace.to_string();
         self.authz
             .range((namespace.clone(), String::new())..)
-            .take_while(move |((ns, _), _)| *ns == namespace)
-            .map(|(_, p)| p)
+            .take_while(move |((ns, _), _, _)| *ns == namespace)
+            .map(|(_, _, p)| p)
     }
 
     /// Every AuthorizationPolicy that applies to workload `namespace/workload` (a
@@ -208,12 +208,12 @@ impl Index {
     }
 
     /// The Services of `namespace`, ordered by name.
-    fn services_in(&self, namespace: &str) -> impl Iterator<Item = &Service> + '_ {
+    pub(super) fn services_in(&self, namespace: &str) -> impl Iterator<Item = &Service> + '_ {
         let namespace = namespace.to_string();
         self.services
             .range((namespace.clone(), String::new())..)
-            .take_while(move |((ns, _), _)| *ns == namespace)
-            .map(|(_, s)| s)
+            .take_while(move |((ns, _), _, _)| *ns == namespace)
+            .map(|(_, _, s)| s)
     }
 
     /// Logs the AuthorizationPolicies whose `targetRef` names a Service (port) that does
@@ -251,7 +251,7 @@ fn is_subset(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, Stri
 }
 
 /// Whether `svc` selects a workload with `labels`; a Service without selector selects none.
-fn selects(svc: &Service, labels: &BTreeMap<String, String>) -> bool {
+pub(super) fn selects(svc: &Service, labels: &BTreeMap<String, String>) -> bool {
     !svc.spec.selector.is_empty() && is_subset(&svc.spec.selector, labels)
 }
 

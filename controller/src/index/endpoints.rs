@@ -83,10 +83,12 @@ impl Index {
     /// The workload at `addr`: a WorkloadEntry with that address and port, or a pod with
     /// that IP (any port: pods need not declare the ports they listen on).
     pub fn workload_at(&self, addr: SocketAddr) -> Option<&WorkloadEntry> {
-        self.workloads.values().find(|w| {
-            w.spec.address == addr.ip()
-                && (w.spec.pod.is_some() || w.spec.ports.values().any(|p| *p == addr.port()))
-        })
+        self.lookups
+            .workload_ips
+            .get(&addr.ip())?
+            .iter()
+            .filter_map(|k| self.workloads.get(k))
+            .find(|w| w.spec.pod.is_some() || w.spec.ports.values().any(|p| *p == addr.port()))
     }
 
     /// The pod-derived entry of pod `namespace/pod` with an address of `ip`'s family.
@@ -96,10 +98,12 @@ impl Index {
         pod: &str,
         ip: IpAddr,
     ) -> Option<&'a WorkloadEntry> {
-        self.workloads_in(namespace).find(|w| {
-            w.spec.pod.as_ref().is_some_and(|p| p.name == pod)
-                && w.spec.address.is_ipv4() == ip.is_ipv4()
-        })
+        self.lookups
+            .pods
+            .get(&(namespace.to_string(), pod.to_string()))?
+            .iter()
+            .filter_map(|k| self.workloads.get(k))
+            .find(|w| w.spec.address.is_ipv4() == ip.is_ipv4())
     }
 
     /// Resolves `target` to its endpoints: a Service port (by name or cluster IP) gives the
@@ -129,16 +133,18 @@ impl Index {
         let hint = service_port_hint(svc, port);
         let mut endpoints = BTreeMap::new();
         let slices = self
-            .slices
-            .get(&(ns.clone(), svc.metadata.name.clone()))
-            .filter(|s| !s.is_empty());
+            .lookups
+            .service_slices
+            .get(&(ns.clone(), svc.metadata.name.clone()));
         if let Some(slices) = slices {
             // Kubernetes: the EndpointSlice controller already chose the endpoints.
-            for slice in slices {
-                self.slice_endpoints(slice, port, hint, &mut endpoints);
+            for name in slices {
+                if let Some(slice) = self.slices.get(&(ns.clone(), name.clone())) {
+                    self.slice_endpoints(slice, port, hint, &mut endpoints);
+                }
             }
         } else if !selector.is_empty() {
-            for w in self.workloads_in(ns).filter(|w| w.spec.pod.is_none()) {
+            for w in self.selected_entries(ns, selector) {
                 let labels = w.selection_labels();
                 if !selector.iter().all(|(k, v)| labels.get(k) == Some(v)) {
                     continue;
@@ -162,6 +168,29 @@ impl Index {
             metric_labels,
             endpoints,
         })
+    }
+
+    /// The WorkloadEntries (not pods) of `ns` that have the rarest label of `selector`
+    /// (a superset of those it selects; the caller checks the rest).
+    fn selected_entries<'a>(
+        &'a self,
+        ns: &'a str,
+        selector: &BTreeMap<String, String>,
+    ) -> impl Iterator<Item = &'a WorkloadEntry> + 'a {
+        let rarest = selector
+            .iter()
+            .map(|(k, v)| {
+                self.lookups
+                    .labels
+                    .get(&(ns.to_string(), k.clone(), v.clone()))
+            })
+            .min_by_key(|names| names.map_or(0, |n| n.len()))
+            .flatten();
+        rarest
+            .into_iter()
+            .flatten()
+            .filter_map(move |name| self.workloads.get(&(ns.to_string(), name.clone())))
+            .filter(|w| w.spec.pod.is_none())
     }
 
     /// Adds the ready endpoints of `slice` for Service port `port` to `out`. The slice

@@ -2,11 +2,13 @@
 //! namespace and name, plus the pure lookups the gRPC servers answer from. No I/O: sources
 //! write through an [`IndexWriter`]; servers read snapshots through an [`IndexReader`].
 
+mod apply;
 mod authz;
+mod defs;
 mod endpoints;
 mod policy;
-mod rebuild;
 mod target;
+mod topics;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,6 +18,9 @@ use std::time::Instant;
 use tokio::sync::watch;
 
 use mesh_proto::destination::Fault;
+
+use self::apply::Lookups;
+use self::defs::Defs;
 
 use crate::metrics::Metrics;
 use crate::resources::{
@@ -29,6 +34,7 @@ pub use self::endpoints::{
 };
 pub use self::policy::{compile_routes, route_precedence, Precedence};
 pub use self::target::{Target, TargetError};
+pub use self::topics::{Changes, Interest, Topics};
 pub use crate::resources::traffic::{
     default_balancer, default_retry_budget, DEFAULT_EWMA_DECAY_MS,
 };
@@ -118,20 +124,27 @@ pub struct Index {
     config: IndexConfig,
     /// The objects of each source file (the unit sources replace).
     files: BTreeMap<PathBuf, Vec<Resource>>,
-    /// Services by key, derived from `files`.
-    services: BTreeMap<Key, Service>,
-    /// WorkloadEntries by key, derived from `files`.
-    workloads: BTreeMap<Key, WorkloadEntry>,
-    /// HTTPRoutes and GRPCRoutes by kind and key, derived from `files`.
-    routes: BTreeMap<(RouteKind, String, String), IndexedRoute>,
+    /// Services by key.
+    services: Defs<Key, Service>,
+    /// WorkloadEntries (from manifests, or from Pods) by key.
+    workloads: Defs<Key, WorkloadEntry>,
+    /// HTTPRoutes and GRPCRoutes by kind and key.
+    routes: Defs<(RouteKind, String, String), IndexedRoute>,
+    /// TrafficPolicies by their own key, with where each was read (the oldest targeting
+    /// a Service is in force, so a move between files matters).
+    policies: Defs<Key, (Origin, TrafficPolicy)>,
     /// The TrafficPolicy in force for each Service, by the Service's key.
     traffic_policies: BTreeMap<Key, TrafficPolicy>,
-    /// HTTPFaults by key, derived from `files`.
-    faults: BTreeMap<Key, Fault>,
-    /// EndpointSlices by their Service's key, derived from `files`.
-    slices: BTreeMap<Key, Vec<EndpointSlice>>,
-    /// AuthorizationPolicies by key, derived from `files`.
-    authz: BTreeMap<Key, AuthorizationPolicy>,
+    /// HTTPFaults by key.
+    faults: Defs<Key, Fault>,
+    /// EndpointSlices by `(namespace, slice name)`.
+    slices: Defs<Key, EndpointSlice>,
+    /// AuthorizationPolicies by key.
+    authz: Defs<Key, AuthorizationPolicy>,
+    /// Lookups by address, pod, label and Service.
+    lookups: Lookups,
+    /// What changed since the writer last took the changes.
+    changes: Changes,
 }
 
 // === impl Index ===
@@ -142,13 +155,16 @@ impl Index {
         Self {
             config,
             files: BTreeMap::new(),
-            services: BTreeMap::new(),
-            workloads: BTreeMap::new(),
-            routes: BTreeMap::new(),
+            services: Defs::default(),
+            workloads: Defs::default(),
+            routes: Defs::default(),
+            policies: Defs::default(),
             traffic_policies: BTreeMap::new(),
-            faults: BTreeMap::new(),
-            slices: BTreeMap::new(),
-            authz: BTreeMap::new(),
+            faults: Defs::default(),
+            slices: Defs::default(),
+            authz: Defs::default(),
+            lookups: Lookups::default(),
+            changes: Changes::default(),
         }
     }
 
@@ -160,18 +176,11 @@ impl Index {
     /// Replaces every object that came from `file` with `resources`. Returns whether
     /// anything changed.
     pub fn apply_file(&mut self, file: impl Into<PathBuf>, resources: Vec<Resource>) -> bool {
-        let file = file.into();
-        if self.files.get(&file) == Some(&resources) {
-            return false;
-        }
-        self.files.insert(file, resources);
-        self.rebuild();
-        true
+        self.replace_file(file.into(), resources)
     }
 
-    /// Replaces the objects of several files and removes others, with one rebuild (a
-    /// source's initial list, or a relist after its watch expired). Returns whether
-    /// anything changed.
+    /// Replaces the objects of several files and removes others (a source's initial
+    /// list, or a relist after its watch expired). Returns whether anything changed.
     pub fn apply_batch(
         &mut self,
         files: impl IntoIterator<Item = (PathBuf, Vec<Resource>)>,
@@ -179,27 +188,30 @@ impl Index {
     ) -> bool {
         let mut changed = false;
         for file in removed {
-            changed |= self.files.remove(&file).is_some();
+            changed |= self.replace_file(file, Vec::new());
         }
         for (file, resources) in files {
-            if self.files.get(&file) != Some(&resources) {
-                self.files.insert(file, resources);
-                changed = true;
-            }
-        }
-        if changed {
-            self.rebuild();
+            changed |= self.replace_file(file, resources);
         }
         changed
     }
 
     /// Removes every object that came from `file`. Returns whether anything changed.
     pub fn remove_file(&mut self, file: &Path) -> bool {
-        if self.files.remove(file).is_none() {
-            return false;
-        }
-        self.rebuild();
-        true
+        self.replace_file(file.to_path_buf(), Vec::new())
+    }
+
+    /// Takes what changed since the last call: the streams to wake. A Service that
+    /// changed also changes what its cluster IP resolves to.
+    pub fn take_changes(&mut self) -> Changes {
+        let mut changes = std::mem::take(&mut self.changes);
+        let ips: Vec<std::net::IpAddr> = changes
+            .services
+            .iter()
+            .filter_map(|k| self.services.get(k)?.spec.cluster_ip)
+            .collect();
+        changes.addrs.extend(ips);
+        changes
     }
 
     /// How many objects of each kind are indexed.
@@ -212,7 +224,7 @@ impl Index {
             grpc_routes: routes(RouteKind::Grpc),
             traffic_policies: self.traffic_policies.len(),
             faults: self.faults.len(),
-            endpoint_slices: self.slices.values().map(Vec::len).sum(),
+            endpoint_slices: self.slices.len(),
             authorization_policies: self.authz.len(),
         }
     }
@@ -261,8 +273,8 @@ impl Index {
     ) -> impl Iterator<Item = &'a WorkloadEntry> + 'a {
         self.workloads
             .range((namespace.to_string(), String::new())..)
-            .take_while(move |((ns, _), _)| ns == namespace)
-            .map(|(_, w)| w)
+            .take_while(move |((ns, _), _, _)| ns == namespace)
+            .map(|(_, _, w)| w)
     }
 
     /// Parses a target string with this index's cluster domain.
@@ -279,9 +291,11 @@ impl Index {
                 port,
             } => with_port(self.service(namespace, name)?, *port),
             Target::Addr(addr) => self
-                .services
-                .values()
-                .filter(|s| s.spec.cluster_ip == Some(addr.ip()))
+                .lookups
+                .service_ips
+                .get(&addr.ip())?
+                .iter()
+                .filter_map(|k| self.services.get(k))
                 .find_map(|s| with_port(s, addr.port())),
             Target::Other { .. } => None,
         }
@@ -297,18 +311,49 @@ fn with_port(svc: &Service, port: u16) -> Option<(&Service, &ServicePort)> {
         .map(|p| (svc, p))
 }
 
+// === impl IndexReader ===
+
+/// A snapshot view of the index that is notified of every change (`changed().await`, as
+/// a `watch::Receiver`), and the per-target topics streams wait on instead
+/// ([`IndexReader::topic`]), so that a change wakes only the streams it concerns.
+#[derive(Clone, Debug)]
+pub struct IndexReader {
+    rx: watch::Receiver<Index>,
+    topics: Arc<Topics>,
+}
+
+impl IndexReader {
+    /// A receiver told of every change concerning `interest`; it fails when the index
+    /// writer is gone. Take it before reading the index, so no change falls in between.
+    pub fn topic(&self, interest: Interest) -> watch::Receiver<()> {
+        self.topics.watch(interest)
+    }
+}
+
+impl std::ops::Deref for IndexReader {
+    type Target = watch::Receiver<Index>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.rx
+    }
+}
+
+impl std::ops::DerefMut for IndexReader {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.rx
+    }
+}
+
 // === impl IndexWriter ===
 
-/// A snapshot view of the index that is notified of every change (`changed().await`).
-pub type IndexReader = watch::Receiver<Index>;
-
 /// The single writer of the index, owned by the running source. When it is dropped,
-/// every reader's `changed()` fails, which ends the gRPC streams. It records every change
-/// in its [`Metrics`] (count, rebuild time, and the stamp streams measure push latency
-/// from), keeping the index itself free of timing.
+/// every reader's `changed()` and every topic fail, which ends the gRPC streams. It
+/// records every change in its [`Metrics`] (count, update time, and the stamp streams
+/// measure push latency from), keeping the index itself free of timing.
 #[derive(Debug)]
 pub struct IndexWriter {
     tx: watch::Sender<Index>,
+    topics: Arc<Topics>,
     metrics: Arc<Metrics>,
 }
 
@@ -322,7 +367,11 @@ impl IndexWriter {
     /// which the sources reach through [`IndexWriter::metrics`]).
     pub fn with_metrics(config: IndexConfig, metrics: Arc<Metrics>) -> Self {
         let (tx, _) = watch::channel(Index::new(config));
-        Self { tx, metrics }
+        Self {
+            tx,
+            topics: Arc::new(Topics::default()),
+            metrics,
+        }
     }
 
     /// The metrics this writer (and the source owning it) counts into.
@@ -332,7 +381,10 @@ impl IndexWriter {
 
     /// A new reader of the index.
     pub fn subscribe(&self) -> IndexReader {
-        self.tx.subscribe()
+        IndexReader {
+            rx: self.tx.subscribe(),
+            topics: Arc::clone(&self.topics),
+        }
     }
 
     /// How many readers are alive (the servers' own plus one per open stream).
@@ -340,18 +392,31 @@ impl IndexWriter {
         self.tx.receiver_count()
     }
 
-    /// Applies `f`, which returns whether it changed the index; readers are notified once
-    /// if it did, and the change is recorded in the metrics (while the index is still
-    /// held, so a reader's snapshot and the change stamp it reads agree).
+    /// Applies `f`, which returns whether it changed the index; if it did, readers are
+    /// notified once, the topics the change concerns are woken, and the change is
+    /// recorded in the metrics (while the index is still held, so a reader's snapshot and
+    /// the change stamp it reads agree).
     pub fn update(&self, f: impl FnOnce(&mut Index) -> bool) -> bool {
         let start = Instant::now();
-        self.tx.send_if_modified(|index| {
+        let mut changes = None;
+        let changed = self.tx.send_if_modified(|index| {
             let changed = f(index);
+            changes = Some(index.take_changes());
             if changed {
                 self.metrics.index_changed(start.elapsed());
             }
             changed
-        })
+        });
+        if let Some(changes) = changes {
+            self.topics.notify(&changes);
+        }
+        changed
+    }
+}
+
+impl Drop for IndexWriter {
+    fn drop(&mut self) {
+        self.topics.close();
     }
 }
 
