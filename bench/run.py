@@ -1,96 +1,51 @@
 #!/usr/bin/env python3
-"""`make bench`: a proxy pair against a direct connection, same run, interleaved.
+"""`make bench`: a proxy pair against a direct connection and two reference pairs,
+same run, interleaved.
 
-client (wrk) -> outbound proxy -> mTLS -> inbound proxy -> nginx
-client (wrk) -> nginx
-client (wrk) -> nginx (proxy) -> mTLS -> nginx (proxy) -> nginx   (the reference pair)
+client -> nginx                                                       (direct)
+client -> outbound proxy -> mTLS -> inbound proxy -> nginx            (mesh)
+client -> nginx (proxy) -> mTLS -> nginx (proxy) -> nginx             (nginx pair)
+client -> HAProxy -> mTLS -> HAProxy -> nginx                         (HAProxy pair)
 
-Each proxy runs one worker thread. Prints requests/s, p50/p99 latency, the
-proxies' CPU seconds per request (also against the nginx pair doing the same
-job: HTTP/1.1 in, mutual TLS 1.3 with certificates of the mesh's CA between
-the two, pooled keep-alive connections, one worker each) and peak RSS. Everything
-runs on loopback; every load is bounded in time; only processes this script
-started are stopped, by PID.
+Three loads, each in every round against every peer: wrk over HTTP/1.1 with
+BENCH_CONNECTIONS (16) connections, wrk with one connection, and h2load over h2c
+(HTTP/2 with prior knowledge, 4 clients x 8 streams). Every proxy runs one
+worker thread. Prints requests/s, latency, the proxies' CPU seconds per request
+(from /proc), added latency at one connection, peak RSS, and a table of the mesh
+against both reference pairs with the targets of issue 16. The reference pairs
+do the same job (see bench/peers.py). Everything runs on loopback; every load is
+bounded in time; only processes this script started are stopped, by PID.
+
+  python3 bench/run.py                  the benchmark (needs a release build)
+  python3 bench/run.py --check-config   write every config to a temp dir and validate it
+  python3 bench/run.py --smoke          start upstream and reference pairs, one request each
 """
 
-import http.client
+import argparse
 import os
 import re
+import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
+
+sys.dont_write_bytecode = True  # no bench/__pycache__ in the work tree
+import peers  # noqa: E402
+from peers import (HOST, HOST_H2C, TOOLS, free_port, http_get, make_identity, need_tools,
+                   start_mesh, start_pair, start_upstream, stop_all, tool, validate, wait_ok)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("MESH_BIN_DIR", os.path.join(ROOT, "target", "release"))
-HOST = "bench.demo.svc.cluster.local"
 DURATION = int(os.environ.get("BENCH_SECONDS", "8"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 CONNS = int(os.environ.get("BENCH_CONNECTIONS", "16"))
+H2_CLIENTS = int(os.environ.get("BENCH_H2_CLIENTS", "4"))
+H2_STREAMS = int(os.environ.get("BENCH_H2_STREAMS", "8"))
 TICK = os.sysconf("SC_CLK_TCK")
-procs = []
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def spawn(name, argv, env=None, log_dir="."):
-    log = open(os.path.join(log_dir, name + ".log"), "w")
-    p = subprocess.Popen(argv, env={**os.environ, **(env or {})}, stdout=log, stderr=log,
-                         stdin=subprocess.DEVNULL)
-    procs.append(p)
-    return p
-
-
-def stop_all():
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            p.kill()
-
-
-def wait_port(port, what):
-    deadline = time.time() + 20
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(f"bench: {what} did not listen on {port}")
-
-
-def http_get(port, path, host=None, timeout=2):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    c.request("GET", path, headers={"Host": host} if host else {})
-    r = c.getresponse()
-    body = r.read()
-    c.close()
-    return r.status, body
-
-
-def wait_ok(port, path, host=None, what=""):
-    deadline = time.time() + 20
-    while time.time() < deadline:
-        try:
-            if http_get(port, path, host)[0] == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    sys.exit(f"bench: {what} never answered 200")
+LOADS = {"h1": f"HTTP/1.1 {CONNS} conns", "h1-1": "HTTP/1.1 1 conn",
+         "h2c": f"h2c {H2_CLIENTS}x{H2_STREAMS}"}
+PEERS = ("direct", "mesh", "nginx-pair", "haproxy-pair")
 
 
 def cpu_seconds(pid):
@@ -99,16 +54,17 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-def tree_cpu_seconds(pid):
-    """CPU seconds of a process and its direct children (nginx's workers)."""
-    total = cpu_seconds(pid)
+def tree_pids(pid):
+    """A process and its direct children (nginx's workers)."""
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
-            for child in f.read().split():
-                total += cpu_seconds(int(child))
+            return [pid] + [int(c) for c in f.read().split()]
     except OSError:
-        pass
-    return total
+        return [pid]
+
+
+def tree_cpu_seconds(pid):
+    return sum(cpu_seconds(p) for p in tree_pids(pid))
 
 
 def peak_rss_kib(pid):
@@ -117,6 +73,11 @@ def peak_rss_kib(pid):
             if line.startswith("VmHWM:"):
                 return int(line.split()[1])
     return 0
+
+
+def tree_peak_rss_kib(pid):
+    """Peak RSS of a process and its children, summed (pages they share count twice)."""
+    return sum(peak_rss_kib(p) for p in tree_pids(pid))
 
 
 def rss_by_mapping(pid):
@@ -146,227 +107,177 @@ def rss_parts(pid):
 UNIT = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
 
 
+def grab(pattern, out, argv):
+    m = re.search(pattern, out, re.M)
+    if not m:
+        sys.exit(f"bench: unexpected output of `{' '.join(argv)}`:\n{out[-3000:]}")
+    return m
+
+
+def run_tool(argv):
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=DURATION + 30)
+    return p.stdout + p.stderr
+
+
+def wrk_argv(port, conns, host=None):
+    return (["wrk", "-t1", f"-c{conns}", f"-d{DURATION}s", "--latency"]
+            + (["-H", f"Host: {host}"] if host else []) + [f"http://127.0.0.1:{port}/"])
+
+
 def wrk(port, conns, host=None):
-    argv = ["wrk", "-t1", f"-c{conns}", f"-d{DURATION}s", "--latency", f"http://127.0.0.1:{port}/"]
-    if host:
-        argv[1:1] = ["-H", f"Host: {host}"]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=DURATION + 30).stdout
+    argv = wrk_argv(port, conns, host)
+    out = run_tool(argv)
     lat = {}
     for pct, val, unit in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M):
         lat[pct] = float(val) * UNIT[unit]
-    total = int(re.search(r"(\d+) requests in", out).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sock = re.search(r"Socket errors: (.*)", out)
     return {
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "rps": float(grab(r"Requests/sec:\s+([\d.]+)", out, argv).group(1)),
         "p50": lat.get("50", 0.0),
         "p99": lat.get("99", 0.0),
-        "requests": total,
+        "requests": int(grab(r"(\d+) requests in", out, argv).group(1)),
         "errors": int(errors.group(1)) if errors else 0,
         "socket_errors": sock.group(1) if sock else "",
     }
 
 
-def issue_cert(work, ident, name):
-    """A certificate for `name` from the mesh's issuer (openssl), as chain and key files."""
-    key, csr, crt = (os.path.join(work, f"{name}.{ext}") for ext in ("key", "csr", "crt"))
-    ext = os.path.join(work, f"{name}.ext")
-    with open(ext, "w") as f:
-        f.write(f"subjectAltName=DNS:{name}\nextendedKeyUsage=serverAuth,clientAuth\n")
-    run = lambda *a: subprocess.run(a, check=True, capture_output=True)
-    run("openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-        "-nodes", "-keyout", key, "-subj", f"/CN={name}", "-out", csr)
-    run("openssl", "x509", "-req", "-in", csr, "-CA", os.path.join(ident, "issuer.crt"),
-        "-CAkey", os.path.join(ident, "issuer.key"), "-CAcreateserial", "-days", "1",
-        "-extfile", ext, "-out", crt)
-    chain = os.path.join(work, f"{name}.pem")
-    with open(chain, "w") as out:
-        for part in (crt, os.path.join(ident, "issuer.crt")):
-            with open(part) as f:
-                out.write(f.read())
-    return chain, key
+def h2load_argv(port, authority=None):
+    """h2c with prior knowledge (an http:// URL); -H ':authority: …' replaces the URL's."""
+    return (["h2load", "-c", str(H2_CLIENTS), "-m", str(H2_STREAMS), "-D", str(DURATION)]
+            + (["-H", f":authority: {authority}"] if authority else [])
+            + [f"http://127.0.0.1:{port}/"])
 
 
-def nginx_pair(work, ident, nginx, app_port):
-    """Two nginx reverse proxies doing the mesh's job; returns (front port, procs)."""
-    anchors = os.path.join(ident, "trust-anchors.pem")
-    front, back = free_port(), free_port()
-    a_pem, a_key = issue_cert(work, ident, "nginx-a")
-    b_pem, b_key = issue_cert(work, ident, "nginx-b")
-    head = "worker_processes 1; daemon off; pid {work}/{n}.pid; error_log {work}/{n}-error.log;\n" \
-           "events {{ worker_connections 1024; }}\n"
-    confs = {
-        "nginx-a": head.format(work=work, n="nginx-a") + f"""http {{ access_log off; keepalive_requests 1000000;
-  upstream b {{ server 127.0.0.1:{back}; keepalive 64; keepalive_requests 1000000; }}
-  server {{ listen 127.0.0.1:{front};
-    location / {{ proxy_pass https://b; proxy_http_version 1.1; proxy_set_header Connection "";
-      proxy_ssl_certificate {a_pem}; proxy_ssl_certificate_key {a_key};
-      proxy_ssl_trusted_certificate {anchors}; proxy_ssl_verify on; proxy_ssl_verify_depth 3;
-      proxy_ssl_name nginx-b; proxy_ssl_protocols TLSv1.3; }} }} }}
-""",
-        "nginx-b": head.format(work=work, n="nginx-b") + f"""http {{ access_log off; keepalive_requests 1000000;
-  upstream app {{ server 127.0.0.1:{app_port}; keepalive 64; keepalive_requests 1000000; }}
-  server {{ listen 127.0.0.1:{back} ssl; ssl_protocols TLSv1.3;
-    ssl_certificate {b_pem}; ssl_certificate_key {b_key};
-    ssl_client_certificate {anchors}; ssl_verify_client on; ssl_verify_depth 3;
-    location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }} }} }}
-""",
+def h2load(port, authority=None):
+    argv = h2load_argv(port, authority)
+    out = run_tool(argv)
+    done = grab(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                r"(\d+) errored, (\d+) timeout", out, argv).groups()
+    codes = [int(n) for n in grab(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx",
+                                  out, argv).groups()]
+    t = grab(r"time for request:" + r"\s+([\d.]+)(us|ms|s)" * 4, out, argv).groups()
+    lat = [float(t[i]) * UNIT[t[i + 1]] for i in range(0, 8, 2)]
+    return {
+        "rps": float(grab(r"finished in \S+, ([\d.]+) req/s", out, argv).group(1)),
+        "requests": int(done[1]),  # succeeded: h2load's req/s counts these
+        "failed": int(done[2]), "errored": int(done[3]), "timeout": int(done[4]),
+        "errors": sum(codes[1:]),  # non-2xx
+        "min": lat[0], "max": lat[1], "mean": lat[2], "sd": lat[3],
     }
-    procs = []
-    for n, text in confs.items():
-        conf = os.path.join(work, f"{n}.conf")
-        with open(conf, "w") as f:
-            f.write(text)
-        procs.append(spawn(n, [nginx, "-c", conf, "-p", work], log_dir=work))
-    wait_port(back, "nginx-b")
-    wait_port(front, "nginx-a")
-    wait_ok(front, "/", what="request through the nginx pair")
-    return front, procs
 
 
-def main():
-    for tool in ("wrk", "nginx", "openssl"):
-        if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
-            sys.exit(f"bench: {tool} is missing; install it with `apt-get install -y wrk nginx-light openssl`")
-    for b in ("mesh-proxy", "mesh-identity", "mesh-controller"):
-        if not os.path.exists(os.path.join(BIN, b)):
-            sys.exit(f"bench: {BIN}/{b} missing; run `cargo build --release --bins` (make bench does)")
+def measure(peer, load, upstream_pid):
+    """One bounded load against one peer, with the CPU its processes and the upstream used."""
+    cpu = lambda: sum(tree_cpu_seconds(p) for p in peer["pids"])
+    before, up_before = cpu(), tree_cpu_seconds(upstream_pid)
+    if load == "h2c":
+        res = h2load(peer["h2c"], peer["authority"])
+    else:
+        res = wrk(peer["h1"], CONNS if load == "h1" else 1, peer["host"])
+    res["cpu"] = cpu() - before
+    res["upstream_cpu"] = tree_cpu_seconds(upstream_pid) - up_before
+    return res
 
-    work = tempfile.mkdtemp(prefix="mesh-bench-")
-    ident = os.path.join(work, "identity")
-    manifests = os.path.join(work, "manifests")
-    os.makedirs(manifests)
-    subprocess.run([os.path.join(BIN, "mesh"), "identity", "init", ident], check=True,
-                   stdout=subprocess.DEVNULL)
 
-    # nginx: one worker, a fixed 200 answer, keep-alive.
-    nginx_port = free_port()
-    conf = os.path.join(work, "nginx.conf")
-    with open(conf, "w") as f:
-        f.write(f"""worker_processes 1; daemon off; pid {work}/nginx.pid; error_log {work}/nginx-error.log;
-events {{ worker_connections 1024; }}
-http {{ access_log off; keepalive_requests 1000000;
-  server {{ listen 127.0.0.1:{nginx_port}; location / {{ return 200 "ok\\n"; }} }} }}
-""")
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    nginx_proc = spawn("nginx", [nginx, "-c", conf, "-p", work], log_dir=work)
-    wait_port(nginx_port, "nginx")
+def describe(res, load):
+    cpu = f"cpu {res['cpu'] / max(res['requests'], 1) * 1e6:6.1f} us/req"
+    if load == "h2c":
+        return (f"{res['rps']:9.0f} req/s  mean {res['mean'] * 1e6:7.0f} us  sd {res['sd'] * 1e6:6.0f} us  "
+                f"max {res['max'] * 1e6:7.0f} us  {cpu}  non-2xx {res['errors']}  failed {res['failed']}")
+    return (f"{res['rps']:9.0f} req/s  p50 {res['p50'] * 1e6:7.0f} us  p99 {res['p99'] * 1e6:7.0f} us  "
+            f"{cpu}  non-2xx {res['errors']}  {res['socket_errors']}")
 
-    pair_port, pair_procs = nginx_pair(work, ident, nginx, nginx_port)
 
-    id_port, ctl_port = free_port(), free_port()
-    spawn("identity", [os.path.join(BIN, "mesh-identity"), "--dir", ident, "--addr",
-                       f"127.0.0.1:{id_port}", "--admin-addr", f"127.0.0.1:{free_port()}"], log_dir=work)
-    def token(sa, ns="demo"):
-        return subprocess.run([os.path.join(BIN, "mesh"), "token", "--namespace", ns,
-                               "--service-account", sa, "--key", os.path.join(ident, "token.key")],
-                              check=True, capture_output=True, text=True).stdout.strip()
+def med(runs, key):
+    vals = sorted(x[key] for x in runs)
+    return vals[len(vals) // 2] if vals else None
 
-    # The controller serves over mutual TLS with a certificate from identity.
-    spawn("controller", [os.path.join(BIN, "mesh-controller"), "--source", f"dir:{manifests}",
-                         "--grpc-addr", f"127.0.0.1:{ctl_port}", "--admin-addr",
-                         f"127.0.0.1:{free_port()}", "--webhook-addr",
-                         f"127.0.0.1:{free_port()}", "--identity-addr", f"127.0.0.1:{id_port}",
-                         "--trust-anchors", os.path.join(ident, "trust-anchors.pem")],
-          env={"MESH_CONTROLLER_IDENTITY_TOKEN": token("mesh-controller", "mesh-system")},
-          log_dir=work)
-    wait_port(id_port, "identity")
-    wait_port(ctl_port, "controller")
 
-    def proxy(name, sa):
-        ports = {k: free_port() for k in ("out", "in", "admin")}
-        env = {
-            "MESH_PROXY_OUTBOUND_ADDR": f"127.0.0.1:{ports['out']}",
-            "MESH_PROXY_INBOUND_ADDR": f"127.0.0.1:{ports['in']}",
-            "MESH_PROXY_ADMIN_ADDR": f"127.0.0.1:{ports['admin']}",
-            "MESH_PROXY_DESTINATION_ADDR": f"127.0.0.1:{ctl_port}",
-            "MESH_PROXY_IDENTITY_ADDR": f"127.0.0.1:{id_port}",
-            "MESH_PROXY_TRUST_ANCHORS_FILE": os.path.join(ident, "trust-anchors.pem"),
-            "MESH_PROXY_IDENTITY_TOKEN": token(sa),
-            "MESH_PROXY_NAMESPACE": "demo",
-            "MESH_PROXY_SERVICE_ACCOUNT": sa,
-            "MESH_PROXY_WORKER_THREADS": "1",
-            "MESH_PROXY_LOG": "warn",
-        }
-        p = spawn(name, [os.path.join(BIN, "mesh-proxy")], env, log_dir=work)
-        wait_ok(ports["admin"], "/ready", what=f"{name} /ready")
-        return p, ports
+def per_req_us(runs, key="cpu"):
+    reqs = sum(x["requests"] for x in runs)
+    return sum(x[key] for x in runs) / reqs * 1e6 if reqs else None
 
-    server, sports = proxy("server-proxy", "server")
-    client, cports = proxy("client-proxy", "client")
-    with open(os.path.join(manifests, "bench.yaml"), "w") as f:
-        f.write(f"""apiVersion: v1
-kind: Service
-metadata: {{name: bench, namespace: demo}}
-spec:
-  selector: {{app: bench}}
-  ports: [{{name: http, port: 80, targetPort: http}}]
----
-apiVersion: policy.mesh.dev/v1alpha1
-kind: WorkloadEntry
-metadata: {{name: bench-1, namespace: demo, labels: {{app: bench}}}}
-spec:
-  address: 127.0.0.1
-  serviceAccount: server
-  proxyInboundAddress: "127.0.0.1:{sports['in']}"
-  ports: {{http: {nginx_port}}}
-""")
-    wait_ok(cports["out"], "/", HOST, "request through the proxies")
 
-    pids = {"client-proxy": client.pid, "server-proxy": server.pid}
-    rows = {"direct": [], "mesh": [], "nginx-pair": []}
-    print(f"bench: wrk -t1 -c{CONNS} -d{DURATION}s, {ROUNDS} interleaved rounds; proxies 1 worker each; "
-          f"logs in {work}")
-    for r in range(ROUNDS):
-        for mode in ("direct", "mesh", "nginx-pair"):
-            before = {k: cpu_seconds(p) for k, p in pids.items()}
-            pair_before = sum(tree_cpu_seconds(p.pid) for p in pair_procs)
-            nginx_before = tree_cpu_seconds(nginx_proc.pid)
-            if mode == "direct":
-                res = wrk(nginx_port, CONNS)
-            elif mode == "mesh":
-                res = wrk(cports["out"], CONNS, HOST)
-            else:
-                res = wrk(pair_port, CONNS)
-            res["cpu"] = sum(cpu_seconds(p) - before[k] for k, p in pids.items())
-            res["pair_cpu"] = sum(tree_cpu_seconds(p.pid) for p in pair_procs) - pair_before
-            res["nginx_cpu"] = tree_cpu_seconds(nginx_proc.pid) - nginx_before
-            rows[mode].append(res)
-            print(f"  round {r + 1} {mode:10}: {res['rps']:9.0f} req/s  p50 {res['p50'] * 1e6:7.0f} us  "
-                  f"p99 {res['p99'] * 1e6:7.0f} us  non-2xx {res['errors']}  {res['socket_errors']}")
-    one = {"direct": wrk(nginx_port, 1), "mesh": wrk(cports["out"], 1, HOST),
-           "nginx-pair": wrk(pair_port, 1)}
+def ratio(a, b):
+    return a / b if a is not None and b else None
 
-    def med(mode, key):
-        vals = sorted(x[key] for x in rows[mode])
-        return vals[len(vals) // 2]
 
-    d_rps, m_rps = med("direct", "rps"), med("mesh", "rps")
-    mesh_reqs = sum(x["requests"] for x in rows["mesh"])
-    cpu_per_req = sum(x["cpu"] for x in rows["mesh"]) / max(mesh_reqs, 1)
+def fmt(v, spec, width):
+    return f"{'-':>{width}}" if v is None else f"{v:{width}{spec}}"
+
+
+def ratio_table(results, rss):
+    """The mesh against both reference pairs, with the targets of issue 16."""
+    runs = lambda load, peer: results[load].get(peer, [])
+    d1 = med(runs("h1-1", "direct"), "p50")
+    added = lambda p: None if d1 is None or not runs("h1-1", p) else (med(runs("h1-1", p), "p50") - d1) * 1e6
+    cols = ("mesh", "nginx-pair", "haproxy-pair")
+    rows = [  # label, {peer: value}, format, (target, check of (mesh, nginx pair, HAProxy pair))
+        (f"{LOADS['h1']}: req/s", {p: med(runs("h1", p), "rps") for p in cols}, ".0f", None),
+        (f"{LOADS['h1']}: CPU us/req", {p: per_req_us(runs("h1", p)) for p in cols}, ".1f",
+         ("mesh <= 0.65 x nginx pair", lambda m, n, h: m <= 0.65 * n)),
+        (f"{LOADS['h1-1']}: added p50 us", {p: added(p) for p in cols}, ".0f",
+         ("mesh <= nginx pair", lambda m, n, h: m <= n)),
+        (f"{LOADS['h1-1']}: CPU us/req", {p: per_req_us(runs("h1-1", p)) for p in cols}, ".1f",
+         ("mesh <= 0.9 x nginx pair", lambda m, n, h: m <= 0.9 * n)),
+        (f"{LOADS['h2c']}: req/s", {p: med(runs("h2c", p), "rps") for p in cols}, ".0f",
+         ("mesh >= 1.2 x HAProxy pair", lambda m, n, h: m >= 1.2 * h)),
+        (f"{LOADS['h2c']}: CPU us/req", {p: per_req_us(runs("h2c", p)) for p in cols}, ".1f",
+         ("mesh <= 0.65 x HAProxy pair", lambda m, n, h: m <= 0.65 * h)),
+        ("peak RSS both hops MiB", {p: rss.get(p) for p in cols}, ".1f",
+         ("mesh <= 12 MiB", lambda m, n, h: m <= 12)),
+    ]
+    print()
+    print(f"{'':30}{'mesh':>9}{'nginx pair':>12}{'HAProxy pair':>14}{'mesh/nginx':>12}"
+          f"{'mesh/HAProxy':>14}  target (issue 16)")
+    for label, v, spec, target in rows:
+        m, n, h = (v[p] for p in cols)
+        line = (f"{label:30}{fmt(m, spec, 9)}{fmt(n, spec, 12)}{fmt(h, spec, 14)}"
+                f"{fmt(ratio(m, n), '.2f', 12)}{fmt(ratio(m, h), '.2f', 14)}")
+        if target:
+            text, check = target
+            try:
+                mark = "met" if check(m, n, h) else "NOT met"
+            except TypeError:  # a value was not measured
+                mark = "n/a"
+            line += f"  {text}: {mark}"
+        print(line)
+
+
+def report(results, all_peers, upstream_pid):
+    runs = lambda load, peer: results[load].get(peer, [])
     print()
     print(f"{'':28}{'direct':>12}{'mesh':>12}{'ratio':>10}")
+    d_rps, m_rps = med(runs("h1", "direct"), "rps"), med(runs("h1", "mesh"), "rps")
     print(f"{f'req/s ({CONNS} conns, median)':28}{d_rps:12.0f}{m_rps:12.0f}{m_rps / d_rps:10.2f}")
-    for key in ("p50", "p99"):
-        d, m = med("direct", key) * 1e6, med("mesh", key) * 1e6
-        print(f"{key + f' us ({CONNS} conns)':28}{d:12.0f}{m:12.0f}{m / max(d, 1e-9):10.2f}")
-    d1, m1 = one["direct"]["p50"] * 1e6, one["mesh"]["p50"] * 1e6
-    print(f"{'p50 us (1 conn)':28}{d1:12.0f}{m1:12.0f}{m1 / max(d1, 1e-9):10.2f}")
-    print(f"added median latency at 1 connection: {m1 - d1:.0f} us (proxy pair)")
-    n1 = one["nginx-pair"]["p50"] * 1e6
-    print(f"added median latency at 1 connection, nginx pair: {n1 - d1:.0f} us")
-    for mode in ("direct", "mesh"):
-        reqs = sum(x["requests"] for x in rows[mode])
-        ngx = sum(x["nginx_cpu"] for x in rows[mode]) / max(reqs, 1)
-        print(f"nginx (server) CPU per request, {mode}: {ngx * 1e6:.1f} us")
-    print(f"proxy pair CPU per request: {cpu_per_req * 1e6:.1f} us "
-          f"({sum(x['cpu'] for x in rows['mesh']):.2f} CPU s for {mesh_reqs} requests)")
-    pair_reqs = sum(x["requests"] for x in rows["nginx-pair"])
-    pair_cpu = sum(x["pair_cpu"] for x in rows["nginx-pair"]) / max(pair_reqs, 1)
-    print(f"nginx pair CPU per request: {pair_cpu * 1e6:.1f} us "
-          f"(req/s {med('nginx-pair', 'rps'):.0f}); mesh / nginx pair: "
-          f"{cpu_per_req / max(pair_cpu, 1e-12):.2f} (target <= 0.8)")
-    for name, pid in pids.items():
+    for load, key in (("h1", "p50"), ("h1", "p99"), ("h1-1", "p50")):
+        d, m = med(runs(load, "direct"), key) * 1e6, med(runs(load, "mesh"), key) * 1e6
+        label = f"{key} us ({CONNS} conns)" if load == "h1" else f"{key} us (1 conn)"
+        print(f"{label:28}{d:12.0f}{m:12.0f}{m / max(d, 1e-9):10.2f}")
+    d1 = med(runs("h1-1", "direct"), "p50")
+    for name in PEERS[1:]:
+        print(f"added median latency at 1 connection, {name}: {(med(runs('h1-1', name), 'p50') - d1) * 1e6:.0f} us")
+    for name in ("direct", "mesh"):
+        print(f"nginx (upstream) CPU per request, {name}, {LOADS['h1']}: "
+              f"{per_req_us(runs('h1', name), 'upstream_cpu'):.1f} us")
+    for load in LOADS:
+        for name in PEERS[1:]:
+            r = runs(load, name)
+            if r:
+                print(f"{name} CPU per request, {LOADS[load]}: {per_req_us(r):.1f} us "
+                      f"({sum(x['cpu'] for x in r):.2f} CPU s for {sum(x['requests'] for x in r)} requests)")
+    if results["h2c"]:
+        print(f"\n{LOADS['h2c'] + ' (h2load, medians)':30}{'req/s':>12}{'mean us':>10}{'sd us':>8}"
+              f"{'max us':>9}{'failed':>8}{'non-2xx':>9}")
+        for name in PEERS:
+            r = runs("h2c", name)
+            if r:
+                print(f"  {name:28}{med(r, 'rps'):12.0f}{med(r, 'mean') * 1e6:10.0f}{med(r, 'sd') * 1e6:8.0f}"
+                      f"{med(r, 'max') * 1e6:9.0f}{sum(x['failed'] for x in r):8}{sum(x['errors'] for x in r):9}")
+            else:
+                print(f"  {name:28}  skipped (no h2c)")
+    for name, pid in all_peers["mesh"]["names"].items():
         parts = rss_parts(pid)
         print(f"{name} peak RSS: {peak_rss_kib(pid) / 1024:.1f} MiB "
               f"(now: anon {parts.get('RssAnon', 0) / 1024:.1f}, "
@@ -374,12 +285,134 @@ spec:
         if os.environ.get("MESH_BENCH_SMAPS"):
             for path, kib in rss_by_mapping(pid)[:8]:
                 print(f"    {kib / 1024:5.1f} MiB  {path}")
-    errors = sum(x["errors"] for x in rows["mesh"]) + one["mesh"]["errors"]
-    print(f"mesh non-2xx responses: {errors}")
+    errors = sum(x["errors"] + x.get("failed", 0) for load in LOADS for x in runs(load, "mesh"))
+    print(f"mesh non-2xx or failed responses: {errors}")
+    # Both hops: the two proxies; for nginx, master and worker of each hop; for HAProxy
+    # (-db, no master) one process per hop.
+    rss = {"mesh": sum(peak_rss_kib(p) for p in all_peers["mesh"]["pids"]) / 1024}
+    for name in ("nginx-pair", "haproxy-pair"):
+        rss[name] = sum(tree_peak_rss_kib(p) for p in all_peers[name]["pids"]) / 1024
+    ratio_table(results, rss)
+
+
+def main():
+    need_tools(TOOLS)
+    for b in ("mesh", "mesh-proxy", "mesh-identity", "mesh-controller"):
+        if not os.path.exists(os.path.join(BIN, b)):
+            sys.exit(f"bench: {BIN}/{b} missing; run `cargo build --release --bins` (make bench does)")
+    work = tempfile.mkdtemp(prefix="mesh-bench-")
+    ident = os.path.join(work, "identity")
+    manifests = os.path.join(work, "manifests")
+    os.makedirs(manifests)
+    make_identity(ident, BIN)
+    h2c = peers.nginx_h2c(tool("nginx"))
+    if not h2c:
+        print("bench: this nginx has no HTTP/2 module: h2c skipped for direct, mesh (its upstream "
+              "would need h2c) and the nginx pair")
+
+    upstream, app_port, app_h2c_port = start_upstream(work, tool("nginx"), h2c)
+    if h2c:
+        wait_ok(app_h2c_port, "/", what="h2c upstream", h2c=True)
+    all_peers = {
+        "direct": {"h1": app_port, "h2c": app_h2c_port, "host": None, "authority": None, "pids": []},
+        "mesh": start_mesh(BIN, work, ident, manifests, app_port, app_h2c_port),
+        "nginx-pair": start_pair("nginx", work, ident, app_port, h2c),
+        "haproxy-pair": start_pair("haproxy", work, ident, app_port, True),
+    }
+    runs = sum(1 for p in PEERS for load in LOADS if load != "h2c" or all_peers[p]["h2c"])
+    print(f"bench: {ROUNDS} interleaved rounds of wrk -t1 -c{CONNS}, wrk -t1 -c1 (-d{DURATION}s) and "
+          f"h2load -c {H2_CLIENTS} -m {H2_STREAMS} -D {DURATION} against {', '.join(PEERS)} "
+          f"(~{ROUNDS * runs * DURATION / 60:.0f} min); proxies 1 worker each; logs in {work}")
+    results = {load: {} for load in LOADS}
+    for r in range(ROUNDS):
+        for load in LOADS:
+            for name in PEERS:
+                peer = all_peers[name]
+                if load == "h2c" and not peer["h2c"]:
+                    continue
+                res = measure(peer, load, upstream.pid)
+                results[load].setdefault(name, []).append(res)
+                print(f"  round {r + 1} {LOADS[load]:17} {name:12}: {describe(res, load)}")
+    report(results, all_peers, upstream.pid)
+
+
+def check_config():
+    """Every config written to a temp dir and validated; no process is started."""
+    need_tools(("nginx", "haproxy", "openssl"))
+    nginx, haproxy = tool("nginx"), tool("haproxy")
+    work = tempfile.mkdtemp(prefix="mesh-bench-check-")
+    ident, manifests = os.path.join(work, "identity"), os.path.join(work, "manifests")
+    os.makedirs(manifests)
+    print(f"bench --check-config: identity from {make_identity(ident, BIN)}; files in {work}")
+    h2c = peers.nginx_h2c(nginx)
+    print(f"  nginx h2c (listen … http2 without ssl): {'yes' if h2c else 'no, h2c is skipped for direct, mesh, nginx pair'}")
+    p = {k: free_port() for k in ("app", "app_h2c", "n_front", "n_front_h2c", "n_back",
+                                  "h_front", "h_front_h2c", "h_back", "inbound", "out")}
+    up = peers.upstream_conf(work, p["app"], p["app_h2c"] if h2c else None)
+    ngx = peers.nginx_pair_confs(work, ident, p["app"], p["n_front"], p["n_back"],
+                                 p["n_front_h2c"] if h2c else None)
+    hap = peers.haproxy_pair_confs(work, ident, p["app"], p["h_front"], p["h_back"], p["h_front_h2c"])
+    manifest = peers.mesh_manifest(manifests, p["app"], p["inbound"], p["app_h2c"] if h2c else None)
+    checks = [(f"nginx -t {c}", peers.check_nginx(nginx, c, work)) for c in [up] + ngx]
+    checks += [(f"haproxy -c -f {c}", peers.check_haproxy(haproxy, c)) for c in hap]
+    mesh = os.path.join(BIN, "mesh")
+    if os.path.exists(mesh):  # the controller's manifest parser, through the CLI
+        out = subprocess.run([mesh, "authz", "bench-1", "-n", "demo", "--local", manifests],
+                             capture_output=True, text=True)
+        ports = [str(p["app"])] + ([str(p["app_h2c"])] if h2c else [])
+        ok = out.returncode == 0 and all(port in out.stdout for port in ports)
+        checks.append((f"mesh authz --local {manifest}",
+                       (ok, f"WorkloadEntry bench-1 parsed with ports {', '.join(ports)}" if ok
+                        else out.stdout + out.stderr)))
+    good = validate(checks)
+    print("  loads a run would start (ports are examples):")
+    for peer, port, host, authority in (("direct", p["app"], None, None),
+                                        ("mesh", p["out"], HOST, HOST_H2C),
+                                        ("nginx-pair", p["n_front"], None, None),
+                                        ("haproxy-pair", p["h_front"], None, None)):
+        h2c_port = {"direct": p["app_h2c"], "mesh": p["out"], "nginx-pair": p["n_front_h2c"],
+                    "haproxy-pair": p["h_front_h2c"]}[peer]
+        print(f"    {peer:12} " + shlex.join(wrk_argv(port, CONNS, host)))
+        print(f"    {peer:12} " + (shlex.join(h2load_argv(h2c_port, authority))
+                                    if h2c or peer == "haproxy-pair" else "h2c skipped"))
+    if good:
+        shutil.rmtree(work)
+    return 0 if good else 1
+
+
+def smoke():
+    """The upstream and both reference pairs started, one request through each, stopped."""
+    need_tools(("nginx", "haproxy", "openssl"))
+    work = tempfile.mkdtemp(prefix="mesh-bench-smoke-")
+    ident = os.path.join(work, "identity")
+    make_identity(ident, BIN)
+    h2c = peers.nginx_h2c(tool("nginx"))
+    _, app_port, app_h2c_port = start_upstream(work, tool("nginx"), h2c)
+    print(f"bench --smoke: logs in {work}")
+    print(f"  direct       HTTP/1.1 {http_get(app_port, '/')[0]}"
+          + (f", h2c {peers.h2c_status(app_h2c_port, f'127.0.0.1:{app_h2c_port}')}" if h2c else ""))
+    for kind in ("nginx", "haproxy"):
+        peer = start_pair(kind, work, ident, app_port, h2c or kind == "haproxy")
+        line = f"  {kind + ' pair':12} HTTP/1.1 {http_get(peer['h1'], '/')[0]}"
+        if peer["h2c"]:
+            line += f", h2c {peers.h2c_status(peer['h2c'], '127.0.0.1')}"
+        print(line)
+    return 0
 
 
 if __name__ == "__main__":
+    args = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    args.add_argument("--check-config", action="store_true",
+                      help="write every config into a temp dir and validate it (nginx -t, haproxy -c); no load")
+    args.add_argument("--smoke", action="store_true",
+                      help="start the upstream and the reference pairs, send one request each, stop; no load")
+    opts = args.parse_args()
     try:
+        if opts.check_config:
+            sys.exit(check_config())
+        if opts.smoke:
+            sys.exit(smoke())
         main()
     finally:
         stop_all()
