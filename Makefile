@@ -1,7 +1,7 @@
 # The two commands a newcomer needs: `make demo` and `make test`.
 CARGO ?= cargo
 
-.PHONY: demo test build bench bench-control-plane lint fmt manifests clean
+.PHONY: demo test build bench bench-control-plane profile lint fmt manifests clean
 
 ## Run the whole mesh locally (identity, controller, services and proxies on loopback).
 demo:
@@ -23,6 +23,12 @@ bench:
 	# switch on in shared crates: the binary users deploy is built this way too.
 	$(CARGO) build --release -p mesh-proxy
 	python3 bench/run.py
+
+## Where the proxy spends its CPU under a bench load (needs perf: apt-get install -y linux-perf).
+profile:
+	$(CARGO) build --release --bins
+	$(CARGO) build --profile profiling -p mesh-proxy
+	python3 bench/profile.py
 
 ## The controller under load (release build): 1,000 Services, 10,000 pods, 2,000 proxies
 ## × 3 streams on a fake Kubernetes API; endpoint changes timed to every stream.

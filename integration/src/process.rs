@@ -114,6 +114,19 @@ impl Proc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The log once it contains every one of `needles`, or as it is after `timeout`
+    /// (proxies write their log from a thread of their own, a moment after the event).
+    pub async fn wait_log(&self, needles: &[&str], timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.log_text();
+            if needles.iter().all(|n| log.contains(n)) || Instant::now() > deadline {
+                return log;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// True if the process has exited.
     pub fn exited(&mut self) -> bool {
         self.child

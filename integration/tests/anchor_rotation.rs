@@ -362,7 +362,13 @@ async fn rotation_steps_refuse_to_run_early_and_a_garbage_bundle_is_refused() {
         assert!(Instant::now() < deadline, "{}", a.proc.log_text());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let log = a.proc.log_text();
+    let log = a
+        .proc
+        .wait_log(
+            &["keeping the last good bundle", "no certificate found"],
+            Duration::from_secs(5),
+        )
+        .await;
     assert!(log.contains("keeping the last good bundle"), "{log}");
     assert!(log.contains("no certificate found"), "{log}");
     assert_eq!(holding(&a).await.0.len(), 2);

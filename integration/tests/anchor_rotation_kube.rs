@@ -324,7 +324,9 @@ async fn a_bundle_configmap_change_reaches_a_proxys_mounted_file_and_its_handsha
     // Still certified, and identity (its serving certificate from the new issuer) still
     // answers the proxy's renewals: the proxy stays ready.
     assert_eq!(admin_get(admin, "/ready").await.map(|(s, _)| s), Some(200));
-    let log = proxy.log_text();
+    let log = proxy
+        .wait_log(&["trust bundle reloaded"], Duration::from_secs(5))
+        .await;
     assert!(log.contains("trust bundle reloaded"), "{log}");
     kubelet.abort();
     proxy.kill();

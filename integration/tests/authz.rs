@@ -275,7 +275,14 @@ async fn payments_may_call_ledger_nothing_else_may() {
         .expect("/pay line");
     assert_eq!(allowed["status"], 200);
     assert_eq!(allowed["policy"], "ledger-callers");
-    let log = ledger.proxy.proc.log_text();
+    let log = ledger
+        .proxy
+        .proc
+        .wait_log(
+            &["denied by ledger-callers", "ns/shop/sa/orders"],
+            Duration::from_secs(5),
+        )
+        .await;
     assert!(
         log.contains("denied by ledger-callers") && log.contains("ns/shop/sa/orders"),
         "no log of the opaque denial:\n{log}"
@@ -438,13 +445,14 @@ async fn another_trust_domain_is_refused_in_strict_and_permissive_modes() {
         );
     }
     assert_eq!(ledger.echo.hits.load(Ordering::SeqCst), 2);
-    let log = ledger.proxy.proc.log_text();
-    assert!(
-        log.contains(
-            "client spiffe://other.example/ns/shop/sa/payments is not in this mesh's trust domain"
-        ),
-        "{log}"
-    );
+    let needle =
+        "client spiffe://other.example/ns/shop/sa/payments is not in this mesh's trust domain";
+    let log = ledger
+        .proxy
+        .proc
+        .wait_log(&[needle], Duration::from_secs(5))
+        .await;
+    assert!(log.contains(needle), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -79,7 +79,11 @@ async fn a_peer_reaches_only_the_apps_ports() {
         .await;
     assert_eq!(refused, 9.0, "each refusal counted");
     assert!(
-        server.proc.log_text().contains(&attacker),
+        server
+            .proc
+            .wait_log(&[&attacker], Duration::from_secs(5))
+            .await
+            .contains(&attacker),
         "refusals are logged with the peer's identity"
     );
 

@@ -487,7 +487,10 @@ async fn a_controller_replica_drains_and_proxies_move_to_the_other() {
     );
     assert!(seen.failed.is_empty(), "{:?}", seen.failed);
     // The proxies saw their streams end cleanly (not broken) and reconnected.
-    let log = web.proc.log_text();
+    let log = web
+        .proc
+        .wait_log(&["stream ended; reconnecting"], Duration::from_secs(5))
+        .await;
     assert!(
         log.contains("stream ended; reconnecting"),
         "no clean end of stream in the proxy's log:\n{log}"

@@ -18,6 +18,7 @@ pub mod grpc_status;
 pub mod identity;
 pub mod inbound;
 pub mod init;
+pub mod log_writer;
 pub mod metered;
 pub mod metrics;
 pub mod orig_dst;

@@ -42,7 +42,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logs(&traces);
+    let logs = init_logs(&traces);
     let _ = rustls::crypto::ring::default_provider().install_default();
 
     let result = rt.block_on(async {
@@ -50,6 +50,9 @@ fn main() -> ExitCode {
         traces.shutdown().await;
         result
     });
+    if let Some(logs) = logs {
+        logs.flush(std::time::Duration::from_secs(1));
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -61,8 +64,9 @@ fn main() -> ExitCode {
 
 /// The log subscriber: formatted logs on stderr (`MESH_PROXY_LOG`), and the
 /// request spans to the OpenTelemetry layer when tracing is on. Request spans
-/// never reach the log formatter.
-fn init_logs(traces: &Traces) {
+/// never reach the log formatter. Lines go through the writer thread (never a
+/// write on the request path); without it (it could not start), straight to stderr.
+fn init_logs(traces: &Traces) -> Option<mesh_proxy::log_writer::LogWriter> {
     use tracing_subscriber::prelude::*;
     let filter = std::env::var("MESH_PROXY_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
@@ -82,10 +86,21 @@ fn init_logs(traces: &Traces) {
         mesh_proxy::trace::TARGET,
         tracing::level_filters::LevelFilter::OFF,
     );
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_filter(filter);
+    use mesh_proxy::log_writer::{LogWriter, QUEUE};
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let writer = LogWriter::spawn(Box::new(std::io::stderr()), QUEUE).ok();
+    let fmt = match &writer {
+        Some(w) => tracing_subscriber::fmt::layer()
+            .with_writer(w.clone())
+            .with_ansi(ansi)
+            .with_filter(filter)
+            .boxed(),
+        None => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(ansi)
+            .with_filter(filter)
+            .boxed(),
+    };
     tracing_subscriber::registry()
         .with(fmt)
         .with(traces.layer())
@@ -93,6 +108,7 @@ fn init_logs(traces: &Traces) {
     if let Some(bad) = bad {
         tracing::warn!("{bad}");
     }
+    writer
 }
 
 /// The span exporter, when `MESH_PROXY_TRACE_COLLECTOR` is set.

@@ -3,7 +3,6 @@
 //! timeout). Expiry becomes a typed error, answered 504.
 
 use crate::{body::ProxyBody, errors::ProxyError};
-use futures::future::BoxFuture;
 use http::{Request, Response};
 use std::{
     future::Future,
@@ -46,11 +45,10 @@ impl<S> Timeout<S> {
 impl<S> tower::Service<Request<ProxyBody>> for Timeout<S>
 where
     S: tower::Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = ProxyError>,
-    S::Future: Send + 'static,
 {
     type Response = Response<ProxyBody>;
     type Error = ProxyError;
-    type Future = BoxFuture<'static, Result<Response<ProxyBody>, ProxyError>>;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
@@ -62,15 +60,46 @@ where
         } else {
             self.limit
         };
-        let fut = self.inner.call(req);
-        match limit {
-            None => Box::pin(fut),
-            Some(_) => Box::pin(within(limit, self.expired, fut)),
+        ResponseFuture {
+            inner: self.inner.call(req),
+            // No timer at all (no allocation, no clock read) without a limit.
+            sleep: limit.map(tokio::time::sleep),
+            limit: limit.unwrap_or_default(),
+            expired: self.expired,
         }
     }
 }
 
-/// The `grpc-timeout` a gRPC client asked for (e.g. `100m` = 100 ms).
+pin_project_lite::pin_project! {
+    /// The inner response, or the limit's error if it comes first.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        #[pin]
+        sleep: Option<tokio::time::Sleep>,
+        limit: Duration,
+        expired: fn(Duration) -> ProxyError,
+    }
+}
+
+impl<F, T> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<T, ProxyError>>,
+{
+    type Output = Result<T, ProxyError>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(r) = this.inner.poll(cx) {
+            return Poll::Ready(r);
+        }
+        match this.sleep.as_pin_mut().map(|sleep| sleep.poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Err((this.expired)(*this.limit))),
+            _ => Poll::Pending,
+        }
+    }
+}
+
 pub fn grpc_timeout<B>(req: &Request<B>) -> Option<Duration> {
     let v = req.headers().get("grpc-timeout")?.to_str().ok()?;
     if v.len() < 2 || v.len() > 9 {
