@@ -7,6 +7,11 @@ client -> outbound proxy -> mTLS -> inbound proxy -> nginx            (mesh)
 client -> nginx (proxy) -> mTLS -> nginx (proxy) -> nginx             (nginx pair)
 client -> HAProxy -> mTLS -> HAProxy -> nginx                         (HAProxy pair)
 
+As root (with ip, iptables and setpriv), also the transparent mode, the way pods run
+it (bench/transparent.py): client and server pods in network namespaces with the
+capture rules of `mesh-proxy init`, wrk inside the client pod, beside a direct path over
+the same veths (BENCH_TRANSPARENT=0 skips it).
+
 Three loads, each in every round against every peer: wrk over HTTP/1.1 with
 BENCH_CONNECTIONS (16) connections, wrk with one connection, and h2load over h2c
 (HTTP/2 with prior knowledge, 4 clients x 8 streams). Every proxy runs one
@@ -32,6 +37,7 @@ import tempfile
 
 sys.dont_write_bytecode = True  # no bench/__pycache__ in the work tree
 import peers  # noqa: E402
+import transparent  # noqa: E402
 from peers import (HOST, HOST_H2C, TOOLS, free_port, http_get, make_identity, need_tools,
                    start_mesh, start_pair, start_upstream, stop_all, tool, validate, wait_ok)
 
@@ -46,6 +52,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 LOADS = {"h1": f"HTTP/1.1 {CONNS} conns", "h1-1": "HTTP/1.1 1 conn",
          "h2c": f"h2c {H2_CLIENTS}x{H2_STREAMS}"}
 PEERS = ("direct", "mesh", "nginx-pair", "haproxy-pair")
+CLEANUP = []  # run at exit, after the processes are stopped (network namespaces)
 
 
 def cpu_seconds(pid):
@@ -119,13 +126,14 @@ def run_tool(argv):
     return p.stdout + p.stderr
 
 
-def wrk_argv(port, conns, host=None):
-    return (["wrk", "-t1", f"-c{conns}", f"-d{DURATION}s", "--latency"]
-            + (["-H", f"Host: {host}"] if host else []) + [f"http://127.0.0.1:{port}/"])
+def wrk_argv(port, conns, host=None, url=None, prefix=()):
+    """wrk against 127.0.0.1:port, or `url` run under `prefix` (inside a namespace)."""
+    return (list(prefix) + ["wrk", "-t1", f"-c{conns}", f"-d{DURATION}s", "--latency"]
+            + (["-H", f"Host: {host}"] if host else []) + [url or f"http://127.0.0.1:{port}/"])
 
 
-def wrk(port, conns, host=None):
-    argv = wrk_argv(port, conns, host)
+def wrk(port, conns, host=None, url=None, prefix=()):
+    argv = wrk_argv(port, conns, host, url, prefix)
     out = run_tool(argv)
     lat = {}
     for pct, val, unit in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M):
@@ -170,11 +178,13 @@ def h2load(port, authority=None):
 def measure(peer, load, upstream_pid):
     """One bounded load against one peer, with the CPU its processes and the upstream used."""
     cpu = lambda: sum(tree_cpu_seconds(p) for p in peer["pids"])
+    upstream_pid = peer.get("upstream", upstream_pid)
     before, up_before = cpu(), tree_cpu_seconds(upstream_pid)
     if load == "h2c":
         res = h2load(peer["h2c"], peer["authority"])
     else:
-        res = wrk(peer["h1"], CONNS if load == "h1" else 1, peer["host"])
+        res = wrk(peer["h1"], CONNS if load == "h1" else 1, peer["host"], peer.get("url"),
+                  peer.get("prefix", ()))
     res["cpu"] = cpu() - before
     res["upstream_cpu"] = tree_cpu_seconds(upstream_pid) - up_before
     return res
@@ -293,6 +303,32 @@ def report(results, all_peers, upstream_pid):
     for name in ("nginx-pair", "haproxy-pair"):
         rss[name] = sum(tree_peak_rss_kib(p) for p in all_peers[name]["pids"]) / 1024
     ratio_table(results, rss)
+    if "mesh-transparent" in all_peers:
+        transparent_table(results, all_peers)
+
+
+def transparent_table(results, all_peers):
+    """The transparent mode beside the explicit one (each against its own direct path)."""
+    runs = lambda load, peer: results[load].get(peer, [])
+    added = lambda peer, direct: (med(runs("h1-1", peer), "p50") - med(runs("h1-1", direct), "p50")) * 1e6
+    rss = sum(peak_rss_kib(p) for p in all_peers["mesh-transparent"]["pids"]) / 1024
+    explicit_rss = sum(peak_rss_kib(p) for p in all_peers["mesh"]["pids"]) / 1024
+    print()
+    print("transparent mode (pods in network namespaces, iptables REDIRECT, veths and a bridge;")
+    print("its direct path is wrk -> server pod over the same veths, not captured):")
+    print(f"{'':30}{'transparent':>12}{'explicit':>10}{'ratio':>8}")
+    rows = [
+        (f"{LOADS['h1']}: req/s", med(runs("h1", "mesh-transparent"), "rps"), med(runs("h1", "mesh"), "rps"), ".0f"),
+        (f"{LOADS['h1']}: CPU us/req", per_req_us(runs("h1", "mesh-transparent")), per_req_us(runs("h1", "mesh")), ".1f"),
+        (f"{LOADS['h1-1']}: added p50 us", added("mesh-transparent", "direct-veth"), added("mesh", "direct"), ".0f"),
+        (f"{LOADS['h1-1']}: CPU us/req", per_req_us(runs("h1-1", "mesh-transparent")), per_req_us(runs("h1-1", "mesh")), ".1f"),
+        ("peak RSS both hops MiB", rss, explicit_rss, ".1f"),
+    ]
+    for label, t, e, spec in rows:
+        print(f"{label:30}{fmt(t, spec, 12)}{fmt(e, spec, 10)}{fmt(ratio(t, e), '.2f', 8)}")
+    print(f"direct-veth req/s ({LOADS['h1']}): {med(runs('h1', 'direct-veth'), 'rps'):.0f}")
+    errors = sum(x["errors"] for load in ("h1", "h1-1") for x in runs(load, "mesh-transparent"))
+    print(f"mesh-transparent non-2xx responses: {errors}")
 
 
 def main():
@@ -319,14 +355,26 @@ def main():
         "nginx-pair": start_pair("nginx", work, ident, app_port, h2c),
         "haproxy-pair": start_pair("haproxy", work, ident, app_port, True),
     }
-    runs = sum(1 for p in PEERS for load in LOADS if load != "h2c" or all_peers[p]["h2c"])
+    names = list(PEERS)
+    why_not = transparent.available() or (
+        "BENCH_TRANSPARENT=0" if os.environ.get("BENCH_TRANSPARENT") == "0" else None)
+    if why_not:
+        print(f"bench: transparent mode skipped: {why_not}")
+    else:
+        entries, tp_upstream, namespaces = transparent.start(BIN, work, ident, tool("nginx"))
+        CLEANUP.append(namespaces.close)
+        for entry in entries.values():
+            entry["upstream"] = tp_upstream.pid
+        all_peers.update(entries)
+        names += list(entries)
+    runs = sum(1 for p in names for load in LOADS if load != "h2c" or all_peers[p]["h2c"])
     print(f"bench: {ROUNDS} interleaved rounds of wrk -t1 -c{CONNS}, wrk -t1 -c1 (-d{DURATION}s) and "
-          f"h2load -c {H2_CLIENTS} -m {H2_STREAMS} -D {DURATION} against {', '.join(PEERS)} "
+          f"h2load -c {H2_CLIENTS} -m {H2_STREAMS} -D {DURATION} against {', '.join(names)} "
           f"(~{ROUNDS * runs * DURATION / 60:.0f} min); proxies 1 worker each; logs in {work}")
     results = {load: {} for load in LOADS}
     for r in range(ROUNDS):
         for load in LOADS:
-            for name in PEERS:
+            for name in names:
                 peer = all_peers[name]
                 if load == "h2c" and not peer["h2c"]:
                     continue
@@ -416,3 +464,5 @@ if __name__ == "__main__":
         main()
     finally:
         stop_all()
+        for cleanup in CLEANUP:
+            cleanup()

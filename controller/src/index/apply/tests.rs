@@ -95,6 +95,31 @@ spec:
   targetRef: {kind: Service, name: web}
   action: deny
   rules: [{from: [{namespaces: [x]}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: bare, namespace: prod}
+spec:
+  clusterIP: 10.96.0.13
+  ports: [{name: http, port: 80}]
+---
+apiVersion: policy.mesh.dev/v1alpha1
+kind: WorkloadEntry
+metadata:
+  name: w3
+  namespace: prod
+  annotations: {config.mesh.dev/opaque-ports: "8080"}
+spec: {address: 10.0.0.3, ports: {http: 8080}, labels: {app: web}}
+---
+apiVersion: policy.mesh.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: everyone, namespace: prod}
+spec: {action: allow, mtls: strict, rules: [{from: [{namespaces: [prod]}]}]}
+---
+apiVersion: policy.mesh.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: by-label, namespace: prod}
+spec: {action: deny, selector: {matchLabels: {app: api}}}
 "#;
 
 fn pod(name: &str, ip: &str, sa: &str) -> Resource {
@@ -176,9 +201,20 @@ const TARGETS: &[&str] = &[
     "10.0.0.2:9090",
     "10.1.0.1:8080",
     "10.1.0.9:8080",
+    "10.1.0.2:8080",
+    "10.0.0.3:8080",
+    "10.96.0.10:81",
+    "10.96.0.13:80",
+    "bare.prod.svc.cluster.local:80",
 ];
 
-const WORKLOADS: &[(&str, u16)] = &[("w1", 8080), ("w2", 9090), ("p1", 8080), ("p2", 8080)];
+const WORKLOADS: &[(&str, u16)] = &[
+    ("w1", 8080),
+    ("w2", 9090),
+    ("w3", 8080),
+    ("p1", 8080),
+    ("p2", 8080),
+];
 
 /// One probe's answer, comparable across indexes.
 #[derive(Debug, PartialEq)]
@@ -209,12 +245,21 @@ fn config() -> IndexConfig {
     }
 }
 
-/// One step: file `file` now holds the objects picked by `picks` (none: it is removed).
-type Step = (usize, Vec<usize>);
+/// One step: file `file` and, in the same batch, maybe another now hold the objects
+/// picked (none: the file is removed).
+type Step = (usize, Vec<usize>, Option<(usize, Vec<usize>)>);
 
 fn steps() -> impl Strategy<Value = Vec<Step>> {
     let n = universe().len();
-    proptest::collection::vec((0..3usize, proptest::collection::vec(0..n, 0..6)), 1..12)
+    let picks = move || proptest::collection::vec(0..n, 0..6);
+    proptest::collection::vec(
+        (
+            0..3usize,
+            picks(),
+            proptest::option::of((0..3usize, picks())),
+        ),
+        1..12,
+    )
 }
 
 proptest! {
@@ -225,17 +270,37 @@ proptest! {
         let all = universe();
         let mut idx = Index::new(config());
         let mut files: BTreeMap<PathBuf, Vec<Resource>> = BTreeMap::new();
-        for (file, picks) in steps {
-            let path = PathBuf::from(format!("/m/{file}.yaml"));
-            let resources: Vec<Resource> = picks.iter().map(|i| all[*i].clone()).collect();
+        for (file, picks, second) in steps {
             let before = answers(&idx);
             idx.take_changes();
-            if resources.is_empty() {
-                idx.remove_file(&path);
-                files.remove(&path);
+            let mut batch = vec![(file, picks)];
+            batch.extend(second);
+            let single = batch.len() == 1;
+            let mut applied = Vec::new();
+            for (file, picks) in batch {
+                let path = PathBuf::from(format!("/m/{file}.yaml"));
+                let resources: Vec<Resource> = picks.iter().map(|i| all[*i].clone()).collect();
+                if resources.is_empty() {
+                    files.remove(&path);
+                } else {
+                    files.insert(path.clone(), resources.clone());
+                }
+                applied.push((path, resources));
+            }
+            if single {
+                let (path, resources) = applied.remove(0);
+                if resources.is_empty() {
+                    idx.remove_file(&path);
+                } else {
+                    idx.apply_file(path, resources);
+                }
             } else {
-                idx.apply_file(path.clone(), resources.clone());
-                files.insert(path, resources);
+                // A batch (a relist): what each file holds at the end of it.
+                let paths: Vec<PathBuf> = applied.iter().map(|(p, _)| p.clone()).collect();
+                let (kept, gone): (Vec<PathBuf>, Vec<PathBuf>) =
+                    paths.into_iter().partition(|p| files.contains_key(p));
+                let kept = kept.into_iter().map(|p| (p.clone(), files[&p].clone()));
+                idx.apply_batch(kept.collect::<Vec<_>>(), gone);
             }
             let changes = idx.take_changes();
             let after = answers(&idx);
