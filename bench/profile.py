@@ -22,6 +22,8 @@ PROFILING = os.path.join(ROOT, "target", "profiling", "mesh-proxy")
 SECONDS = int(os.environ.get("PROFILE_SECONDS", "15"))
 CONNS = int(os.environ.get("BENCH_CONNECTIONS", "1"))
 LOAD = os.environ.get("PROFILE_LOAD", "h1")
+# `dwarf` unwinds through libraries built without frame pointers (libc's memmove).
+CALL_GRAPH = os.environ.get("PROFILE_CALL_GRAPH", "fp")
 
 
 def main():
@@ -43,7 +45,7 @@ def main():
     mesh = peers.start_mesh(bins, work, ident, manifests, app_port, app_h2c)
     data = os.path.join(work, "perf.data")
     pids = ",".join(str(p) for p in mesh["pids"])
-    perf = subprocess.Popen(["perf", "record", "-g", "-F", "2000", "-o", data, "-p", pids,
+    perf = subprocess.Popen(["perf", "record", "--call-graph", CALL_GRAPH, "-F", "2000", "-o", data, "-p", pids,
                              "--", "sleep", str(SECONDS)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     if h2c:

@@ -469,6 +469,13 @@ async fn inbound_policy_default_and_stream_stays_open() {
     };
     let status = client.watch(bad).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    // A name no Kubernetes object can have is refused, not kept as a topic.
+    let long = InboundTarget {
+        workload: format!("prod/{}", "w".repeat(100_000)),
+        port: 8080,
+    };
+    let status = client.watch(long).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
 }
 
 /// An AuthorizationPolicy on port 80 of Service `web` (the workload's `http` port, 8080).

@@ -32,6 +32,9 @@ impl InboundPolicyService {
     }
 }
 
+/// The longest `namespace/name` a Watch may name.
+const MAX_WORKLOAD_LEN: usize = 63 + 1 + 253;
+
 /// The state of a `Watch` stream between messages.
 struct WatchState {
     index: IndexReader,
@@ -69,6 +72,15 @@ impl InboundPolicy for InboundPolicyService {
                 self.metrics.invalid_target();
                 Status::invalid_argument(format!("invalid port {port} for {workload:?}"))
             })?;
+        // `namespace/name`: at most a namespace (63) and a pod name (253); a longer one
+        // names nothing and would only take memory.
+        if workload.len() > MAX_WORKLOAD_LEN {
+            self.metrics.invalid_target();
+            return Err(Status::invalid_argument(format!(
+                "workload name of {} bytes (at most {MAX_WORKLOAD_LEN})",
+                workload.len()
+            )));
+        }
         tracing::debug!(%workload, port, "InboundPolicy.Watch");
         let known = workload
             .split_once('/')

@@ -59,7 +59,8 @@ impl Target {
             _ => return Err(TargetError::BadPort(target.to_string())),
         };
         let host = host.trim_end_matches('.').to_ascii_lowercase();
-        if host.is_empty() || host.contains(':') {
+        // 253: the longest DNS name; a longer one names nothing and would only take memory.
+        if host.is_empty() || host.contains(':') || host.len() > 253 {
             // `[::1`-like leftovers or a bare `:port`.
             return Err(TargetError::BadHost(target.to_string()));
         }
@@ -101,6 +102,15 @@ mod tests {
             namespace: ns.into(),
             port,
         }
+    }
+
+    #[test]
+    fn names_longer_than_dns_allows_are_refused() {
+        let long = format!("{}.prod:80", "w".repeat(300));
+        assert!(matches!(
+            Target::parse(&long, "cluster.local"),
+            Err(TargetError::BadHost(_))
+        ));
     }
 
     #[test]
