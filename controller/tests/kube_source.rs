@@ -25,19 +25,7 @@ const PODS: &str = "/api/v1/pods";
 const NAMESPACES: &str = "/api/v1/namespaces";
 const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
 const AUTHZ: &str = "/apis/policy.mesh.dev/v1alpha1/authorizationpolicies";
-const PATHS: &[&str] = &[
-    SERVICES,
-    PODS,
-    NAMESPACES,
-    SLICES,
-    "/apis/gateway.networking.k8s.io/v1/httproutes",
-    "/apis/gateway.networking.k8s.io/v1/grpcroutes",
-    "/apis/policy.mesh.dev/v1alpha1/trafficpolicies",
-    "/apis/policy.mesh.dev/v1alpha1/httpfaults",
-    "/apis/policy.mesh.dev/v1alpha1/workloadentries",
-    AUTHZ,
-];
-
+use mesh_kube_fake::CONTROLLER_PATHS as PATHS;
 fn service() -> Value {
     json!({"apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "web", "namespace": "shop", "uid": "s1"},

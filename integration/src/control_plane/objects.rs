@@ -12,19 +12,7 @@ pub const SERVICES: &str = "/api/v1/services";
 pub const PODS: &str = "/api/v1/pods";
 pub const NAMESPACES: &str = "/api/v1/namespaces";
 pub const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
-pub const PATHS: &[&str] = &[
-    SERVICES,
-    PODS,
-    NAMESPACES,
-    SLICES,
-    "/apis/gateway.networking.k8s.io/v1/httproutes",
-    "/apis/gateway.networking.k8s.io/v1/grpcroutes",
-    "/apis/policy.mesh.dev/v1alpha1/trafficpolicies",
-    "/apis/policy.mesh.dev/v1alpha1/httpfaults",
-    "/apis/policy.mesh.dev/v1alpha1/workloadentries",
-    "/apis/policy.mesh.dev/v1alpha1/authorizationpolicies",
-];
-
+pub use mesh_kube_fake::CONTROLLER_PATHS as PATHS;
 /// The port every Service exposes and every pod serves.
 pub const SERVICE_PORT: u16 = 80;
 pub const POD_PORT: u16 = 8080;

@@ -26,6 +26,20 @@ use tokio::sync::mpsc;
 mod pod_proxy;
 use pod_proxy::pod_proxy_path;
 
+/// The collections `mesh-controller --source kubernetes` lists and watches.
+pub const CONTROLLER_PATHS: &[&str] = &[
+    "/api/v1/services",
+    "/api/v1/pods",
+    "/api/v1/namespaces",
+    "/apis/discovery.k8s.io/v1/endpointslices",
+    "/apis/gateway.networking.k8s.io/v1/httproutes",
+    "/apis/gateway.networking.k8s.io/v1/grpcroutes",
+    "/apis/policy.mesh.dev/v1alpha1/trafficpolicies",
+    "/apis/policy.mesh.dev/v1alpha1/httpfaults",
+    "/apis/policy.mesh.dev/v1alpha1/workloadentries",
+    "/apis/policy.mesh.dev/v1alpha1/authorizationpolicies",
+];
+
 /// One recorded request.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Call {
