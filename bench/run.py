@@ -24,6 +24,15 @@ bounded in time; only processes this script started are stopped, by PID.
   python3 bench/run.py                  the benchmark (needs a release build)
   python3 bench/run.py --check-config   write every config to a temp dir and validate it
   python3 bench/run.py --smoke          start upstream and reference pairs, one request each
+
+A change on the request path, before and after in the same run:
+
+  cp target/release/mesh-proxy /tmp/mesh-proxy.before   # then rebuild with the change
+  BENCH_BASELINE_PROXY=/tmp/mesh-proxy.before BENCH_PEERS=mesh-baseline python3 bench/run.py
+
+BENCH_PEERS (comma-separated: nginx-pair, haproxy-pair, mesh-transparent,
+mesh-baseline) limits the peers besides direct and mesh; BENCH_ROUNDS (3) and
+BENCH_SECONDS (8) the length.
 """
 
 import argparse
@@ -52,6 +61,10 @@ TICK = os.sysconf("SC_CLK_TCK")
 LOADS = {"h1": f"HTTP/1.1 {CONNS} conns", "h1-1": "HTTP/1.1 1 conn",
          "h2c": f"h2c {H2_CLIENTS}x{H2_STREAMS}"}
 PEERS = ("direct", "mesh", "nginx-pair", "haproxy-pair")
+# Before/after in one run: another proxy binary as the peer `mesh-baseline`.
+BASELINE = os.environ.get("BENCH_BASELINE_PROXY")
+# A subset of the peers (direct and mesh always run), for a quicker A/B.
+ONLY = set(filter(None, os.environ.get("BENCH_PEERS", "").split(",")))
 CLEANUP = []  # run at exit, after the processes are stopped (network namespaces)
 
 
@@ -266,13 +279,14 @@ def report(results, all_peers, upstream_pid):
         label = f"{key} us ({CONNS} conns)" if load == "h1" else f"{key} us (1 conn)"
         print(f"{label:28}{d:12.0f}{m:12.0f}{m / max(d, 1e-9):10.2f}")
     d1 = med(runs("h1-1", "direct"), "p50")
-    for name in PEERS[1:]:
-        print(f"added median latency at 1 connection, {name}: {(med(runs('h1-1', name), 'p50') - d1) * 1e6:.0f} us")
+    for name in all_peers:
+        if name in PEERS[1:] + ("mesh-baseline",):
+            print(f"added median latency at 1 connection, {name}: {(med(runs('h1-1', name), 'p50') - d1) * 1e6:.0f} us")
     for name in ("direct", "mesh"):
         print(f"nginx (upstream) CPU per request, {name}, {LOADS['h1']}: "
               f"{per_req_us(runs('h1', name), 'upstream_cpu'):.1f} us")
     for load in LOADS:
-        for name in PEERS[1:]:
+        for name in PEERS[1:] + ("mesh-baseline",):
             r = runs(load, name)
             if r:
                 print(f"{name} CPU per request, {LOADS[load]}: {per_req_us(r):.1f} us "
@@ -280,7 +294,7 @@ def report(results, all_peers, upstream_pid):
     if results["h2c"]:
         print(f"\n{LOADS['h2c'] + ' (h2load, medians)':30}{'req/s':>12}{'mean us':>10}{'sd us':>8}"
               f"{'max us':>9}{'failed':>8}{'non-2xx':>9}")
-        for name in PEERS:
+        for name in [p for p in PEERS + ("mesh-baseline",) if p in all_peers]:
             r = runs("h2c", name)
             if r:
                 print(f"  {name:28}{med(r, 'rps'):12.0f}{med(r, 'mean') * 1e6:10.0f}{med(r, 'sd') * 1e6:8.0f}"
@@ -301,10 +315,32 @@ def report(results, all_peers, upstream_pid):
     # (-db, no master) one process per hop.
     rss = {"mesh": sum(peak_rss_kib(p) for p in all_peers["mesh"]["pids"]) / 1024}
     for name in ("nginx-pair", "haproxy-pair"):
-        rss[name] = sum(tree_peak_rss_kib(p) for p in all_peers[name]["pids"]) / 1024
+        if name in all_peers:
+            rss[name] = sum(tree_peak_rss_kib(p) for p in all_peers[name]["pids"]) / 1024
     ratio_table(results, rss)
+    if "mesh-baseline" in all_peers:
+        baseline_table(results, all_peers)
     if "mesh-transparent" in all_peers:
         transparent_table(results, all_peers)
+
+
+def baseline_table(results, all_peers):
+    """This build's proxy against BENCH_BASELINE_PROXY, same run."""
+    runs = lambda load, peer: results[load].get(peer, [])
+    d1 = med(runs("h1-1", "direct"), "p50")
+    added = lambda peer: (med(runs("h1-1", peer), "p50") - d1) * 1e6
+    rss = lambda peer: sum(peak_rss_kib(p) for p in all_peers[peer]["pids"]) / 1024
+    print()
+    print(f"this proxy against the baseline proxy ({BASELINE}), same run:")
+    print(f"{'':30}{'mesh':>10}{'baseline':>10}{'ratio':>8}")
+    rows = [(f"{LOADS[load]}: {what}", get(load, "mesh"), get(load, "mesh-baseline"), spec)
+            for load in LOADS if runs(load, "mesh")
+            for what, get, spec in (("req/s", lambda l, p: med(runs(l, p), "rps"), ".0f"),
+                                    ("CPU us/req", lambda l, p: per_req_us(runs(l, p)), ".1f"))]
+    rows.append((f"{LOADS['h1-1']}: added p50 us", added("mesh"), added("mesh-baseline"), ".0f"))
+    rows.append(("peak RSS both hops MiB", rss("mesh"), rss("mesh-baseline"), ".1f"))
+    for label, m, b, spec in rows:
+        print(f"{label:30}{fmt(m, spec, 10)}{fmt(b, spec, 10)}{fmt(ratio(m, b), '.2f', 8)}")
 
 
 def transparent_table(results, all_peers):
@@ -352,12 +388,16 @@ def main():
     all_peers = {
         "direct": {"h1": app_port, "h2c": app_h2c_port, "host": None, "authority": None, "pids": []},
         "mesh": start_mesh(BIN, work, ident, manifests, app_port, app_h2c_port),
-        "nginx-pair": start_pair("nginx", work, ident, app_port, h2c),
-        "haproxy-pair": start_pair("haproxy", work, ident, app_port, True),
     }
-    names = list(PEERS)
+    for name, kind in (("nginx-pair", "nginx"), ("haproxy-pair", "haproxy")):
+        if not ONLY or name in ONLY:
+            all_peers[name] = start_pair(kind, work, ident, app_port, h2c or kind == "haproxy")
+    if BASELINE:
+        all_peers["mesh-baseline"] = start_baseline(work, app_port, app_h2c_port)
+    names = list(all_peers)
     why_not = transparent.available() or (
-        "BENCH_TRANSPARENT=0" if os.environ.get("BENCH_TRANSPARENT") == "0" else None)
+        "BENCH_TRANSPARENT=0" if os.environ.get("BENCH_TRANSPARENT") == "0" else None) or (
+        "not in BENCH_PEERS" if ONLY and "mesh-transparent" not in ONLY else None)
     if why_not:
         print(f"bench: transparent mode skipped: {why_not}")
     else:
@@ -382,6 +422,22 @@ def main():
                 results[load].setdefault(name, []).append(res)
                 print(f"  round {r + 1} {LOADS[load]:17} {name:12}: {describe(res, load)}")
     report(results, all_peers, upstream.pid)
+
+
+def start_baseline(work, app_port, app_h2c_port):
+    """A second mesh whose proxies run BENCH_BASELINE_PROXY (the rest from BIN)."""
+    if not os.access(BASELINE, os.X_OK):
+        sys.exit(f"bench: BENCH_BASELINE_PROXY={BASELINE} is not an executable")
+    work = os.path.join(work, "baseline")  # its own logs and identity
+    bins, ident = os.path.join(work, "bin"), os.path.join(work, "identity")
+    manifests = os.path.join(work, "manifests")
+    os.makedirs(bins)
+    os.makedirs(manifests)
+    for b in ("mesh", "mesh-identity", "mesh-controller"):
+        os.symlink(os.path.join(BIN, b), os.path.join(bins, b))
+    os.symlink(os.path.abspath(BASELINE), os.path.join(bins, "mesh-proxy"))
+    make_identity(ident, BIN)
+    return start_mesh(bins, work, ident, manifests, app_port, app_h2c_port)
 
 
 def check_config():

@@ -5,7 +5,8 @@ use crate::body::ProxyBody;
 use http::{header::HeaderValue, Response, StatusCode};
 
 /// The header naming the reason of a proxy-generated response.
-pub const PROXY_ERROR_HEADER: &str = "x-mesh-proxy-error";
+pub const PROXY_ERROR_HEADER: http::HeaderName =
+    http::HeaderName::from_static("x-mesh-proxy-error");
 
 /// A failure the proxy answers for the application.
 #[derive(Debug, thiserror::Error)]

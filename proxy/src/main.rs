@@ -3,6 +3,11 @@
 
 use std::process::ExitCode;
 
+// Every request allocates (hyper and h2 spawn a task per stream, with
+// 128-byte-aligned cells): mimalloc does it for a fraction of glibc's CPU.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     if argv.first().map(String::as_str) == Some("init") {

@@ -13,12 +13,12 @@ use crate::{
     trace::{self, Tracing},
     upgrade::{is_upgrade, splice, strip_hop_headers},
 };
-use http::{header::HOST, HeaderValue, Request, Response, Uri, Version};
+use http::{header::HOST, uri::Authority, HeaderValue, Request, Response, Uri, Version};
 use std::{convert::Infallible, sync::Arc, time::Instant};
 
 /// The header that tells the application who called.
-pub const CLIENT_ID: &str = "x-mesh-client-id";
-const ORIG_PROTO: &str = "x-mesh-orig-proto";
+pub const CLIENT_ID: http::HeaderName = http::HeaderName::from_static("x-mesh-client-id");
+const ORIG_PROTO: http::HeaderName = http::HeaderName::from_static("x-mesh-orig-proto");
 
 /// Per-connection state.
 #[derive(Clone)]
@@ -51,7 +51,7 @@ pub struct Connection {
 impl Connection {
     /// Serves one request; failures become responses.
     pub async fn handle(
-        self,
+        self: Arc<Self>,
         mut req: Request<hyper::body::Incoming>,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let start = Instant::now();
@@ -353,24 +353,23 @@ fn absolute(mut req: Request<ProxyBody>) -> Request<ProxyBody> {
     if req.uri().authority().is_some() {
         return req;
     }
-    let host = req
-        .headers()
-        .get(HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost")
-        .to_string();
-    let pq = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/")
-        .to_string();
-    if let Ok(uri) = Uri::builder()
-        .scheme("http")
-        .authority(host)
-        .path_and_query(pq)
-        .build()
-    {
+    // The path is moved, not copied.
+    let authority = match req.headers().get(HOST) {
+        None => Authority::from_static("localhost"),
+        Some(h) => match Authority::try_from(h.as_bytes()) {
+            Ok(a) => a,
+            // Left relative: the app client refuses it (a clear 502).
+            Err(_) => return req,
+        },
+    };
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(authority);
+    parts
+        .path_and_query
+        .get_or_insert_with(|| http::uri::PathAndQuery::from_static("/"));
+    // Scheme, authority and path are all set: this cannot fail.
+    if let Ok(uri) = Uri::from_parts(parts) {
         *req.uri_mut() = uri;
     }
     req
@@ -397,5 +396,24 @@ mod tests {
         assert_eq!(req.uri().to_string(), "http://ledger/b/c?x=1&y=/../z");
         let mut req = Request::get("/a%2Fb").body(()).unwrap();
         assert!(normalize_path(&mut req).is_err());
+    }
+
+    #[test]
+    fn requests_for_the_app_client_get_an_absolute_uri() {
+        let abs = |uri: &str, host: Option<&str>| {
+            let mut b = Request::get(uri);
+            if let Some(h) = host {
+                b = b.header(HOST, h);
+            }
+            absolute(b.body(ProxyBody::Empty).unwrap())
+                .uri()
+                .to_string()
+        };
+        assert_eq!(abs("/p?q=1", Some("app:8080")), "http://app:8080/p?q=1");
+        assert_eq!(abs("/", None), "http://localhost/");
+        assert_eq!(abs("http://a.b/c", Some("other")), "http://a.b/c");
+        // A Host that is no authority leaves the URI relative (the client
+        // refuses it) rather than sending the request somewhere else.
+        assert_eq!(abs("/p", Some("bad host")), "/p");
     }
 }

@@ -434,7 +434,8 @@ impl Inbound {
             ),
             None => None,
         };
-        let conn = http::Connection {
+        // Shared by the connection's requests: one reference count per request.
+        let conn = Arc::new(http::Connection {
             app: self.apps.for_port(port),
             metrics: self.metrics.clone(),
             client_id,
@@ -448,7 +449,7 @@ impl Inbound {
             access_log: self.access_log.clone(),
             trace: self.trace,
             tap: self.tap,
-        };
+        });
         let activity = crate::serve::Activity::default();
         let counted = activity.clone();
         let svc = hyper::service::service_fn(move |req| {

@@ -48,7 +48,9 @@ pub struct EndpointClient {
     /// prior knowledge for requests that are HTTP/2 at the origin (gRPC).
     plain: Option<PlainEndpoint>,
     connect_timeout: Duration,
-    h2: tokio::sync::Mutex<Option<SendRequest<ProxyBody>>>,
+    h2: std::sync::Mutex<Option<SendRequest<ProxyBody>>>,
+    /// Held while dialing, so concurrent requests share one new connection.
+    dialing: tokio::sync::Mutex<()>,
     health: super::balance::Health,
     /// Connections open to the endpoint (the pooled HTTP/2 one and any
     /// upgraded HTTP/1.1 ones).
@@ -171,7 +173,8 @@ impl EndpointClient {
             mtls,
             plain,
             connect_timeout: settings.connect_timeout,
-            h2: tokio::sync::Mutex::new(None),
+            h2: std::sync::Mutex::new(None),
+            dialing: tokio::sync::Mutex::new(()),
             health: Default::default(),
             connections: Arc::new(AtomicUsize::new(0)),
         }
@@ -261,11 +264,14 @@ impl EndpointClient {
         name: &str,
         max_connections: usize,
     ) -> Result<SendRequest<ProxyBody>, ProxyError> {
-        let mut slot = self.h2.lock().await;
-        if let Some(s) = slot.as_ref() {
-            if !s.is_closed() {
-                return Ok(s.clone());
-            }
+        // The common case: an open connection, under a lock held for a clone.
+        if let Some(s) = self.open_h2() {
+            return Ok(s);
+        }
+        let _dialing = self.dialing.lock().await;
+        // Another request may have connected while this one waited.
+        if let Some(s) = self.open_h2() {
+            return Ok(s);
         }
         let guard = self.connection_slot(max_connections)?;
         let tls = self.mtls(mtls, SessionProtocol::Http2, name).await?;
@@ -286,8 +292,18 @@ impl EndpointClient {
                 tracing::debug!(%peer, %error, "peer connection closed");
             }
         });
-        *slot = Some(sender.clone());
+        *self.h2_slot() = Some(sender.clone());
         Ok(sender)
+    }
+
+    fn h2_slot(&self) -> std::sync::MutexGuard<'_, Option<SendRequest<ProxyBody>>> {
+        self.h2
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn open_h2(&self) -> Option<SendRequest<ProxyBody>> {
+        self.h2_slot().as_ref().filter(|s| !s.is_closed()).cloned()
     }
 
     /// Sends a request (absolute URI); a meshed endpoint gets it in the

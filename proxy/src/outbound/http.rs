@@ -29,7 +29,7 @@ use tower::ServiceExt;
 
 /// Header carrying an HTTP/1 request's original version across the HTTP/2
 /// hop between proxies, so the server side can restore it.
-pub const ORIG_PROTO: &str = "x-mesh-orig-proto";
+pub const ORIG_PROTO: http::HeaderName = http::HeaderName::from_static("x-mesh-orig-proto");
 
 /// The largest request body kept for retries.
 const REPLAY_LIMIT: usize = super::retry::replay::DEFAULT_LIMIT;
@@ -118,6 +118,20 @@ impl Connection {
         r
     }
 
+    /// The request's authority; the connection's last one when the Host
+    /// header names it byte for byte (no parse, no copy).
+    fn authority_of<B>(&self, req: &Request<B>) -> Option<Authority> {
+        if req.uri().authority().is_none() {
+            let host = req.headers().get(HOST)?.as_bytes();
+            if let Some((a, _, _)) = &self.lock().last {
+                if a.as_str().as_bytes() == host {
+                    return Some(a.clone());
+                }
+            }
+        }
+        authority_of(req)
+    }
+
     fn target(&self, authority: &Authority) -> (Str, PolicyWatch<Policy>) {
         let mut state = self.lock();
         let last = &mut state.last;
@@ -165,8 +179,9 @@ impl Connection {
             }
         };
         let fixed = self.fixed.as_deref();
-        let Some(authority) =
-            authority_of(&req).or_else(|| fixed.and_then(|f| f.authority.clone()))
+        let Some(authority) = self
+            .authority_of(&req)
+            .or_else(|| fixed.and_then(|f| f.authority.clone()))
         else {
             ob.metrics.error(Direction::outbound, "no authority");
             return Ok(self.tap_refusal(tapped, &ProxyError::NoAuthority, grpc));
@@ -384,8 +399,7 @@ fn authority_of<B>(req: &Request<B>) -> Option<Authority> {
     if let Some(a) = req.uri().authority() {
         return Some(a.clone());
     }
-    let host = req.headers().get(HOST)?.to_str().ok()?;
-    host.parse().ok()
+    Authority::try_from(req.headers().get(HOST)?.as_bytes()).ok()
 }
 
 /// The discovery target for an authority (port 80 when none is given).
@@ -404,23 +418,14 @@ fn build_owned(
     authority: &Authority,
 ) -> Request<ProxyBody> {
     strip_hop_headers(&mut parts.headers, false);
-    let pq = parts
-        .uri
-        .path_and_query()
-        .map(|pq| pq.as_str())
-        .unwrap_or("/");
-    let uri = Uri::builder()
-        .scheme(
-            parts
-                .uri
-                .scheme()
-                .cloned()
-                .unwrap_or(http::uri::Scheme::HTTP),
-        )
-        .authority(authority.clone())
-        .path_and_query(pq)
-        .build();
-    if let Ok(u) = uri {
+    // Moves the scheme and path out of the old URI rather than copying them.
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    uri.scheme.get_or_insert(http::uri::Scheme::HTTP);
+    uri.authority = Some(authority.clone());
+    uri.path_and_query
+        .get_or_insert_with(|| http::uri::PathAndQuery::from_static("/"));
+    // Scheme, authority and path are all set: this cannot fail.
+    if let Ok(u) = Uri::from_parts(uri) {
         parts.uri = u;
     }
     Request::from_parts(parts, body)
@@ -511,5 +516,21 @@ mod tests {
         assert_eq!(out.version(), Version::HTTP_11);
         assert!(out.headers().get(ORIG_PROTO).is_none());
         assert_eq!(out.headers()[HOST], "svc:80");
+    }
+
+    #[test]
+    fn the_next_hop_uri_keeps_scheme_path_and_query() {
+        let a: Authority = "svc:80".parse().unwrap();
+        let build = |uri: &str| {
+            let (parts, ()) = Request::get(uri).body(()).unwrap().into_parts();
+            build_owned(parts, ProxyBody::Empty, &a).uri().to_string()
+        };
+        assert_eq!(build("/"), "http://svc:80/");
+        assert_eq!(build("/a/b?c=d&e"), "http://svc:80/a/b?c=d&e");
+        // The authority is the one routed on, whatever the URI said.
+        assert_eq!(build("http://other:81/x?y"), "http://svc:80/x?y");
+        assert_eq!(build("https://other/x"), "https://svc:80/x");
+        // Authority-form (CONNECT) has no path: "/" is supplied.
+        assert_eq!(build("other:443"), "http://svc:80/");
     }
 }

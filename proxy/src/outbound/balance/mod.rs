@@ -269,39 +269,46 @@ pub fn pick<T: HasHealth>(
         }
     }
 
-    // Slow path: look at every endpoint, relaxing the preferences in turn.
-    let mut candidates: Vec<&Arc<T>> = eps.iter().filter(|e| preferred(e)).collect();
-    if candidates.is_empty() {
-        candidates = eps.iter().filter(|e| usable(e) && !is_avoided(e)).collect();
-    }
-    if candidates.is_empty() {
-        candidates = eps.iter().filter(|e| usable(e)).collect();
-    }
-    if candidates.is_empty() {
+    // Slow path: look at every endpoint, relaxing the preferences in turn
+    // (no allocation: candidates are counted, then found by rank).
+    let tiers: [&Accept<'_, T>; 3] = [&preferred, &|e| usable(e) && !is_avoided(e), &|e| usable(e)];
+    let Some((accept, n)) = tiers
+        .into_iter()
+        .map(|f| (f, eps.iter().filter(|e| f(e)).count()))
+        .find(|&(_, n)| n > 0)
+    else {
         let all_ejected = cfg.outlier.is_some() && eps.iter().all(|e| e.health().is_ejected(now));
         return Err(if all_ejected {
             NoEndpoint::AllEjected
         } else {
             NoEndpoint::AllBusy
         });
-    }
-    let best = if candidates.len() == 1 {
-        candidates[0]
+    };
+    let nth = |k: usize| eps.iter().filter(|e| accept(e)).nth(k);
+    let best = if n == 1 {
+        nth(0)
     } else {
-        let i = rng.random_range(0..candidates.len());
-        let mut j = rng.random_range(0..candidates.len() - 1);
+        let i = rng.random_range(0..n);
+        let mut j = rng.random_range(0..n - 1);
         if j >= i {
             j += 1;
         }
-        let (a, b) = (candidates[i], candidates[j]);
-        if a.health().load(now, cfg.decay) <= b.health().load(now, cfg.decay) {
-            a
-        } else {
-            b
+        match (nth(i), nth(j)) {
+            (Some(a), Some(b))
+                if b.health().load(now, cfg.decay) < a.health().load(now, cfg.decay) =>
+            {
+                Some(b)
+            }
+            (a, _) => a,
         }
     };
+    // Counted just above, so always found.
+    let best = best.ok_or(NoEndpoint::AllBusy)?;
     claim(best, now, cfg).ok_or(NoEndpoint::AllBusy)
 }
+
+/// Which endpoints a pass of [`pick`] accepts.
+type Accept<'a, T> = dyn Fn(&Arc<T>) -> bool + 'a;
 
 /// Takes the endpoint, claiming its probe slot when it is on probation.
 fn claim<T: HasHealth>(e: &Arc<T>, now: Instant, cfg: &BalancerConfig) -> Option<Chosen<T>> {
