@@ -354,8 +354,9 @@ def start_pair(kind, work, ident, app_port, h2c):
     return {"h1": front, "h2c": front_h2c, "host": None, "authority": None, "pids": pids}
 
 
-def start_mesh(bin_dir, work, ident, manifests, app_port, app_h2c_port):
-    """identity, controller, a client and a server proxy; returns the mesh's peer entry."""
+def start_mesh(bin_dir, work, ident, manifests, app_port, app_h2c_port, workers=1):
+    """identity, controller, a client and a server proxy (`workers` worker threads
+    each); returns the mesh's peer entry."""
     mesh = os.path.join(bin_dir, "mesh")
     id_port, ctl_port = free_port(), free_port()
     spawn("identity", [os.path.join(bin_dir, "mesh-identity"), "--dir", ident, "--addr",
@@ -389,7 +390,7 @@ def start_mesh(bin_dir, work, ident, manifests, app_port, app_h2c_port):
             "MESH_PROXY_IDENTITY_TOKEN": token(sa),
             "MESH_PROXY_NAMESPACE": "demo",
             "MESH_PROXY_SERVICE_ACCOUNT": sa,
-            "MESH_PROXY_WORKER_THREADS": "1",
+            "MESH_PROXY_WORKER_THREADS": str(workers),
             "MESH_PROXY_LOG": "warn",
         }
         p = spawn(name, [os.path.join(bin_dir, "mesh-proxy")], env, log_dir=work)

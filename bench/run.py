@@ -15,7 +15,7 @@ the same veths (BENCH_TRANSPARENT=0 skips it).
 Three loads, each in every round against every peer: wrk over HTTP/1.1 with
 BENCH_CONNECTIONS (16) connections, wrk with one connection, and h2load over h2c
 (HTTP/2 with prior knowledge, 4 clients x 8 streams). Every proxy runs one
-worker thread. Prints requests/s, latency, the proxies' CPU seconds per request
+worker thread (BENCH_WORKERS). Prints requests/s, latency, the proxies' CPU seconds per request
 (from /proc), added latency at one connection, peak RSS, and a table of the mesh
 against both reference pairs with the targets of issue 16. The reference pairs
 do the same job (see bench/peers.py). Everything runs on loopback; every load is
@@ -32,7 +32,11 @@ A change on the request path, before and after in the same run:
 
 BENCH_PEERS (comma-separated: nginx-pair, haproxy-pair, mesh-transparent,
 mesh-baseline) limits the peers besides direct and mesh; BENCH_ROUNDS (3) and
-BENCH_SECONDS (8) the length.
+BENCH_SECONDS (8) the length. BENCH_WORKERS (1) and BENCH_BASELINE_WORKERS (the same)
+set the proxies' worker threads: one binary with two workers against itself with one:
+
+  BENCH_BASELINE_PROXY=target/release/mesh-proxy BENCH_WORKERS=2 \
+    BENCH_BASELINE_WORKERS=1 BENCH_PEERS=mesh-baseline python3 bench/run.py
 """
 
 import argparse
@@ -63,6 +67,10 @@ LOADS = {"h1": f"HTTP/1.1 {CONNS} conns", "h1-1": "HTTP/1.1 1 conn",
 PEERS = ("direct", "mesh", "nginx-pair", "haproxy-pair")
 # Before/after in one run: another proxy binary as the peer `mesh-baseline`.
 BASELINE = os.environ.get("BENCH_BASELINE_PROXY")
+# Worker threads per proxy: the mesh's, and the baseline's (to compare one
+# binary with one and with two workers).
+WORKERS = int(os.environ.get("BENCH_WORKERS", "1"))
+BASELINE_WORKERS = int(os.environ.get("BENCH_BASELINE_WORKERS", str(WORKERS)))
 # A subset of the peers (direct and mesh always run), for a quicker A/B.
 ONLY = set(filter(None, os.environ.get("BENCH_PEERS", "").split(",")))
 CLEANUP = []  # run at exit, after the processes are stopped (network namespaces)
@@ -331,7 +339,8 @@ def baseline_table(results, all_peers):
     added = lambda peer: (med(runs("h1-1", peer), "p50") - d1) * 1e6
     rss = lambda peer: sum(peak_rss_kib(p) for p in all_peers[peer]["pids"]) / 1024
     print()
-    print(f"this proxy against the baseline proxy ({BASELINE}), same run:")
+    print(f"this proxy ({WORKERS} worker(s)) against the baseline proxy ({BASELINE}, "
+          f"{BASELINE_WORKERS} worker(s)), same run:")
     print(f"{'':30}{'mesh':>10}{'baseline':>10}{'ratio':>8}")
     rows = [(f"{LOADS[load]}: {what}", get(load, "mesh"), get(load, "mesh-baseline"), spec)
             for load in LOADS if runs(load, "mesh")
@@ -387,7 +396,7 @@ def main():
         wait_ok(app_h2c_port, "/", what="h2c upstream", h2c=True)
     all_peers = {
         "direct": {"h1": app_port, "h2c": app_h2c_port, "host": None, "authority": None, "pids": []},
-        "mesh": start_mesh(BIN, work, ident, manifests, app_port, app_h2c_port),
+        "mesh": start_mesh(BIN, work, ident, manifests, app_port, app_h2c_port, WORKERS),
     }
     for name, kind in (("nginx-pair", "nginx"), ("haproxy-pair", "haproxy")):
         if not ONLY or name in ONLY:
@@ -410,11 +419,15 @@ def main():
     runs = sum(1 for p in names for load in LOADS if load != "h2c" or all_peers[p]["h2c"])
     print(f"bench: {ROUNDS} interleaved rounds of wrk -t1 -c{CONNS}, wrk -t1 -c1 (-d{DURATION}s) and "
           f"h2load -c {H2_CLIENTS} -m {H2_STREAMS} -D {DURATION} against {', '.join(names)} "
-          f"(~{ROUNDS * runs * DURATION / 60:.0f} min); proxies 1 worker each; logs in {work}")
+          f"(~{ROUNDS * runs * DURATION / 60:.0f} min); mesh proxies {WORKERS} worker(s) each"
+          + (f", baseline {BASELINE_WORKERS}" if BASELINE else "") + f"; logs in {work}")
     results = {load: {} for load in LOADS}
     for r in range(ROUNDS):
+        # Rotated each round: the peer measured right after another one fares
+        # differently (caches, frequency), so no peer keeps one place.
+        order = names[r % len(names):] + names[:r % len(names)]
         for load in LOADS:
-            for name in names:
+            for name in order:
                 peer = all_peers[name]
                 if load == "h2c" and not peer["h2c"]:
                     continue
@@ -437,7 +450,7 @@ def start_baseline(work, app_port, app_h2c_port):
         os.symlink(os.path.join(BIN, b), os.path.join(bins, b))
     os.symlink(os.path.abspath(BASELINE), os.path.join(bins, "mesh-proxy"))
     make_identity(ident, BIN)
-    return start_mesh(bins, work, ident, manifests, app_port, app_h2c_port)
+    return start_mesh(bins, work, ident, manifests, app_port, app_h2c_port, BASELINE_WORKERS)
 
 
 def check_config():

@@ -268,6 +268,18 @@ impl EndpointClient {
         if let Some(s) = self.open_h2() {
             return Ok(s);
         }
+        // Boxed: the dial's state (TLS and HTTP/2 handshakes) would otherwise
+        // sit in every request's future, copied on every move.
+        Box::pin(self.dial_h2(mtls, name, max_connections)).await
+    }
+
+    /// Connects to the peer proxy, unless another request already has.
+    async fn dial_h2(
+        &self,
+        mtls: &Mtls,
+        name: &str,
+        max_connections: usize,
+    ) -> Result<SendRequest<ProxyBody>, ProxyError> {
         let _dialing = self.dialing.lock().await;
         // Another request may have connected while this one waited.
         if let Some(s) = self.open_h2() {

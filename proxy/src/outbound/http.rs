@@ -232,7 +232,8 @@ impl Connection {
         });
         let tried = route.retries.then(Tried::default);
         let result = if is_upgrade(&req) {
-            upgrade(req, route).await
+            // Boxed: a rare path with a large future.
+            Box::pin(upgrade(req, route)).await
         } else {
             send(req, &authority, &policy, route, tried.clone()).await
         };
