@@ -43,8 +43,38 @@ struct ConnState {
     /// The last target, so keep-alive connections to one service skip the
     /// resolver cache.
     last: LastTarget,
-    /// The metric handles of the last label set.
-    recorder: Option<Arc<Recorder>>,
+    /// The metric handles of the last few label sets.
+    recorders: Recorders,
+}
+
+/// How many label sets a connection keeps handles for: a connection to a
+/// split Service alternates between its backends' workloads, and one
+/// connection may call a few Services.
+const RECORDERS: usize = 4;
+
+/// The metric handles of a connection's last label sets, so recording a
+/// request is a few comparisons and atomic adds, not a map lookup.
+#[derive(Default)]
+struct Recorders {
+    slots: [Option<Arc<Recorder>>; RECORDERS],
+    /// The slot the next new label set replaces (oldest first).
+    next: usize,
+}
+
+impl Recorders {
+    fn get(
+        &mut self,
+        labels: RequestLabels,
+        make: impl FnOnce(RequestLabels) -> Recorder,
+    ) -> Arc<Recorder> {
+        if let Some(r) = self.slots.iter().flatten().find(|r| *r.labels() == labels) {
+            return r.clone();
+        }
+        let r = Arc::new(make(labels));
+        self.slots[self.next] = Some(r.clone());
+        self.next = (self.next + 1) % RECORDERS;
+        r
+    }
 }
 
 /// The target of a redirected connection: its original destination,
@@ -105,17 +135,10 @@ impl Connection {
         }
     }
 
-    /// The metric handles for `labels`, reusing the last ones when equal.
+    /// The metric handles for `labels`, reusing the connection's when it has them.
     fn recorder(&self, labels: RequestLabels) -> Arc<Recorder> {
-        let mut state = self.lock();
-        if let Some(r) = &state.recorder {
-            if *r.labels() == labels {
-                return r.clone();
-            }
-        }
-        let r = Arc::new(self.outbound.metrics.recorder(labels));
-        state.recorder = Some(r.clone());
-        r
+        let metrics = &self.outbound.metrics;
+        self.lock().recorders.get(labels, |l| metrics.recorder(l))
     }
 
     /// The request's authority; the connection's last one when the Host
@@ -517,6 +540,45 @@ mod tests {
         assert_eq!(out.version(), Version::HTTP_11);
         assert!(out.headers().get(ORIG_PROTO).is_none());
         assert_eq!(out.headers()[HOST], "svc:80");
+    }
+
+    #[test]
+    fn a_connection_keeps_handles_for_its_last_label_sets() {
+        let metrics = crate::metrics::Metrics::new();
+        let labels = |workload: &str| RequestLabels {
+            direction: Direction::outbound,
+            dst_service: Str::from("web.demo.svc.cluster.local:80"),
+            src_identity: Str::default(),
+            src_namespace: Str::from("demo"),
+            src_workload: Str::from("client"),
+            dst_identity: Str::default(),
+            dst_namespace: Str::from("demo"),
+            dst_workload: Str::from(workload),
+            tls: true,
+            route: Str::default(),
+        };
+        let mut cache = Recorders::default();
+        let mut made = 0;
+        let mut get = |cache: &mut Recorders, w: &str| {
+            cache.get(labels(w), |l| {
+                made += 1;
+                metrics.recorder(l)
+            })
+        };
+        // A 50/50 split: two workloads, alternating; each is looked up once.
+        let v1 = get(&mut cache, "web-v1");
+        let v2 = get(&mut cache, "web-v2");
+        for _ in 0..10 {
+            assert!(Arc::ptr_eq(&get(&mut cache, "web-v1"), &v1));
+            assert!(Arc::ptr_eq(&get(&mut cache, "web-v2"), &v2));
+        }
+        // More label sets than slots: the oldest goes first, and comes back
+        // through the metrics (same series, new handle).
+        for w in ["a", "b", "c"] {
+            get(&mut cache, w);
+        }
+        assert!(!Arc::ptr_eq(&get(&mut cache, "web-v1"), &v1));
+        assert_eq!(made, 6);
     }
 
     #[test]
