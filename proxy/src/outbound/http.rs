@@ -141,33 +141,28 @@ impl Connection {
         self.lock().recorders.get(labels, |l| metrics.recorder(l))
     }
 
-    /// The request's authority; the connection's last one when the Host
-    /// header names it byte for byte (no parse, no copy).
-    fn authority_of<B>(&self, req: &Request<B>) -> Option<Authority> {
-        if req.uri().authority().is_none() {
-            let host = req.headers().get(HOST)?.as_bytes();
-            if let Some((a, _, _)) = &self.lock().last {
-                if a.as_str().as_bytes() == host {
-                    return Some(a.clone());
-                }
-            }
-        }
-        authority_of(req)
-    }
-
-    fn target(&self, authority: &Authority) -> (Str, PolicyWatch<Policy>) {
+    /// The request's authority and target, under one lock: the connection's
+    /// last ones when the Host header repeats them byte for byte (no parse,
+    /// no copy), else parsed and resolved, and remembered.
+    fn resolve<B>(&self, req: &Request<B>) -> Option<(Authority, Str, PolicyWatch<Policy>)> {
         let mut state = self.lock();
         let last = &mut state.last;
-        if let Some((a, name, w)) = last.as_ref() {
-            if a == authority {
-                return (name.clone(), w.clone());
+        if let (None, Some((a, name, w))) = (req.uri().authority(), last.as_ref()) {
+            if req.headers().get(HOST)?.as_bytes() == a.as_str().as_bytes() {
+                return Some((a.clone(), name.clone(), w.clone()));
             }
         }
-        let target = target_of(authority);
+        let authority = authority_of(req)?;
+        if let Some((a, name, w)) = last.as_ref() {
+            if *a == authority {
+                return Some((authority, name.clone(), w.clone()));
+            }
+        }
+        let target = target_of(&authority);
         let watch = self.outbound.policies.resolve(&target);
         let name = Str::from(target.as_str());
         *last = Some((authority.clone(), name.clone(), watch.clone()));
-        (name, watch)
+        Some((authority, name, watch))
     }
 
     /// Serves one request; errors become responses, never panics.
@@ -201,17 +196,15 @@ impl Connection {
                 return Ok(self.tap_refusal(tapped, &ProxyError::Overloaded(n), grpc));
             }
         };
-        let fixed = self.fixed.as_deref();
-        let Some(authority) = self
-            .authority_of(&req)
-            .or_else(|| fixed.and_then(|f| f.authority.clone()))
-        else {
+        let resolved = match self.fixed.as_deref() {
+            Some(f) => authority_of(&req)
+                .or_else(|| f.authority.clone())
+                .map(|a| (a, f.name.clone(), f.watch.clone())),
+            None => self.resolve(&req),
+        };
+        let Some((authority, name, watch)) = resolved else {
             ob.metrics.error(Direction::outbound, "no authority");
             return Ok(self.tap_refusal(tapped, &ProxyError::NoAuthority, grpc));
-        };
-        let (name, watch) = match fixed {
-            Some(f) => (f.name.clone(), f.watch.clone()),
-            None => self.target(&authority),
         };
         let policy = match watch.current(ob.discovery_timeout).await {
             Some(p) => p,
